@@ -1,0 +1,11 @@
+"""jaxnet: the CS231n course as a JAX library.
+
+Pure ops with hand-derived backward passes (:mod:`jaxnet.manual`) next to
+their autodiff references (:mod:`jaxnet.ops`), a gradient audit
+(:mod:`jaxnet.gradcheck`), layers, models and a jit-compiled training loop.
+"""
+from jaxnet._impl import IMPLS, default_impl, resolve_impl, use_impl
+from jaxnet import functional, manual, ops
+
+__version__ = "0.1.0"
+__all__ = ["IMPLS", "default_impl", "resolve_impl", "use_impl", "functional", "manual", "ops"]
