@@ -26,7 +26,7 @@ def max_pool2d(x, *, window=2, stride=None, padding=0):
     Returns (N, Ho, Wo, C) with ``Ho = (H + 2P - F) / S + 1``.
     """
     g = pool_geometry("max_pool2d", x, window=window, stride=stride, padding=padding)
-    return _reduce(x, g, jnp.array(-jnp.inf, x.dtype), jax.lax.max)
+    return _reduce(x, g, -jnp.inf, jax.lax.max)
 
 
 def avg_pool2d(x, *, window=2, stride=None, padding=0):
@@ -35,7 +35,7 @@ def avg_pool2d(x, *, window=2, stride=None, padding=0):
     x: (N, H, W, C).  Returns (N, Ho, Wo, C).
     """
     g = pool_geometry("avg_pool2d", x, window=window, stride=stride, padding=padding)
-    return _reduce(x, g, jnp.array(0, x.dtype), jax.lax.add) / (g.kernel[0] * g.kernel[1])
+    return _reduce(x, g, 0.0, jax.lax.add) / (g.kernel[0] * g.kernel[1])
 
 
 def global_avg_pool(x):

@@ -1,0 +1,36 @@
+"""Data: embedded digits, CIFAR-10 loaders, splits, train-only preprocessing, jittable augmentation.
+
+Images are NHWC everywhere; labels are int32.
+"""
+
+from jaxnet.data.augment import augment, random_crop, random_flip
+from jaxnet.data.cifar import (
+    cache_dir,
+    load_cifar10,
+    load_cifar10_python,
+    load_image_folder,
+    load_image_tarball,
+)
+from jaxnet.data.digits import load_digits
+from jaxnet.data.preprocess import (
+    PCA,
+    Normalizer,
+    channel_stats,
+    fit_normalizer,
+    mean_image,
+    normalize_dataset,
+    pca_fit,
+    pca_transform,
+    to_float,
+    whiten,
+)
+from jaxnet.data.splits import Dataset, kfold_indices, split_indices, subsample, train_val_test_split
+
+__all__ = [
+    "Dataset", "load_digits", "load_cifar10", "load_cifar10_python", "load_image_folder",
+    "load_image_tarball", "cache_dir",
+    "train_val_test_split", "split_indices", "kfold_indices", "subsample",
+    "to_float", "mean_image", "channel_stats", "Normalizer", "fit_normalizer", "normalize_dataset",
+    "PCA", "pca_fit", "pca_transform", "whiten",
+    "random_crop", "random_flip", "augment",
+]
