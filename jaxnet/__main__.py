@@ -1,0 +1,5 @@
+import sys
+
+from jaxnet.cli import main
+
+sys.exit(main())

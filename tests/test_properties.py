@@ -1,0 +1,138 @@
+"""Property-based sweeps (hypothesis) over shapes, strides, paddings, dilations and groups.
+
+For every drawn configuration, the manual op must match the reference op in
+value and in VJP (float64), and the output size must follow the course's formula.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from jaxnet import manual, ops
+from jaxnet.gradcheck import rel_error
+
+SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+def _vjps(f_ref, f_man, args, seed):
+    """Both outputs and both VJPs for one random cotangent, compiled as one program."""
+    shape = jax.eval_shape(f_ref, *args)
+    ct = jax.random.normal(jax.random.PRNGKey(seed), shape.shape, shape.dtype)
+
+    @jax.jit
+    def both(args, ct):
+        out, vjp_ref = jax.vjp(f_ref, *args)
+        out_m, vjp_man = jax.vjp(f_man, *args)
+        return out, out_m, vjp_ref(ct), vjp_man(ct)
+    return both(args, ct)
+
+
+@st.composite
+def conv_configs(draw):
+    n = draw(st.integers(1, 2))
+    groups = draw(st.sampled_from([1, 2]))
+    cin = groups * draw(st.integers(1, 2))
+    cout = groups * draw(st.integers(1, 2))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = draw(st.sampled_from(["SAME", "VALID", 0, 1, 2]))
+    eff = [d * (k - 1) + 1 for k, d in zip((kh, kw), dilation)]
+    hw = []
+    for e, s in zip(eff, stride):                  # an input size for which the stride fits exactly
+        p = padding if isinstance(padding, int) else 0
+        steps = draw(st.integers(0, 3))
+        hw.append(max(e - 2 * p, 1) + steps * s if isinstance(padding, int) else draw(st.integers(e, e + 5)))
+    return dict(x=(n, hw[0], hw[1], cin), w=(kh, kw, cin // groups, cout),
+                kwargs=dict(stride=stride, padding=padding, dilation=dilation, groups=groups))
+
+
+def _fits(shape, cfg):
+    p = cfg["kwargs"]["padding"]
+    if not isinstance(p, int):
+        return True
+    w = cfg["w"]
+    for n, k, s, d in zip(shape[1:3], w[:2], cfg["kwargs"]["stride"], cfg["kwargs"]["dilation"]):
+        span = n + 2 * p - (d * (k - 1) + 1)
+        if span < 0 or span % s:
+            return False
+    return True
+
+
+@SETTINGS
+@given(cfg=conv_configs(), seed=st.integers(0, 1000))
+def test_conv2d_manual_matches_reference(cfg, seed):
+    if not _fits(cfg["x"], cfg):
+        return
+    with jax.enable_x64(True):
+        k = jax.random.split(jax.random.PRNGKey(seed), 3)
+        x = jax.random.normal(k[0], cfg["x"], jnp.float64)
+        w = jax.random.normal(k[1], cfg["w"], jnp.float64)
+        b = jax.random.normal(k[2], (cfg["w"][-1],), jnp.float64)
+        kw = cfg["kwargs"]
+        out, out_m, g_ref, g_man = _vjps(lambda *a: ops.conv2d(*a, **kw), lambda *a: manual.conv2d(*a, **kw),
+                                         (x, w, b), seed)
+        sh, sw = kw["stride"]
+        if kw["padding"] == "SAME":
+            assert out.shape[1:3] == (-(-x.shape[1] // sh), -(-x.shape[2] // sw))
+        elif isinstance(kw["padding"], int):
+            p = kw["padding"]
+            eff = [d * (kk - 1) + 1 for kk, d in zip(w.shape[:2], kw["dilation"])]
+            assert out.shape[1:3] == ((x.shape[1] + 2 * p - eff[0]) // sh + 1, (x.shape[2] + 2 * p - eff[1]) // sw + 1)
+        assert rel_error(out, out_m) < 1e-12
+        assert rel_error(g_ref, g_man) < 1e-9
+
+
+@SETTINGS
+@given(n=st.integers(1, 2), h=st.integers(2, 9), w=st.integers(2, 9), c=st.integers(1, 3),
+       window=st.integers(1, 3), stride=st.integers(1, 3), padding=st.sampled_from(["SAME", "VALID", 0, 1]),
+       kind=st.sampled_from(["max", "avg"]), seed=st.integers(0, 1000))
+def test_pooling_manual_matches_reference(n, h, w, c, window, stride, padding, kind, seed):
+    if isinstance(padding, int):
+        if padding * 2 >= window or any((s + 2 * padding - window) % stride or s + 2 * padding < window
+                                        for s in (h, w)):
+            return
+    elif padding == "VALID" and min(h, w) < window:
+        return
+    with jax.enable_x64(True):
+        size = n * h * w * c           # distinct values: no ties inside a max-pool window
+        x = jax.random.permutation(jax.random.PRNGKey(seed), jnp.linspace(-1, 1, size, dtype=jnp.float64))
+        x = x.reshape(n, h, w, c)
+        name = f"{kind}_pool2d"
+        kw = dict(window=window, stride=stride, padding=padding)
+        out, out_m, g_ref, g_man = _vjps(lambda v: getattr(ops, name)(v, **kw),
+                                         lambda v: getattr(manual, name)(v, **kw), (x,), seed)
+        assert rel_error(out, out_m) < 1e-12
+        assert rel_error(g_ref, g_man) < 1e-9
+
+
+@SETTINGS
+@given(n=st.integers(1, 2), h=st.integers(1, 4), w=st.integers(1, 4), cin=st.integers(1, 3),
+       cout=st.integers(1, 3), k=st.integers(1, 4), stride=st.integers(1, 3), padding=st.integers(0, 1),
+       seed=st.integers(0, 1000))
+def test_conv_transpose_manual_matches_reference(n, h, w, cin, cout, k, stride, padding, seed):
+    if min((h - 1) * stride + k, (w - 1) * stride + k) - 2 * padding < 1:
+        return
+    with jax.enable_x64(True):
+        keys = jax.random.split(jax.random.PRNGKey(seed), 2)
+        x = jax.random.normal(keys[0], (n, h, w, cin), jnp.float64)
+        wt = jax.random.normal(keys[1], (k, k, cin, cout), jnp.float64)
+        kw = dict(stride=stride, padding=padding)
+        out, out_m, g_ref, g_man = _vjps(lambda *a: ops.conv2d_transpose(*a, **kw),
+                                         lambda *a: manual.conv2d_transpose(*a, **kw), (x, wt), seed)
+        assert out.shape == (n, (h - 1) * stride + k - 2 * padding, (w - 1) * stride + k - 2 * padding, cout)
+        assert rel_error(out, out_m) < 1e-12
+        assert rel_error(g_ref, g_man) < 1e-9
+
+
+def test_conv_transpose_is_the_input_gradient_of_conv(x64):
+    """The course's claim: transposed convolution = the input-gradient of convolution."""
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(k[0], (2, 7, 7, 3))
+    w = jax.random.normal(k[1], (3, 3, 3, 4))
+    dy = jax.random.normal(k[2], (2, 3, 3, 4))
+    dx = jax.vjp(lambda v: ops.conv2d(v, w, stride=2), x)[1](dy)[0]
+    # conv2d_transpose takes (KH, KW, C_in_of_transpose, C_out) = w with its channel axes swapped
+    y = manual.conv2d_transpose(dy, jnp.swapaxes(w, 2, 3), stride=2)
+    np.testing.assert_allclose(y, dx, rtol=1e-12, atol=1e-12)
