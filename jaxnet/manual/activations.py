@@ -115,19 +115,19 @@ def prelu(x, alpha):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _maxout(x, pieces):
-    return jnp.max(jnp.reshape(x, x.shape[:-1] + (x.shape[-1] // pieces, pieces)), axis=-1)
+    return _maxout_fwd(x, pieces)[0]
 
 
 def _maxout_fwd(x, pieces):
-    y = _maxout(x, pieces)
-    return y, (x, y)
+    xr = jnp.reshape(x, x.shape[:-1] + (x.shape[-1] // pieces, pieces))
+    winner = jnp.argmax(xr, axis=-1)          # recorded now, not re-derived as x == max in backward
+    return jnp.take_along_axis(xr, winner[..., None], axis=-1)[..., 0], winner
 
 
-def _maxout_bwd(pieces, res, dy):
-    x, y = res
-    xr = jnp.reshape(x, y.shape + (pieces,))
-    winner = xr == y[..., None]          # ties (measure zero) would share the gradient
-    return (jnp.reshape(jnp.where(winner, dy[..., None], 0), x.shape),)
+def _maxout_bwd(pieces, winner, dy):
+    onehot = winner[..., None] == jnp.arange(pieces)
+    dx = jnp.where(onehot, dy[..., None], 0)
+    return (jnp.reshape(dx, dx.shape[:-2] + (dx.shape[-2] * pieces,)),)
 
 
 _maxout.defvjp(_maxout_fwd, _maxout_bwd)

@@ -1,8 +1,9 @@
 """Pooling with hand-derived backward passes (reverse mode only: ``custom_vjp``).
 
-Max pool routes the upstream gradient to the element(s) that won the window
-(a mask, as in the course: a tie would send it to every winner, where autodiff
-picks one; samplers avoid ties).  Average pool spreads ``dy / (KH * KW)``
+Max pool routes the upstream gradient to the element that won the window,
+recorded as an index in the forward pass (at a tie, the first in row-major
+window order; autodiff's select-and-scatter may pick another, and the
+samplers avoid ties).  Average pool spreads ``dy / (KH * KW)``
 evenly.  Non-overlapping windows (window == stride, no padding, exact fit) use
 a reshape instead of im2col, with no gather or scatter at all.
 """
@@ -48,26 +49,43 @@ def _unwindows(dp, geom):
     return crop_hw(fold_patches(dp, geom.padded_hw, geom.stride, (1, 1)), geom.pads)
 
 
+def _tile_windows(x, geom):
+    """(N, H, W, C) -> (N, Ho, Wo, C, KH*KW): the non-overlapping windows, window last."""
+    n, ho, kh, wo, kw, c = _blocks(x, geom).shape
+    return jnp.reshape(jnp.transpose(_blocks(x, geom), (0, 1, 3, 5, 2, 4)), (n, ho, wo, c, kh * kw))
+
+
+def _untile_windows(w, geom):
+    n, ho, wo, c, _ = w.shape
+    (kh, kw) = geom.kernel
+    return _unblocks(jnp.transpose(jnp.reshape(w, (n, ho, wo, c, kh, kw)), (0, 1, 4, 2, 5, 3)), geom)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _max_pool(x, geom):
     return _max_pool_fwd(x, geom)[0]
 
 
 def _max_pool_fwd(x, geom):
+    # The winner's position is recorded in the forward pass.  Re-deriving it in the
+    # backward pass as ``x == max`` is fragile under jit: XLA may recompute x with a
+    # different rounding there, and a window would lose its winner.
     if _tiles(geom):
-        y = jnp.max(_blocks(x, geom), axis=(2, 4))
-    else:
-        y = jnp.max(_windows(x, geom, -jnp.inf), axis=3)
-    return y, (x, y)
+        win = _tile_windows(x, geom)
+        idx = jnp.argmax(win, axis=-1)
+        return jnp.take_along_axis(win, idx[..., None], axis=-1)[..., 0], idx
+    win = _windows(x, geom, -jnp.inf)
+    idx = jnp.argmax(win, axis=3)
+    return jnp.take_along_axis(win, idx[:, :, :, None, :], axis=3)[:, :, :, 0, :], idx
 
 
-def _max_pool_bwd(geom, res, dy):
-    x, y = res
+def _max_pool_bwd(geom, idx, dy):
+    area = geom.kernel[0] * geom.kernel[1]
     if _tiles(geom):
-        winner = _blocks(x, geom) == y[:, :, None, :, None, :]
-        return (_unblocks(jnp.where(winner, dy[:, :, None, :, None, :], 0), geom),)
-    winner = _windows(x, geom, -jnp.inf) == y[:, :, :, None, :]
-    return (_unwindows(jnp.where(winner, dy[:, :, :, None, :], 0), geom),)
+        onehot = idx[..., None] == jnp.arange(area)
+        return (_untile_windows(jnp.where(onehot, dy[..., None], 0), geom),)
+    onehot = idx[:, :, :, None, :] == jnp.arange(area)[:, None]
+    return (_unwindows(jnp.where(onehot, dy[:, :, :, None, :], 0), geom),)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

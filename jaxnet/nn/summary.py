@@ -1,0 +1,103 @@
+"""A per-layer table of a model: output shapes, parameter counts, activation memory.
+
+Nothing runs: parameter shapes come from ``jax.eval_shape(model.init, ...)``
+and output shapes from ``output_shape`` arithmetic.
+
+>>> print(summary(small_convnet(), (128, 32, 32, 3)))
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+
+__all__ = ["Summary", "SummaryRow", "summary", "count_params"]
+
+FLOAT32_BYTES = 4
+
+
+def count_params(tree: Any) -> int:
+    """Number of scalars in a pytree of arrays (or ``ShapeDtypeStruct``s)."""
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+@dataclasses.dataclass(frozen=True)
+class SummaryRow:
+    path: str                 # "block1/conv1"; "/" joins the names of nested combinators
+    layer_type: str           # class name, e.g. "Conv2D"; "Residual (add)" for a combinator's own output
+    output_shape: tuple
+    params: int
+    state: int
+    activation_bytes: int     # the output's size in float32 bytes, for the whole batch
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """Rows per leaf layer (plus a row for each Residual add / Parallel merge) and totals."""
+    rows: tuple
+    input_shape: tuple
+    output_shape: tuple
+    total_params: int
+    total_state: int
+    total_activation_bytes: int
+
+    @property
+    def param_bytes(self) -> int:
+        return self.total_params * FLOAT32_BYTES
+
+    def __str__(self) -> str:
+        header = ("layer", "type", "output shape", "params", "state", "activations")
+        body = [(r.path, r.layer_type, str(r.output_shape), f"{r.params:,}", f"{r.state:,}",
+                 _bytes(r.activation_bytes)) for r in self.rows]
+        widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(header)]
+        right = {3, 4, 5}
+
+        def line(cells):
+            return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+        rule = "-" * len(line(header))
+        out = [f"input {self.input_shape} -> output {self.output_shape}", rule, line(header), rule]
+        out += [line(row) for row in body]
+        out += [rule,
+                f"total params: {self.total_params:,} ({_bytes(self.param_bytes)} as float32)",
+                f"total state (non-trained): {self.total_state:,}",
+                f"activations per batch of {self.input_shape[0]} (float32): {_bytes(self.total_activation_bytes)}"]
+        return "\n".join(out)
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def _walk(layer, params, state, shape, path, rows):
+    out_shape = tuple(layer.output_shape(shape))
+    children = getattr(layer, "children", None)
+    if children is None:
+        rows.append(SummaryRow(path or type(layer).__name__, type(layer).__name__, out_shape,
+                               count_params(params), count_params(state),
+                               math.prod(out_shape) * FLOAT32_BYTES))
+        return
+    for name, child, child_shape in children(shape):
+        _walk(child, params.get(name, {}), state.get(name, {}), child_shape,
+              f"{path}/{name}" if path else name, rows)
+    merge = {"Residual": "add", "Parallel": getattr(layer, "combine", None)}.get(type(layer).__name__)
+    if merge:
+        rows.append(SummaryRow(path or type(layer).__name__, f"{type(layer).__name__} ({merge})", out_shape,
+                               0, 0, math.prod(out_shape) * FLOAT32_BYTES))
+
+
+def summary(model, input_shape) -> Summary:
+    """Summarise ``model`` for a batch of shape ``input_shape`` (batch axis included); runs nothing."""
+    input_shape = tuple(int(s) for s in input_shape)
+    params, state = jax.eval_shape(lambda k: model.init(k, input_shape), jax.random.PRNGKey(0))
+    rows: list = []
+    _walk(model, params, state, input_shape, "", rows)
+    return Summary(rows=tuple(rows), input_shape=input_shape, output_shape=tuple(model.output_shape(input_shape)),
+                   total_params=count_params(params), total_state=count_params(state),
+                   total_activation_bytes=sum(r.activation_bytes for r in rows))
