@@ -28,3 +28,13 @@ gradcheck: $(STAMP)   ## audit every op's hand-written backward pass
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
+
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]' \
+	  || echo "bench: torch could not be installed; the PyTorch rows will be skipped"
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)   ## side-by-side benchmarks (median of interleaved blocks), writes bench.json
+	$(BIN)/jaxnet bench --json $(ARGS) > bench.json
+	$(BIN)/python -c "import json, jaxnet.bench as b; print(b.format_report(json.load(open('bench.json'))))"

@@ -1,4 +1,4 @@
-"""The ``jaxnet`` command: ``jaxnet gradcheck | train``.
+"""The ``jaxnet`` command: ``jaxnet gradcheck | train | bench``.
 
 Each subcommand lives in its own small function; errors a user can fix are
 printed as one line (``jaxnet: error: ...``) with exit status 2.
@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="seed for inputs and cotangents")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_gradcheck)
+
+    b = sub.add_parser("bench", help="time manual ops, the train step, compile and kNN side by side")
+    b.add_argument("--only", action="append", metavar="SUITE", help="ops | train_step | train_step_default_flags | compile | knn (repeatable)")
+    b.add_argument("--json", action="store_true", help="print the report as JSON")
+    b.add_argument("--quick", action="store_true", help="fewer timing blocks (a smoke run)")
+    b.set_defaults(func=lambda a: __import__("jaxnet.bench", fromlist=["cli"]).cli(a))
 
     try:
         from jaxnet.train_cli import add_train_parser

@@ -1,4 +1,5 @@
-"""Convolutions as im2col + matmul, with the course's hand-derived backward.
+"""Convolutions with the course's hand-derived backward: im2col + matmul, or, for
+plain convolutions, the backward written as the two convolutions the course derives.
 
 Forward: gather each receptive field into a row (im2col) and multiply by the
 filters reshaped to a matrix.  Backward, with P the patches and dY the
@@ -33,22 +34,67 @@ def _conv(x, w, b, geom, groups):
     return _conv_fwd(x, w, b, geom, groups)[0]
 
 
+def _native(geom, groups):
+    """Plain convolutions (no dilation, no groups) use XLA's convolution for the three
+    products below; the rest use im2col.  Chosen by measurement (``jaxnet bench``): on
+    this CPU XLA's convolution beat im2col + matmul by 2-3x for 64->64 at 16x16."""
+    return groups == 1 and geom.dilation == (1, 1)
+
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
 def _conv_fwd(x, w, b, geom, groups):
+    if _native(geom, groups):
+        y = jax.lax.conv_general_dilated(x, w, geom.stride, geom.pads, dimension_numbers=_DN)
+        return (y if b is None else y + b), (x, w, b)
     p = _patches(x, geom, groups)
-    y = jnp.einsum("nhwijgc,ijcgo->nhwgo", p, _grouped(w, groups))
-    y = jnp.reshape(y, y.shape[:3] + (-1,))
+    if groups == 1:          # one (N*Ho*Wo, KH*KW*C) x (KH*KW*C, O) matmul, the course's X_col . W_row
+        n, ho, wo = p.shape[:3]
+        y = jnp.reshape(jnp.reshape(p, (n * ho * wo, -1)) @ jnp.reshape(w, (-1, w.shape[3])), (n, ho, wo, -1))
+    else:
+        y = jnp.einsum("nhwijgc,ijcgo->nhwgo", p, _grouped(w, groups))
+        y = jnp.reshape(y, y.shape[:3] + (-1,))
     return (y if b is None else y + b), (x, w, b)
+
+
+def _native_bwd(geom, x, w, dy):
+    """The course's result: both gradients of a convolution are convolutions.
+
+    dX = the "full" convolution of dY (stride s -> s-1 zeros between its pixels)
+         with the spatially flipped filters, in/out channels swapped;
+    dW = the correlation of the padded input with dY (dY as the filter, dilated by s).
+    """
+    (kh, kw), s = w.shape[:2], geom.stride
+    ho, wo = dy.shape[1:3]
+    pads = []
+    for k, (lo, hi), n, o, st in zip((kh, kw), geom.pads, geom.in_hw, (ho, wo), s):
+        rest = n + lo + hi - k - (o - 1) * st                      # rows the last window did not reach
+        pads.append((k - 1 - lo, k - 1 - hi + rest))
+    w_flip = jnp.swapaxes(jnp.flip(w, (0, 1)), 2, 3)
+    dx = jax.lax.conv_general_dilated(dy, w_flip, (1, 1), pads, lhs_dilation=s, dimension_numbers=_DN)
+    dw = jax.lax.conv_general_dilated(x, dy, (1, 1), geom.pads, rhs_dilation=s,
+                                      dimension_numbers=("CHWN", "IHWO", "HWNC"))
+    return dx, dw[:kh, :kw]
 
 
 def _conv_bwd(geom, groups, res, dy):
     x, w, b = res
     n, ho, wo, o = dy.shape
-    dyg = jnp.reshape(dy, (n, ho, wo, groups, o // groups))
+    if _native(geom, groups):
+        dx, dw = _native_bwd(geom, x, w, dy)
+        return dx, dw, (None if b is None else jnp.sum(dy, axis=(0, 1, 2)))
     p = _patches(x, geom, groups)                                        # recomputed, not stored
-    dw = jnp.reshape(jnp.einsum("nhwijgc,nhwgo->ijcgo", p, dyg), w.shape)
-    dp = jnp.einsum("nhwgo,ijcgo->nhwijgc", dyg, _grouped(w, groups))
-    dp = jnp.reshape(dp, dp.shape[:5] + (-1,))
-    dx = crop_hw(fold_patches(dp, geom.padded_hw, geom.stride, geom.dilation), geom.pads)
+    if groups == 1:
+        p2, dy2 = jnp.reshape(p, (n * ho * wo, -1)), jnp.reshape(dy, (n * ho * wo, o))
+        dw = jnp.reshape(p2.T @ dy2, w.shape)                            # dW = X_col^T . dY
+        dp = jnp.reshape(dy2 @ jnp.reshape(w, (-1, o)).T, p.shape[:5] + (-1,))   # dX_col = dY . W_row^T
+    else:
+        dyg = jnp.reshape(dy, (n, ho, wo, groups, o // groups))
+        dw = jnp.reshape(jnp.einsum("nhwijgc,nhwgo->ijcgo", p, dyg), w.shape)
+        dp = jnp.einsum("nhwgo,ijcgo->nhwijgc", dyg, _grouped(w, groups))
+        dp = jnp.reshape(dp, dp.shape[:5] + (-1,))
+    dx = crop_hw(fold_patches(dp, geom.padded_hw, geom.stride, geom.dilation), geom.pads)   # col2im
     db = None if b is None else jnp.sum(dy, axis=(0, 1, 2))
     return dx, dw, db
 

@@ -1,0 +1,269 @@
+"""The benchmarks behind ``jaxnet bench``.
+
+1. ``ops``: each manual op against its autodiff twin, forward + backward, jitted.
+2. ``train_step``: one Adam step of the issue's convnet (3 x [conv3x3-relu-maxpool2],
+   32/64/128 channels, affine to 10, batch 128, 32x32x3) in jaxnet (manual and
+   autodiff backward), flax.linen and, when torch is installed, PyTorch eager
+   (NCHW and channels-last).
+3. ``compile``: jit compile time of that step; ``import jaxnet`` + first step wall
+   time in a fresh process.
+4. ``knn``: the kNN distance matrix's GFLOP/s against a plain matmul's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnet import manual, ops
+from jaxnet.bench.timing import Candidate, ratio, time_candidates
+
+BATCH = 128
+
+
+def _fwd_bwd(op, args, diff, kwargs, out_index=None):
+    def f(*d):
+        full = list(args)
+        for i, v in zip(diff, d):
+            full[i] = v
+        y = op(*full, **kwargs)
+        return y if out_index is None else y[out_index]
+    ct = jax.random.normal(jax.random.PRNGKey(9), jax.eval_shape(f, *[args[i] for i in diff]).shape)
+    step = jax.jit(lambda *d: jax.vjp(f, *d)[1](ct))
+    primals = [args[i] for i in diff]
+    return lambda: step(*primals)
+
+
+def _op_cases():
+    k = jax.random.split(jax.random.PRNGKey(0), 8)
+    n = lambda i, s, scale=1.0: scale * jax.random.normal(k[i], s, jnp.float32)
+    c64 = n(0, (BATCH, 16, 16, 64))
+    return [
+        ("conv 3->32 32x32", "conv2d", (n(0, (BATCH, 32, 32, 3)), n(1, (3, 3, 3, 32), 0.1), n(2, (32,))),
+         (0, 1, 2), dict(padding=1), None),
+        ("conv 64->64 16x16", "conv2d", (c64, n(1, (3, 3, 64, 64), 0.05), n(2, (64,))), (0, 1, 2),
+         dict(padding=1), None),
+        ("max pool 2x2 32x32x32", "max_pool2d", (n(3, (BATCH, 32, 32, 32)),), (0,), dict(window=2), None),
+        ("batch norm 16x16x64", "batch_norm", (c64, jnp.ones(64), jnp.zeros(64), jnp.zeros(64), jnp.ones(64)),
+         (0, 1, 2), dict(train=True), 0),
+        ("layer norm 1024", "layer_norm", (n(4, (BATCH, 1024)), jnp.ones(1024), jnp.zeros(1024)), (0, 1, 2), {}, None),
+        ("affine 3072->512", "affine", (n(5, (BATCH, 32, 32, 3)), n(6, (3072, 512), 0.02), jnp.zeros(512)),
+         (0, 1, 2), {}, None),
+        ("softmax loss 10 classes", "softmax_cross_entropy",
+         (n(7, (BATCH, 10)), jnp.arange(BATCH) % 10), (0,), {}, None),
+        ("relu 16x16x64", "relu", (c64,), (0,), {}, None),
+    ]
+
+
+def bench_ops(*, blocks=5, reps=3, torch_mod=None) -> list[dict]:
+    """Manual vs autodiff, forward + backward, per op (ratio = manual / autodiff time)."""
+    rows = []
+    for label, name, args, diff, kwargs, out_index in _op_cases():
+        cands = [Candidate("manual", _fwd_bwd(getattr(manual, name), args, diff, kwargs, out_index), items=BATCH),
+                 Candidate("autodiff", _fwd_bwd(getattr(ops, name), args, diff, kwargs, out_index), items=BATCH)]
+        if name == "conv2d" and torch_mod is not None:
+            cands.append(_torch_conv(torch_mod, args))
+        res = time_candidates(cands, blocks=blocks, reps=reps)
+        ratios = {"manual/autodiff": ratio(res, "manual", "autodiff")}
+        if "torch NCHW" in res:
+            ratios["manual/torch NCHW"] = ratio(res, "manual", "torch NCHW")
+        rows.append({"name": f"op: {label}", "candidates": res, "ratios": ratios})
+    return rows
+
+
+def _torch_conv(torch, args):
+    x, w, b = (np.asarray(a) for a in args)
+    xt = torch.tensor(x.transpose(0, 3, 1, 2).copy(), requires_grad=True)
+    wt = torch.tensor(w.transpose(3, 2, 0, 1).copy(), requires_grad=True)
+    bt = torch.tensor(b.copy(), requires_grad=True)
+    ct = torch.randn(torch.nn.functional.conv2d(xt, wt, bt, padding=1).shape)
+
+    def run():
+        for t in (xt, wt, bt):
+            t.grad = None
+        torch.nn.functional.conv2d(xt, wt, bt, padding=1).backward(ct)
+        return None
+    return Candidate("torch NCHW", run, items=BATCH, sync=lambda o: o)
+
+
+# --- the training step ---------------------------------------------------------------------------------
+
+def jaxnet_convnet(impl):
+    from jaxnet import nn
+    layers, names = [], []
+    for i, c in enumerate((32, 64, 128), start=1):
+        layers += [nn.Conv2D(c, kernel=3, padding="SAME", impl=impl), nn.ReLU(impl=impl),
+                   nn.MaxPool2D(2, impl=impl)]
+        names += [f"conv{i}", f"relu{i}", f"pool{i}"]
+    layers += [nn.Flatten(), nn.Affine(10, impl=impl)]
+    names += ["flatten", "fc"]
+    return nn.Sequential(tuple(layers), tuple(names))
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((BATCH, 32, 32, 3)).astype(np.float32), rng.integers(0, 10, BATCH).astype(np.int32)
+
+
+def _jaxnet_step(impl):
+    import optax
+
+    from jaxnet.train import create_train_state, make_train_step
+    model = jaxnet_convnet(impl)
+    opt = optax.adam(1e-3)
+    step = make_train_step(model, opt, impl=impl)
+    x, y = (jnp.asarray(a) for a in _data())
+    mask = jnp.ones(BATCH, jnp.float32)
+    holder = {"ts": create_train_state(model, opt, 0, (BATCH, 32, 32, 3))}
+
+    def run():
+        holder["ts"], metrics = step(holder["ts"], x, y, mask)
+        return metrics["loss"]
+    return run, step, holder, (x, y, mask)
+
+
+def _flax_step():
+    import flax.linen as fnn
+    import optax
+
+    class Net(fnn.Module):
+        @fnn.compact
+        def __call__(self, x):
+            for c in (32, 64, 128):
+                x = fnn.max_pool(fnn.relu(fnn.Conv(c, (3, 3), padding="SAME")(x)), (2, 2), (2, 2))
+            return fnn.Dense(10)(x.reshape(x.shape[0], -1))
+
+    net, opt = Net(), optax.adam(1e-3)
+    x, y = (jnp.asarray(a) for a in _data())
+    params = net.init(jax.random.PRNGKey(0), x)
+    holder = {"p": params, "o": opt.init(params)}
+
+    @jax.jit
+    def step(p, o, x, y):
+        def loss(p):
+            logits = net.apply(p, x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        l, g = jax.value_and_grad(loss)(p)
+        u, o = opt.update(g, o, p)
+        return optax.apply_updates(p, u), o, l
+
+    def run():
+        holder["p"], holder["o"], l = step(holder["p"], holder["o"], x, y)
+        return l
+    return run
+
+
+def _torch_step(torch, channels_last):
+    tnn = torch.nn
+    torch.manual_seed(0)
+    model = tnn.Sequential(tnn.Conv2d(3, 32, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
+                           tnn.Conv2d(32, 64, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
+                           tnn.Conv2d(64, 128, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
+                           tnn.Flatten(), tnn.Linear(128 * 4 * 4, 10))
+    x, y = _data()
+    xt, yt = torch.tensor(x.transpose(0, 3, 1, 2).copy()), torch.tensor(y.astype(np.int64))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    lossf = tnn.CrossEntropyLoss()
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        loss = lossf(model(xt), yt)
+        loss.backward()
+        opt.step()
+        return None
+    return run
+
+
+def bench_train_step(*, blocks=5, reps=3, torch_mod=None) -> dict:
+    cands = [Candidate("jaxnet manual", _jaxnet_step("manual")[0], items=BATCH),
+             Candidate("jaxnet autodiff", _jaxnet_step("auto")[0], items=BATCH),
+             Candidate("flax.linen", _flax_step(), items=BATCH)]
+    if torch_mod is not None:
+        cands += [Candidate("torch NCHW", _torch_step(torch_mod, False), items=BATCH, sync=lambda o: o),
+                  Candidate("torch channels-last", _torch_step(torch_mod, True), items=BATCH, sync=lambda o: o)]
+    res = time_candidates(cands, blocks=blocks, reps=reps)
+    ips = lambda n: res[n]["images_per_second"]
+    ratios = {"jaxnet manual / jaxnet autodiff (images/s)": ips("jaxnet manual") / ips("jaxnet autodiff"),
+              "jaxnet manual / flax.linen (images/s)": ips("jaxnet manual") / ips("flax.linen")}
+    if torch_mod is not None:
+        ratios["jaxnet manual / torch NCHW (images/s)"] = ips("jaxnet manual") / ips("torch NCHW")
+        ratios["jaxnet manual / torch channels-last (images/s)"] = ips("jaxnet manual") / ips("torch channels-last")
+    return {"name": "train step: convnet 32/64/128, batch 128, Adam", "candidates": res, "ratios": ratios}
+
+
+def bench_train_step_default_flags(*, quick=False) -> dict:
+    """The same step in a fresh process with jaxnet's XLA flags off (``JAXNET_XLA_FLAGS=0``):
+    XLA's default CPU lowering, for the flax.linen baseline the issue names."""
+    code = ("import json; from jaxnet.bench.suites import bench_train_step; "
+            f"print(json.dumps(bench_train_step(blocks={2 if quick else 5}, reps={2 if quick else 3})))")
+    env = {**os.environ, "JAXNET_XLA_FLAGS": "0"}
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "ynn_fusion" not in f)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    row["name"] += " (default XLA flags, separate process)"
+    return row
+
+
+def bench_compile() -> dict:
+    """Compile time of the manual train step, and import + first step in a fresh process."""
+    _, step, holder, (x, y, mask) = _jaxnet_step("manual")
+    t0 = time.perf_counter()
+    step.lower(holder["ts"], x, y, mask).compile()
+    compile_s = time.perf_counter() - t0
+    code = ("import time; t0 = time.perf_counter(); import jaxnet; from jaxnet.bench.suites import _jaxnet_step; "
+            "run = _jaxnet_step('manual')[0]; run().block_until_ready(); print(time.perf_counter() - t0)")
+    walls = []
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ})
+        walls.append(float(out.stdout.strip().splitlines()[-1]))
+    return {"name": "compile and start-up",
+            "candidates": {"jit compile of the train step": {"median_ms": compile_s * 1e3},
+                           "import jaxnet + first step (fresh process)":
+                               {"median_ms": float(np.median(walls)) * 1e3, "samples": len(walls)}},
+            "ratios": {}}
+
+
+def bench_knn(*, blocks=5, reps=2) -> dict:
+    """kNN L2 distances (5,000 test x 10,000 train x 3072) GFLOP/s against a matmul of the same size."""
+    from jaxnet.classic.knn import pairwise_distances
+    rng = np.random.default_rng(0)
+    te = jnp.asarray(rng.standard_normal((2000, 3072), np.float32))
+    tr = jnp.asarray(rng.standard_normal((10000, 3072), np.float32))
+    flops = 2.0 * te.shape[0] * tr.shape[0] * te.shape[1]
+    mm = jax.jit(lambda a, b: a @ b.T)
+    res = time_candidates([
+        Candidate("knn pairwise_distances l2", lambda: pairwise_distances(te, tr, metric="l2"), flops=flops),
+        Candidate("matmul (same shapes)", lambda: mm(te, tr), flops=flops)], blocks=blocks, reps=reps)
+    return {"name": "kNN distances 2000 x 10000 x 3072", "candidates": res,
+            "ratios": {"knn / matmul (GFLOP/s)": res["knn pairwise_distances l2"]["gflops"]
+                       / res["matmul (same shapes)"]["gflops"]}}
+
+
+def environment() -> dict:
+    import optax
+    env = {"jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+           "optax": optax.__version__, "numpy": np.__version__, "python": sys.version.split()[0],
+           "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+           "cpu_count": os.cpu_count(), "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+    try:
+        import flax
+        env["flax"] = flax.__version__
+    except ImportError:
+        pass
+    try:
+        import torch
+        env["torch"] = torch.__version__
+        env["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        env["torch"] = None
+    return env
