@@ -1,0 +1,212 @@
+"""Shared helpers for the experiment scripts in ``experiments/`` (run as ``python -m experiments.<name>``).
+
+Every script takes the same four options, writes ``results.json`` plus its figures into
+``--out`` and prints a short table. The API is deliberately small:
+
+``parse_args(name, description, extra=None, argv=None) -> argparse.Namespace``
+    Common options: ``--data-dir`` (default ``$JAXNET_CIFAR10_DIR``), ``--quick`` (the
+    few-minute version used by the smoke tests), ``--out`` (default ``results/<name>``),
+    ``--seed`` (default 0). ``extra`` is an optional ``callable(parser)`` that adds the
+    script's own options. The returned namespace also carries ``args.name`` and
+    ``args.start_time`` (``time.perf_counter()`` at parse time, used for the wall time).
+
+``load_data(args, *, val_size=0) -> jaxnet.data.Dataset``
+    CIFAR-10 from ``args.data_dir`` as uint8 NHWC (convert with ``jaxnet.data.to_float``).
+    ``val_size`` training images are held out as ``x_val`` (0: all 50,000 stay in
+    ``x_train``). When no copy is found the script exits with one line on stderr
+    (exit status 2) instead of a traceback.
+
+``write_results(out_dir, results, args=None) -> str``
+    Writes ``<out_dir>/results.json`` atomically (temporary file, then ``os.replace``):
+    ``results`` plus ``experiment``, ``settings`` (all options), ``seed``, ``quick``,
+    ``wall_time_s`` (since ``parse_args``), ``versions`` (python, jax, numpy, backend) and
+    ``finished_at``. ``args`` defaults to the namespace from the last ``parse_args`` call.
+    numpy scalars/arrays are converted to plain JSON. Returns the path.
+
+``print_table(headers, rows, title=None)``
+    Prints an aligned plain-text table (floats with 4 significant digits).
+
+``Timer``
+    ``with Timer() as t: ...`` then ``t.elapsed`` (seconds, ``time.perf_counter``);
+    ``t.elapsed`` also reads the running time inside the block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["parse_args", "load_data", "write_results", "print_table", "Timer"]
+
+ENV_DATA = "JAXNET_CIFAR10_DIR"
+_LAST_ARGS: argparse.Namespace | None = None
+
+
+def parse_args(
+    name: str,
+    description: str,
+    extra: Callable[[argparse.ArgumentParser], Any] | None = None,
+    argv: Sequence[str] | None = None,
+) -> argparse.Namespace:
+    """Parse the common options (see module docstring); ``argv=None`` reads ``sys.argv``."""
+    global _LAST_ARGS
+    parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description)
+    parser.add_argument(
+        "--data-dir", default=os.environ.get(ENV_DATA) or None,
+        help=f"CIFAR-10 copy: cifar10-jpeg.tar.gz, an image-folder root or cifar-10-batches-py "
+             f"(default: ${ENV_DATA})",
+    )
+    parser.add_argument("--quick", action="store_true", help="small, fast version (smoke test)")
+    parser.add_argument("--out", default=os.path.join("results", name),
+                        help="output folder for results.json and figures (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for subsampling/splits/init (default: 0)")
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
+    args.name = name
+    args.start_time = time.perf_counter()
+    _LAST_ARGS = args
+    return args
+
+
+def load_data(args: argparse.Namespace, *, val_size: int = 0):
+    """CIFAR-10 (uint8 NHWC) from ``args.data_dir``, or exit with a one-line message."""
+    from jaxnet.data import load_cifar10
+
+    prog = f"experiments.{getattr(args, 'name', 'experiment')}"
+    if not args.data_dir:
+        sys.stderr.write(
+            f"{prog}: CIFAR-10 not found: pass --data-dir PATH (e.g. cifar10-jpeg.tar.gz) "
+            f"or set {ENV_DATA}\n"
+        )
+        raise SystemExit(2)
+    try:
+        return load_cifar10(args.data_dir, val_size=val_size, seed=args.seed)
+    except FileNotFoundError as e:
+        sys.stderr.write(f"{prog}: CIFAR-10 not found: {e}\n")
+        raise SystemExit(2) from None
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON values from numpy/jax scalars and arrays, tuples, paths; NaN/inf -> None."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "tolist"):  # numpy / jax arrays and scalars
+        return _jsonable(obj.tolist())
+    return str(obj)
+
+
+def _versions() -> dict:
+    import numpy as np
+
+    info = {"python": platform.python_version(), "numpy": np.__version__}
+    try:
+        import jax
+
+        info["jax"] = jax.__version__
+        info["backend"] = jax.default_backend()
+        info["devices"] = [str(d) for d in jax.devices()]
+    except Exception as e:  # noqa: BLE001 - a results file should still be written
+        info["jax"] = f"unavailable ({type(e).__name__})"
+    return info
+
+
+def write_results(out_dir: str | os.PathLike, results: dict, args: argparse.Namespace | None = None) -> str:
+    """Write ``results.json`` atomically with the run's metadata; returns its path."""
+    args = args if args is not None else _LAST_ARGS
+    payload: dict[str, Any] = {}
+    if args is not None:
+        settings = {k: v for k, v in vars(args).items() if k not in ("start_time",)}
+        payload.update(
+            experiment=getattr(args, "name", None),
+            settings=settings,
+            seed=getattr(args, "seed", None),
+            quick=bool(getattr(args, "quick", False)),
+            wall_time_s=round(time.perf_counter() - args.start_time, 3)
+            if hasattr(args, "start_time") else None,
+        )
+    payload["versions"] = _versions()
+    payload["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    payload.update(results)
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "results.json")
+    fd, tmp = tempfile.mkstemp(prefix="results.", suffix=".json.tmp", dir=out_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_jsonable(payload), f, indent=2, allow_nan=False)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float) or (hasattr(v, "dtype") and getattr(v, "ndim", 1) == 0 and v.dtype.kind == "f"):
+        v = float(v)
+        return f"{v:.4g}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def print_table(headers: Sequence[Any], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
+    """Print rows as an aligned plain-text table (numbers right-aligned)."""
+    cells = [[_cell(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells if i < len(r)) for i in range(len(headers))]
+    numeric = [bool(rows) and all(_is_num(row[i]) for row in rows if i < len(row)) for i in range(len(headers))]
+
+    def fmt(row):
+        return "  ".join(c.rjust(w) if numeric[i] else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    if title:
+        print(title)
+    print(fmt(cells[0]).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for row in cells[1:]:
+        print(fmt(row).rstrip())
+    sys.stdout.flush()
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) or hasattr(v, "dtype")
+
+
+class Timer:
+    """Wall-clock timer: ``with Timer() as t: ...; t.elapsed`` (seconds)."""
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+        self.end: float | None = None
+
+    def __enter__(self) -> "Timer":
+        self.start, self.end = time.perf_counter(), None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.end = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        if self.start is None:
+            return 0.0
+        return (self.end if self.end is not None else time.perf_counter()) - self.start
