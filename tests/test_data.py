@@ -38,6 +38,7 @@ from jaxnet.data import (
     train_val_test_split,
     whiten,
 )
+from cifar_copy import cifar10_or_skip
 
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 REPO = Path(__file__).resolve().parents[1]
@@ -439,10 +440,7 @@ def test_corrupt_cache_is_rebuilt(tmp_path):
 # ---------------------------------------------------------------- the real CIFAR-10 copy (optional)
 
 def _real_cifar() -> Path:
-    for cand in (_REAL_ENV, REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"):
-        if cand and Path(cand).exists():
-            return Path(cand)
-    pytest.skip("CIFAR-10 copy not found: set JAXNET_CIFAR10_DIR to cifar10-jpeg.tar.gz (or its folder)")
+    return Path(cifar10_or_skip())
 
 
 def test_real_cifar_subset_decodes(tmp_path):

@@ -21,6 +21,7 @@ from jaxnet.classic.features import (
     rgb_to_hsv,
 )
 from jaxnet.data import Dataset
+from cifar_copy import cifar10_or_skip
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -211,14 +212,7 @@ def test_bad_inputs_raise():
 # ------------------------------------------------------------------ experiments (need the CIFAR-10 copy)
 
 def _cifar_dir() -> str:
-    env = os.environ.get("JAXNET_CIFAR10_DIR")
-    if env and os.path.exists(env):
-        return env
-    default = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-    if default.exists():
-        return str(default)
-    pytest.skip("CIFAR-10 copy not found: set JAXNET_CIFAR10_DIR to cifar10-jpeg.tar.gz, an image-folder "
-                "root or cifar-10-batches-py")
+    return cifar10_or_skip()
 
 
 @pytest.mark.parametrize("name", ["two_layer_net", "features_net"])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxnet.classic import knn
+from cifar_copy import find_cifar10
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -201,11 +202,8 @@ def test_experiment_exits_cleanly_without_data(tmp_path, monkeypatch, capsys):
 
 
 def _cifar_copy():
-    env = os.environ.get("JAXNET_CIFAR10_DIR")
-    if env and Path(env).expanduser().exists():
-        return str(Path(env).expanduser())
-    shared = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-    return str(shared) if shared.is_file() else None
+    found = find_cifar10()
+    return None if found is None else str(found)
 
 
 def test_experiment_quick_smoke(tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ from jaxnet.classic.search import (
 )
 from jaxnet.data import Dataset
 from jaxnet.gradcheck import numerical_gradient, rel_error
+from cifar_copy import cifar10_or_skip
 
 PAIRS = {
     "svm": (svm_loss_naive, svm_loss_vectorized, ops.svm_hinge, manual.svm_hinge),
@@ -251,14 +252,7 @@ def test_coarse_to_fine_narrows_around_best():
 # ---------------------------------------------------------------- experiments (real CIFAR-10 copy)
 
 def _cifar_copy():
-    env = os.environ.get("JAXNET_CIFAR10_DIR")
-    if env and Path(env).exists():
-        return env
-    local = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-    if local.exists():
-        return str(local)
-    pytest.skip("CIFAR-10 copy not found: set JAXNET_CIFAR10_DIR to cifar10-jpeg.tar.gz, an image-folder "
-                "root or cifar-10-batches-py")
+    return cifar10_or_skip()
 
 
 @pytest.mark.parametrize("name", ["linear_svm", "softmax"])
