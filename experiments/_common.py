@@ -210,3 +210,12 @@ class Timer:
         if self.start is None:
             return 0.0
         return (self.end if self.end is not None else time.perf_counter()) - self.start
+
+
+def quick_subset(ds, *, n_train: int = 4000, n_test: int = 2000, seed: int = 0):
+    """The smoke-test version of a Dataset: ``n_train`` training and ``n_test`` test
+    examples drawn with ``seed`` (the validation split is kept)."""
+    from jaxnet.data import subsample
+    x_tr, y_tr = subsample(ds.x_train, ds.y_train, n_train, seed=seed)
+    x_te, y_te = subsample(ds.x_test, ds.y_test, n_test, seed=seed)
+    return ds.replace(x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)

@@ -26,7 +26,7 @@ from functools import partial
 
 import numpy as np
 
-from experiments._common import Timer, load_data, parse_args, print_table, write_results
+from experiments._common import Timer, load_data, parse_args, print_table, quick_subset, write_results
 
 NAME = "features_net"
 DESCRIPTION = "HOG + HSV colour-histogram features -> linear SVM and two-layer net on CIFAR-10."
@@ -71,15 +71,14 @@ def main(argv=None) -> dict:
     from jaxnet.classic.features import color_histogram_hsv, feature_dataset, hog_features
     from jaxnet.classic.linear import accuracy, add_bias_column, train_linear
     from jaxnet.classic.search import plot_search, random_search, results_table
-    from jaxnet.data import subsample
+
     from jaxnet.train import evaluate, fit
     from jaxnet.viz import plot_history
 
     with Timer() as t_load:
         ds = load_data(args, val_size=1000)
         if quick:  # a smoke test: small training and test splits
-            ds = ds.replace(**dict(zip(("x_train", "y_train"), subsample(ds.x_train, ds.y_train, 4000, seed=args.seed))),
-                            **dict(zip(("x_test", "y_test"), subsample(ds.x_test, ds.y_test, 2000, seed=args.seed))))
+            ds = quick_subset(ds, n_train=4000, n_test=2000, seed=args.seed)
     print(f"data: {ds}  ({t_load.elapsed:.1f} s){'  [quick: subsampled]' if quick else ''}", flush=True)
 
     fns = (partial(hog_features, cell_size=args.cell_size), partial(color_histogram_hsv, nbins=args.hsv_bins))

@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, load_data, parse_args, print_table, write_results
+from experiments._common import Timer, load_data, parse_args, print_table, quick_subset, write_results
 
 NAME = "two_layer_net"
 DESCRIPTION = "Two-layer net (affine-relu-affine) on CIFAR-10 raw pixels, with a random hyperparameter search."
@@ -124,8 +124,7 @@ def main(argv=None) -> dict:
     with Timer() as t_load:
         ds = load_data(args, val_size=1000)
         if quick:  # a smoke test: small training and test splits
-            ds = ds.replace(**dict(zip(("x_train", "y_train"), subsample(ds.x_train, ds.y_train, 4000, seed=args.seed))),
-                            **dict(zip(("x_test", "y_test"), subsample(ds.x_test, ds.y_test, 2000, seed=args.seed))))
+            ds = quick_subset(ds, n_train=4000, n_test=2000, seed=args.seed)
         ds = ds.replace(x_train=to_float(ds.x_train), x_val=to_float(ds.x_val), x_test=to_float(ds.x_test))
         ds = normalize_dataset(ds, mode="channel")
     print(f"data: {ds}  ({t_load.elapsed:.1f} s){'  [quick: subsampled]' if quick else ''}", flush=True)
