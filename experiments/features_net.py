@@ -71,7 +71,6 @@ def main(argv=None) -> dict:
     from jaxnet.classic.features import color_histogram_hsv, feature_dataset, hog_features
     from jaxnet.classic.linear import accuracy, add_bias_column, train_linear
     from jaxnet.classic.search import plot_search, random_search, results_table
-
     from jaxnet.train import evaluate, fit
     from jaxnet.viz import plot_history
 
