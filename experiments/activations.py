@@ -41,7 +41,7 @@ BATCH_SIZE = 128
 def _extra(parser) -> None:
     parser.add_argument("--n-train", type=int, default=None,
                         help="CIFAR-10 training subset (default 20000; quick 2000)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per activation (default 10; quick 4)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per activation (default 15; quick 4)")
     parser.add_argument("--activations", default=",".join(ACTIVATIONS),
                         help="comma-separated subset of %(default)s")
 
@@ -156,7 +156,7 @@ def main(argv=None) -> dict:
 
     q = args.quick
     n_train = args.n_train or (2000 if q else 20000)
-    epochs = args.epochs or (4 if q else 10)
+    epochs = args.epochs or (4 if q else 15)
     names = [a.strip() for a in args.activations.split(",") if a.strip()]
     bad = [a for a in names if a not in ACTIVATIONS]
     if bad or not names:

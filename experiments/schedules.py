@@ -55,7 +55,7 @@ def _extra(parser) -> None:
     parser.add_argument("--n-train", type=int, default=None,
                         help="CIFAR-10 training subset (default 20000; quick 2000)")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="epochs per schedule (default 10 on CIFAR-10, 30 on digits; quick 3 / 10)")
+                        help="epochs per schedule (default 10 on CIFAR-10, 30 on digits; quick 3 / 6)")
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
     parser.add_argument("--warmup-epochs", type=float, default=2.0,
                         help="warmup length of warmup_cosine in epochs (default 2)")
@@ -164,7 +164,7 @@ def main(argv=None) -> dict:
     q = args.quick
     cifar = bool(args.data_dir)
     n_train = args.n_train or (2000 if q else 20000)
-    epochs = args.epochs or ((3 if q else 10) if cifar else (10 if q else 30))
+    epochs = args.epochs or ((3 if q else 10) if cifar else (6 if q else 30))
     bs = args.batch_size
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
 

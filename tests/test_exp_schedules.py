@@ -1,0 +1,86 @@
+"""experiments.schedules: the --quick run on the embedded digits (no CIFAR-10 needed): files
+written, the recorded per-epoch lr follows each schedule's shape, every run's loss goes down."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from experiments import schedules as exp
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.delenv("JAXNET_CIFAR10_DIR", raising=False)
+    out = tmp_path_factory.mktemp("schedules")
+    try:
+        results = exp.main(["--quick", "--out", str(out)])
+    finally:
+        mp.undo()
+    return results, out
+
+
+def test_quick_run_writes_files(quick_run):
+    results, out = quick_run
+    for name in ("results.json", "schedules.png", "curves.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["experiment"] == "schedules" and saved["quick"] is True
+    assert saved["data_source"] == "digits"
+    assert set(saved["schedules"]) == set(exp.SCHEDULES)
+    epochs = saved["protocol"]["epochs"]
+    for name, r in saved["schedules"].items():
+        assert len(r["history"]["lr"]) == epochs, name
+        for key in ("final_train_loss", "final_val_acc", "test_acc", "lr_start", "lr_middle", "lr_end"):
+            assert r[key] is not None and math.isfinite(r[key]), (name, key)
+        assert 0.0 <= r["test_acc"] <= 1.0
+        assert len(saved["schedule_values"][name]) == saved["protocol"]["total_steps"]
+
+
+def test_lr_history_follows_schedule_shape(quick_run):
+    results, _ = quick_run
+    runs = results["schedules"]
+    lr = results["protocol"]["lr"]
+    spe = results["protocol"]["steps_per_epoch"]
+    for name, r in runs.items():
+        h = np.asarray(r["history"]["lr"])
+        # the history holds the rate of each epoch's last update: s(e * spe - 1)
+        vals = np.asarray(results["schedule_values"][name])
+        np.testing.assert_allclose(h, vals[spe - 1::spe], rtol=1e-5, atol=1e-12, err_msg=name)
+        # the final optimizer state carries the last update's rate
+        assert r["lr_final_state"] == pytest.approx(r["lr_end"], rel=1e-5, abs=1e-12), name
+    assert np.allclose(runs["constant"]["history"]["lr"], lr)
+    assert runs["constant"]["lr_start"] == runs["constant"]["lr_end"] == pytest.approx(lr)
+    for name in ("step", "exponential", "inverse_time", "cosine"):
+        h = np.asarray(runs[name]["history"]["lr"])
+        assert np.all(np.diff(h) <= 1e-12), (name, h)
+        assert h[-1] < h[0], (name, h)
+        r = runs[name]
+        assert r["lr_start"] == pytest.approx(lr) and r["lr_start"] > r["lr_middle"] > r["lr_end"], name
+    w = np.asarray(runs["warmup_cosine"]["history"]["lr"])
+    assert w[1] > w[0], w  # still warming up
+    assert int(np.argmax(w)) > 0 and w[-1] < w.max(), w
+    r = runs["warmup_cosine"]
+    assert r["lr_start"] == 0.0 and r["lr_max"] == pytest.approx(lr, rel=1e-5)
+    assert r["lr_middle"] > r["lr_end"]
+
+
+def test_every_run_loss_decreases(quick_run):
+    results, _ = quick_run
+    for name, r in results["schedules"].items():
+        loss = r["history"]["train_loss"]
+        assert loss[-1] < loss[0], (name, loss)
+        assert loss[-1] < math.log(10), (name, loss)
+        assert r["final_val_acc"] > 0.5, name
+
+
+def test_schedule_values_directly():
+    total, warm = 40, 8
+    v = {n: exp.schedule_values(exp.build_schedule(n, 0.1, total, warm), total) for n in exp.SCHEDULES}
+    np.testing.assert_allclose(v["constant"], 0.1)
+    assert v["step"][0] == pytest.approx(0.1) and v["step"][-1] == pytest.approx(0.1 / 8)
+    assert v["exponential"][0] == pytest.approx(0.1)
+    assert v["cosine"][0] == pytest.approx(0.1) and v["cosine"][-1] < 1e-3
+    assert v["warmup_cosine"][0] == 0.0 and np.argmax(v["warmup_cosine"]) == warm
