@@ -9,7 +9,13 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from jaxnet import manual, ops
-from jaxnet.gradcheck import rel_error
+from jaxnet.gradcheck.report import scaled_rel_error as rel_error
+
+# Manual and reference ops sum in different orders (im2col/col2im vs XLA's reduce_window and
+# convolution, whose order also depends on XLA flags), so an output that cancels to ~1e-9 can
+# differ by a few ulps of its summands: the course's 1e-8 floor would read that as a 1e-8
+# "relative" error.  The scaled variant judges such entries against 1e-3 of the tensor's scale;
+# a wrong window, stride or padding still shows up as an O(1) error.
 
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
