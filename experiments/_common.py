@@ -16,6 +16,13 @@ Every script takes the same four options, writes ``results.json`` plus its figur
     ``x_train``). When no copy is found the script exits with one line on stderr
     (exit status 2) instead of a traceback.
 
+``cifar_or_digits(args, n_train) -> (Dataset, source, description)``
+    The deep-net experiments' data: a CIFAR-10 subsample when a copy is given, else the
+    embedded digits; float32, normalised per channel.
+
+``quick_subset(ds, *, n_train, n_test, seed) -> Dataset``
+    The smoke-test subsample of a Dataset.
+
 ``write_results(out_dir, results, args=None) -> str``
     Writes ``<out_dir>/results.json`` atomically (temporary file, then ``os.replace``):
     ``results`` plus ``experiment``, ``settings`` (all options), ``seed``, ``quick``,
@@ -219,3 +226,28 @@ def quick_subset(ds, *, n_train: int = 4000, n_test: int = 2000, seed: int = 0):
     x_tr, y_tr = subsample(ds.x_train, ds.y_train, n_train, seed=seed)
     x_te, y_te = subsample(ds.x_test, ds.y_test, n_test, seed=seed)
     return ds.replace(x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+
+
+def cifar_or_digits(args: argparse.Namespace, n_train: int):
+    """The data of the deep-net experiments: ``(Dataset, source, description)``.
+
+    With ``--data-dir`` (or ``$JAXNET_CIFAR10_DIR``): CIFAR-10 with ``n_train`` training
+    images (subsampled with ``args.seed``), 1,000 validation and all test images; without
+    it, the embedded 8x8 digits (at most ``n_train`` training images).  Images are float32,
+    normalised per channel with training-split statistics; ``source`` is "cifar10" or "digits".
+    """
+    from jaxnet.data import load_digits, normalize_dataset, subsample, to_float
+
+    if args.data_dir:
+        ds = load_data(args, val_size=1000)
+        source, label = "cifar10", f"CIFAR-10 ({args.data_dir})"
+    else:
+        ds = load_digits(seed=args.seed)
+        source, label = "digits", "digits (embedded, 8x8)"
+    if len(ds.y_train) > n_train:
+        x, y = subsample(ds.x_train, ds.y_train, n_train, seed=args.seed)
+        ds = ds.replace(x_train=x, y_train=y)
+    ds = ds.replace(x_train=to_float(ds.x_train), x_val=to_float(ds.x_val), x_test=to_float(ds.x_test))
+    ds = normalize_dataset(ds, "channel")
+    desc = f"{label}: {len(ds.y_train)} training images, {len(ds.y_val)} validation, {len(ds.y_test)} test"
+    return ds, source, desc

@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, load_data, parse_args, print_table, write_results
+from experiments._common import Timer, cifar_or_digits, parse_args, print_table, write_results
 
 NAME = "activations"
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "maxout")
@@ -59,29 +59,6 @@ def build_model(name: str, hidden_dims=HIDDEN, num_classes: int = 10):
     layers.append(Affine(num_classes, w_init="small"))  # same head init as fully_connected_net
     names.append(f"fc{len(hidden_dims) + 1}")
     return Sequential(tuple(layers), tuple(names))
-
-
-def _data(args, n_train: int):
-    """(Dataset float32 normalised, description, source)."""
-    from jaxnet.data import load_digits, normalize_dataset, subsample, to_float
-
-    if args.data_dir:
-        ds = load_data(args, val_size=1000)
-        x, y = subsample(ds.x_train, ds.y_train, min(n_train, len(ds.y_train)), seed=args.seed)
-        ds = ds.replace(x_train=to_float(x), y_train=y, x_val=to_float(ds.x_val), y_val=ds.y_val,
-                        x_test=to_float(ds.x_test), y_test=ds.y_test)
-        ds = normalize_dataset(ds, "channel")
-        desc = (f"CIFAR-10 ({args.data_dir}): {len(ds.y_train)} training images, {len(ds.y_val)} validation, "
-                f"{len(ds.y_test)} test")
-        return ds, desc, "cifar10"
-    ds = load_digits(seed=args.seed)
-    if len(ds.y_train) > n_train:
-        x, y = subsample(ds.x_train, ds.y_train, n_train, seed=args.seed)
-        ds = ds.replace(x_train=x, y_train=y)
-    ds = normalize_dataset(ds, "channel")
-    desc = (f"digits (embedded, 8x8): {len(ds.y_train)} training images, {len(ds.y_val)} validation, "
-            f"{len(ds.y_test)} test")
-    return ds, desc, "digits"
 
 
 def _count_params(params) -> int:
@@ -164,7 +141,7 @@ def main(argv=None) -> dict:
     os.makedirs(args.out, exist_ok=True)
 
     with Timer() as t:
-        ds, desc, source = _data(args, n_train)
+        ds, source, desc = cifar_or_digits(args, n_train)
     data_s = t.elapsed
     batch_size = min(BATCH_SIZE, len(ds.y_train))
     print(f"{desc}; fully connected {HIDDEN}, Adam lr {LEARNING_RATE:g}, batch {batch_size}, {epochs} epochs",

@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, load_data, parse_args, print_table, write_results
+from experiments._common import Timer, cifar_or_digits, parse_args, print_table, write_results
 
 NAME = "babysitting"
 HEALTHY_RATIO = 1e-3
@@ -56,22 +56,6 @@ def _model(kind: str):
     if kind == "conv":
         return small_convnet(channels=(16, 32), num_classes=10)
     return fully_connected_net(hidden_dims=(100, 100), num_classes=10)
-
-
-def _data(args, n_train: int):
-    """(Dataset float32 normalised, description)."""
-    from jaxnet.data import load_digits, normalize_dataset, subsample, to_float
-
-    if args.data_dir:
-        ds = load_data(args, val_size=1000)
-        x, y = subsample(ds.x_train, ds.y_train, min(n_train, len(ds.y_train)), seed=args.seed)
-        ds = ds.replace(x_train=to_float(x), y_train=y, x_val=to_float(ds.x_val), y_val=ds.y_val,
-                        x_test=to_float(ds.x_test[:0]), y_test=ds.y_test[:0])
-        desc = f"CIFAR-10 ({args.data_dir}): {len(y)} training images, 1000 validation"
-    else:
-        ds = load_digits(seed=args.seed)
-        desc = f"digits (embedded, 8x8): {len(ds.y_train)} training images, {len(ds.y_val)} validation"
-    return normalize_dataset(ds), desc
 
 
 def _weight_paths(params) -> list[tuple]:
@@ -253,7 +237,7 @@ def main(argv=None) -> dict:
     timings = {}
 
     with Timer() as t:
-        ds, desc = _data(args, n_train)
+        ds, _, desc = cifar_or_digits(args, n_train)
     timings["data_s"] = t.elapsed
     model = _model(args.model)
     print(f"{desc}; model {args.model}; SGD, batch {batch_size}, {epochs} epochs per lr", flush=True)

@@ -43,7 +43,7 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, load_data, parse_args, print_table, write_results
+from experiments._common import Timer, cifar_or_digits, parse_args, print_table, write_results
 
 NAME = "optimizers"
 DESCRIPTION = "SGD, momentum, Nesterov, AdaGrad, RMSProp and Adam: a net, a quadratic, Adam's first step."
@@ -166,22 +166,6 @@ def adam_first_step_quadratic(lr: float) -> dict:
 
 
 # ---------------------------------------------------------------- (a) the net
-
-def load_net_data(args, quick: bool):
-    """CIFAR-10 (subsampled, float, per-channel normalised) if a copy is given, else the digits."""
-    from jaxnet.data import load_digits, normalize_dataset, subsample, to_float
-
-    if args.data_dir:
-        ds = load_data(args, val_size=1000)
-        n = args.n_train or (2000 if quick else 10000)
-        xs, ys = subsample(ds.x_train, ds.y_train, min(n, len(ds.y_train)), seed=args.seed)
-        ds = ds.replace(x_train=to_float(xs), y_train=ys, x_val=to_float(ds.x_val), x_test=to_float(ds.x_test))
-        name = "cifar10"
-    else:
-        ds = load_digits(seed=args.seed)
-        name = "digits"
-    return normalize_dataset(ds, mode="channel"), name
-
 
 _INIT_CACHE: dict = {}
 
@@ -354,7 +338,7 @@ def main(argv=None) -> dict:
 
     # ---- (a) the net
     with Timer() as t_load:
-        ds, data_name = load_net_data(args, quick)
+        ds, data_name, _ = cifar_or_digits(args, args.n_train or (2000 if quick else 10000))
     cifar = data_name == "cifar10"
     epochs = args.epochs or ((2 if quick else 5) if cifar else (5 if quick else 20))
     bs = args.batch_size or (100 if cifar else 64)

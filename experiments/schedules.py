@@ -36,7 +36,7 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, load_data, parse_args, print_table, write_results
+from experiments._common import Timer, cifar_or_digits, parse_args, print_table, write_results
 
 NAME = "schedules"
 DESCRIPTION = "Learning-rate schedules: constant, step, exponential, 1/t, cosine, warmup + cosine."
@@ -59,25 +59,6 @@ def _extra(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
     parser.add_argument("--warmup-epochs", type=float, default=2.0,
                         help="warmup length of warmup_cosine in epochs (default 2)")
-
-
-def load_sched_data(args, n_train: int):
-    """(Dataset float32 normalised per channel, source name, description)."""
-    from jaxnet.data import load_digits, normalize_dataset, subsample, to_float
-
-    if args.data_dir:
-        ds = load_data(args, val_size=1000)
-        x, y = subsample(ds.x_train, ds.y_train, min(n_train, len(ds.y_train)), seed=args.seed)
-        ds = ds.replace(x_train=to_float(x), y_train=y, x_val=to_float(ds.x_val), x_test=to_float(ds.x_test))
-        source = "cifar10"
-        desc = (f"CIFAR-10 ({args.data_dir}): {len(ds.y_train)} training images, {len(ds.y_val)} validation, "
-                f"{len(ds.y_test)} test")
-    else:
-        ds = load_digits(seed=args.seed)
-        source = "digits"
-        desc = (f"digits (embedded, 8x8): {len(ds.y_train)} training images, {len(ds.y_val)} validation, "
-                f"{len(ds.y_test)} test")
-    return normalize_dataset(ds, "channel"), source, desc
 
 
 def build_schedule(name: str, lr: float, total_steps: int, warmup_steps: int):
@@ -169,7 +150,7 @@ def main(argv=None) -> dict:
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
 
     with Timer() as t_load:
-        ds, source, desc = load_sched_data(args, n_train)
+        ds, source, desc = cifar_or_digits(args, n_train)
     print(f"{desc}  ({t_load.elapsed:.1f} s)", flush=True)
     bs = min(bs, len(ds.y_train))
     steps_per_epoch = num_batches(len(ds.y_train), bs)
