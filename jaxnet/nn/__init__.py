@@ -4,15 +4,17 @@
 >>> params, state = model.init(jax.random.key(0), (128, 8, 8, 1))
 >>> logits, state = model.apply(params, state, x, train=True, key=jax.random.key(1))
 
-See :mod:`jaxnet.nn.layers` for the protocol and the batch-norm / dropout conventions.
+See :mod:`jaxnet.nn.layers` for the protocol and the batch-norm / dropout conventions;
+:mod:`jaxnet.nn.inspect` for every layer's output (:func:`intermediates`) and activation statistics.
 """
 from jaxnet.nn import init
 from jaxnet.nn.combinators import Parallel, Residual, Sequential
 from jaxnet.nn.init import fans, get_initializer
+from jaxnet.nn.inspect import activation_stats, forward_with_intermediates, intermediates
 from jaxnet.nn.layers import (ELU, Affine, AvgPool2D, BatchNorm, Conv2D, ConvTranspose2D, Dropout, Flatten,
-                              GlobalAvgPool, GroupNorm, Layer, LayerNorm, LeakyReLU, Maxout, MaxPool2D, PReLU,
+                              GlobalAvgPool, GlobalMaxPool, GroupNorm, Layer, LayerNorm, LeakyReLU, Maxout, MaxPool2D, PReLU,
                               ReLU, Sigmoid, Tanh, with_impl)
-from jaxnet.nn.models import (MODELS, fully_connected_net, get_model, small_convnet, three_layer_convnet,
+from jaxnet.nn.models import (MODELS, fast_convnet, fully_connected_net, get_model, small_convnet, three_layer_convnet,
                               two_layer_net)
 from jaxnet.nn.summary import Summary, SummaryRow, count_params, summary
 
@@ -20,10 +22,12 @@ __all__ = [
     "Layer", "with_impl",
     "Affine", "Conv2D", "ConvTranspose2D",
     "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "ELU", "PReLU", "Maxout",
-    "MaxPool2D", "AvgPool2D", "GlobalAvgPool", "Flatten",
+    "MaxPool2D", "AvgPool2D", "GlobalAvgPool", "GlobalMaxPool", "Flatten",
     "BatchNorm", "LayerNorm", "GroupNorm", "Dropout",
     "Sequential", "Residual", "Parallel",
     "init", "fans", "get_initializer",
-    "two_layer_net", "fully_connected_net", "three_layer_convnet", "small_convnet", "get_model", "MODELS",
+    "two_layer_net", "fully_connected_net", "three_layer_convnet", "small_convnet", "fast_convnet", "get_model",
+    "MODELS",
     "summary", "Summary", "SummaryRow", "count_params",
+    "intermediates", "forward_with_intermediates", "activation_stats",
 ]

@@ -54,7 +54,7 @@ from jaxnet.ops._geometry import as_pair, window_geometry
 
 __all__ = [
     "Layer", "with_impl", "Affine", "Conv2D", "ConvTranspose2D", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
-    "ELU", "PReLU", "Maxout", "MaxPool2D", "AvgPool2D", "GlobalAvgPool", "Flatten", "BatchNorm",
+    "ELU", "PReLU", "Maxout", "MaxPool2D", "AvgPool2D", "GlobalAvgPool", "GlobalMaxPool", "Flatten", "BatchNorm",
     "LayerNorm", "GroupNorm", "Dropout",
 ]
 
@@ -446,6 +446,29 @@ class GlobalAvgPool(Layer):
 
     def apply(self, params, state, x, *, train, key=None):
         return F.global_avg_pool(x, impl=self.impl), state
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalMaxPool(Layer):
+    """Max over H and W: (N, H, W, C) -> (N, C); a max pool whose window is the whole image
+    (the same audited op as :class:`MaxPool2D`)."""
+    impl: Optional[str] = None
+
+    def output_shape(self, input_shape):
+        shape = _shape(self, input_shape)
+        _check_rank(self, shape, (4,), "(N, H, W, C)")
+        return (shape[0], shape[3])
+
+    def init(self, key, input_shape):
+        self.output_shape(input_shape)
+        return {}, {}
+
+    def apply(self, params, state, x, *, train, key=None):
+        if x.ndim != 4:
+            raise ValueError(f"GlobalMaxPool: expected (N, H, W, C), got {tuple(x.shape)}")
+        hw = (int(x.shape[1]), int(x.shape[2]))
+        y = F.max_pool2d(x, window=hw, stride=hw, padding=0, impl=self.impl)
+        return jnp.reshape(y, (x.shape[0], x.shape[3])), state
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,9 +12,10 @@ from typing import Callable, Optional, Sequence
 
 from jaxnet.nn.combinators import Sequential
 from jaxnet.nn.layers import (ELU, Affine, AvgPool2D, BatchNorm, Conv2D, Dropout, Flatten, GlobalAvgPool,
-                              GroupNorm, LayerNorm, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Tanh, with_impl)
+                              GlobalMaxPool, GroupNorm, LayerNorm, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Tanh, with_impl)
 
-__all__ = ["two_layer_net", "fully_connected_net", "three_layer_convnet", "small_convnet", "get_model",
+__all__ = ["two_layer_net", "fully_connected_net", "three_layer_convnet", "small_convnet", "fast_convnet",
+           "get_model",
            "MODELS", "ACTIVATIONS"]
 
 ACTIVATIONS: dict[str, Callable] = {
@@ -164,11 +165,65 @@ def small_convnet(channels: Sequence[int] = (32, 64), num_classes: int = 10, *, 
     return _build(layers, impl)
 
 
+def _norm_layer(model, norm, groups, channels):
+    if norm == "batchnorm":
+        return BatchNorm()
+    if norm == "groupnorm":
+        if channels % groups:
+            raise ValueError(f"{model}: groups={groups} must divide every channel count, not {channels}")
+        return GroupNorm(groups)
+    raise ValueError(f"{model}: norm must be 'batchnorm' or 'groupnorm', got {norm!r}")
+
+
+def fast_convnet(stem: int = 16, widths: Sequence[int] = (32, 64, 128), num_classes: int = 10, *,
+                 norm: str = "batchnorm", groups: int = 8, init="he", impl: Optional[str] = None):
+    """A compact VGG-style convnet that trains to ~0.9 on CIFAR-10 in minutes on a CPU.
+
+    stem: conv3x3(``stem``) - norm - relu at full resolution; then one block per
+    entry of ``widths``: conv3x3(c) - 2x2 max pool - norm - relu - conv3x3(c) - norm - relu
+    (pooling right after the first conv makes the second conv 4x cheaper, the layout of
+    Keller Jordan's airbench); then a max pool over what is left of H x W (4x4 for 32x32
+    inputs), flatten, affine.  Input (N, H, W, C) with H, W divisible by 2**len(widths).
+    norm: "batchnorm" (spatial batch norm) or "groupnorm" (``groups`` divides every width).
+    Convs have no bias (the norm's beta plays that role).  Names: ``stem`` = Sequential(conv,
+    norm, relu), ``block{b}`` = Sequential(conv1, pool, norm1, relu1, conv2, norm2, relu2),
+    ``pool`` (global max), ``fc``.  The defaults have about 0.29 M parameters.
+    """
+    widths = tuple(widths)
+    if not widths:
+        raise ValueError("fast_convnet: `widths` must list at least one block")
+    _check_int("fast_convnet", "stem", stem)
+    for c in widths:
+        _check_int("fast_convnet", "widths entries", c)
+    _check_int("fast_convnet", "num_classes", num_classes)
+    _check_int("fast_convnet", "groups", groups)
+
+    def seq(items):
+        names, layers = zip(*items)
+        return Sequential(tuple(layers), tuple(names))
+
+    def conv(c):
+        return Conv2D(c, kernel=3, padding="SAME", w_init=init, bias=False)
+
+    layers = [("stem", seq([("conv", conv(stem)), ("norm", _norm_layer("fast_convnet", norm, groups, stem)),
+                            ("relu", ReLU())]))]
+    for b, c in enumerate(widths, start=1):
+        layers.append((f"block{b}", seq([
+            ("conv1", conv(c)), ("pool", MaxPool2D(2, padding="VALID")),
+            ("norm1", _norm_layer("fast_convnet", norm, groups, c)), ("relu1", ReLU()),
+            ("conv2", conv(c)), ("norm2", _norm_layer("fast_convnet", norm, groups, c)), ("relu2", ReLU()),
+        ])))
+    layers.append(("pool", GlobalMaxPool()))
+    layers.append(("fc", Affine(num_classes, w_init=_head(init))))
+    return _build(layers, impl)
+
+
 MODELS: dict[str, Callable] = {
     "two_layer": two_layer_net,
     "fc": fully_connected_net,
     "three_layer_convnet": three_layer_convnet,
     "convnet": small_convnet,
+    "fast_convnet": fast_convnet,
 }
 
 

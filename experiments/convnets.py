@@ -1,0 +1,329 @@
+"""Convnets on CIFAR-10: the course's three-layer convnet after one epoch, and the best convnet
+this CPU trains in at most 20 minutes, with the time it takes to reach 0.70, 0.80 and 0.85.
+
+    python -m experiments.convnets [--data-dir /path/to/cifar10-jpeg.tar.gz] [--quick] [--out DIR]
+                                   [--part course|best|both] [--epochs E] [--time-budget S]
+
+Part ``course`` (the course's ConvolutionalNetworks notebook): ``three_layer_convnet``
+(conv7x7(32) - relu - 2x2 max pool - affine(500) - relu - affine, He init), Adam lr 1e-3,
+L2 1e-3, batch 50, ONE epoch over 49,000 training images; reported: the training accuracy
+on 1,000 training images (the course's check: more than 0.40) and the validation accuracy.
+
+Part ``best``: ``jaxnet.nn.fast_convnet`` (stem 16, blocks 32/64/128: conv - pool - BN - relu -
+conv - BN - relu, global max pool, affine; ~0.29 M parameters; all ops on the manual backward
+path), trained on all 50,000 training images with
+
+* SGD with Nesterov momentum 0.9, batch 256, peak lr 0.2 after a 2-epoch linear warmup,
+  then a cosine to 0 at the last step (``make_schedule("warmup_cosine", ...)``);
+* L2 5e-4 on the conv/affine weights (the course's ``reg``: added to the gradient);
+* label smoothing 0.2 (``(1 - e) * CE + e * mean over classes of -log p``);
+* augmentation inside the jitted step: random crop with 2-pixel zero padding, horizontal flip;
+* evaluation after every epoch on the 10,000 test images with flip test-time augmentation
+  (the mean of the scores of the image and its mirror; the plain accuracy is recorded too).
+
+No model selection uses the test set: the numbers are those of the last epoch, and the
+schedule's length is fixed in advance (``--epochs``). Time to an accuracy = the training
+wall time (steps only; compilation of the first step included, evaluation excluded) summed
+up to the end of the first epoch whose test accuracy reaches it, so it is an upper bound
+at one-epoch resolution. ``--time-budget`` (default 1200 s) stops training early if the
+training time would pass it (recorded as ``stopped_at_budget``). images/s = training images /
+training time, per epoch (median over epochs 2.., the first includes compilation).
+
+The final params/state are saved to ``<out>/fast_convnet.ckpt`` (``jaxnet.train.save_checkpoint``)
+for ``experiments.what_learned``.  ``--quick``: a few thousand images and 2 epochs (or the
+embedded digits without ``--data-dir``).  Figures: ``convnet_curves.png`` (test accuracy vs
+training minutes with the 0.70/0.80/0.85 lines; loss per epoch).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+
+from experiments._common import Timer, load_data, parse_args, print_table, quick_subset, write_results
+
+NAME = "convnets"
+DESCRIPTION = "Convnets on CIFAR-10: the course's three-layer net, and the best net in 20 CPU minutes."
+THRESHOLDS = (0.70, 0.80, 0.85)
+
+
+def _extra(parser) -> None:
+    parser.add_argument("--part", choices=("course", "best", "both"), default="both")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of the best net (default 16; quick 2)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=0.2, help="peak learning rate (default 0.2)")
+    parser.add_argument("--warmup-epochs", type=float, default=2.0)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--label-smoothing", type=float, default=0.2)
+    parser.add_argument("--crop-padding", type=int, default=2)
+    parser.add_argument("--stem", type=int, default=16)
+    parser.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--norm", choices=("batchnorm", "groupnorm"), default="batchnorm")
+    parser.add_argument("--impl", choices=("manual", "auto"), default="manual")
+    parser.add_argument("--time-budget", type=float, default=1200.0,
+                        help="stop the best net's training once this many training seconds are used")
+
+
+def smoothed_cross_entropy(scores, labels, *, smoothing: float):
+    """Label-smoothed softmax cross-entropy, batch mean: ``(1 - e) CE + e mean_c(-log p_c)``.
+    scores (N, C) float, labels (N,) int. The CE term is jaxnet's (manual/auto) op."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnet.functional import softmax_cross_entropy
+
+    ce = softmax_cross_entropy(scores, labels)
+    if smoothing == 0:
+        return ce
+    uniform = jnp.mean(jax.nn.logsumexp(scores, axis=-1) - jnp.mean(scores, axis=-1))
+    return (1.0 - smoothing) * ce + smoothing * uniform
+
+
+def make_tta_eval(model):
+    """Jitted ``(params, state, x, y, mask) -> (correct_plain, correct_flip_tta, count)`` sums."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def step(params, state, x, y, mask):
+        s1, _ = model.apply(params, state, x, train=False)
+        s2, _ = model.apply(params, state, x[:, :, ::-1, :], train=False)
+        plain = (jnp.argmax(s1, -1) == y).astype(jnp.float32) * mask
+        tta = (jnp.argmax(s1 + s2, -1) == y).astype(jnp.float32) * mask
+        return jnp.sum(plain), jnp.sum(tta), jnp.sum(mask)
+
+    return step
+
+
+def evaluate_tta(step, params, state, x, y, batch_size):
+    import jax
+
+    from jaxnet.train import batches
+
+    sums = [step(params, state, xb, yb, mb) for xb, yb, mb in batches(x, y, batch_size)]
+    plain, tta, count = np.sum(np.asarray(jax.device_get(sums), np.float64), axis=0)
+    return float(plain / count), float(tta / count)
+
+
+# ---------------------------------------------------------------- part 1: the course's net
+
+def run_course(args, ds, quick: bool) -> dict:
+    import jax
+
+    from jaxnet.nn import three_layer_convnet
+    from jaxnet.optim import make_optimizer
+    from jaxnet.train import create_train_state, evaluate, make_train_step
+    from jaxnet.train import batches
+
+    model = three_layer_convnet(num_filters=32, filter_size=7, hidden_dim=500, num_classes=10,
+                                impl=args.impl)
+    opt = make_optimizer("adam", 1e-3, weight_decay=1e-3)
+    bs = 50
+    ts = create_train_state(model, opt, args.seed, (bs, *ds.x_train.shape[1:]))
+    step = make_train_step(model, opt)
+    with Timer() as t:
+        for xb, yb, mb in batches(ds.x_train, ds.y_train, bs, key=args.seed):
+            ts, m = step(ts, xb, yb, mb)
+        jax.block_until_ready(m)
+    n_check = min(1000, len(ds.y_train))
+    rng = np.random.default_rng(args.seed)
+    idx = rng.choice(len(ds.y_train), n_check, replace=False)
+    _, train_acc = evaluate(model, ts.params, ts.state, ds.x_train[idx], ds.y_train[idx], 500)
+    _, val_acc = evaluate(model, ts.params, ts.state, ds.x_val, ds.y_val, 500)
+    _, test_acc = evaluate(model, ts.params, ts.state, ds.x_test, ds.y_test, 500)
+    out = {"model": "three_layer_convnet(num_filters=32, filter_size=7, hidden_dim=500), He init",
+           "optimizer": "adam lr 1e-3, L2 1e-3, batch 50, 1 epoch", "n_train": int(len(ds.y_train)),
+           "train_acc_1000": train_acc, "val_acc": val_acc, "test_acc": test_acc, "time_s": t.elapsed,
+           "images_per_second": len(ds.y_train) / t.elapsed, "course_target_train_acc": 0.40}
+    print(f"three-layer convnet, 1 epoch: train acc (1,000 images) {train_acc:.3f}, val {val_acc:.3f}, "
+          f"test {test_acc:.3f}  ({t.elapsed:.0f} s)", flush=True)
+    return out
+
+
+# ---------------------------------------------------------------- part 2: the best net
+
+def run_best(args, ds, quick: bool, epochs: int) -> dict:
+    import time
+
+    import jax
+
+    from jaxnet.data import augment
+    from jaxnet.nn import count_params, fast_convnet
+    from jaxnet.optim import make_optimizer
+    from jaxnet.optim.schedules import make_schedule
+    from jaxnet.train import batches, create_train_state, make_train_step, num_batches, save_checkpoint
+
+    model = fast_convnet(stem=args.stem, widths=tuple(args.widths), norm=args.norm, impl=args.impl)
+    n = len(ds.y_train)
+    bs = min(args.batch_size, n)
+    steps_per_epoch = num_batches(n, bs)
+    total = epochs * steps_per_epoch
+    warmup = max(1, min(total - 1, int(round(args.warmup_epochs * steps_per_epoch))))
+    sched = make_schedule("warmup_cosine", args.lr, total_steps=total, warmup_steps=warmup)
+    opt = make_optimizer("nesterov", sched, weight_decay=args.weight_decay)
+    loss_fn = functools.partial(smoothed_cross_entropy, smoothing=args.label_smoothing)
+    flip = getattr(args, "flip", True)
+    aug = functools.partial(augment, crop_padding=args.crop_padding, flip=flip)
+    ts = create_train_state(model, opt, args.seed, (bs, *ds.x_train.shape[1:]))
+    n_params = count_params(ts.params)
+    step = make_train_step(model, opt, loss_fn=loss_fn, augment_fn=aug)
+    tta_eval = make_tta_eval(model)
+    print(f"fast_convnet(stem={args.stem}, widths={tuple(args.widths)}, {args.norm}): {n_params:,} params; "
+          f"{epochs} epochs x {steps_per_epoch} steps, batch {bs}, nesterov peak lr {args.lr}, "
+          f"warmup {warmup} steps", flush=True)
+
+    history = {k: [] for k in ("epoch", "train_loss", "train_acc", "test_acc", "test_acc_tta", "lr",
+                               "train_time_s", "cum_train_time_s", "images_per_second")}
+    cum, stopped = 0.0, False
+    data_key = jax.random.PRNGKey(args.seed + 1)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="step", dynamic_ncols=True, disable=quick)
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        ms = []
+        for xb, yb, mb in batches(ds.x_train, ds.y_train, bs, key=jax.random.fold_in(data_key, epoch)):
+            ts, m = step(ts, xb, yb, mb)
+            ms.append(m)
+            bar.update(1)
+        ms = jax.device_get(ms)
+        dt = time.perf_counter() - t0
+        cum += dt
+        acc, acc_tta = evaluate_tta(tta_eval, ts.params, ts.state, ds.x_test, ds.y_test, 500)
+        counts = np.array([m["count"] for m in ms])
+        history["epoch"].append(epoch + 1)
+        history["train_loss"].append(float(np.dot([m["loss"] for m in ms], counts) / counts.sum()))
+        history["train_acc"].append(float(np.dot([m["accuracy"] for m in ms], counts) / counts.sum()))
+        history["test_acc"].append(acc)
+        history["test_acc_tta"].append(acc_tta)
+        history["lr"].append(float(ms[-1]["learning_rate"]))
+        history["train_time_s"].append(dt)
+        history["cum_train_time_s"].append(cum)
+        history["images_per_second"].append(n / dt)
+        bar.set_postfix({"loss": f"{history['train_loss'][-1]:.3f}", "test": f"{acc_tta:.4f}",
+                         "min": f"{cum / 60:.1f}"})
+        bar.write(f"epoch {epoch + 1:2d}: train loss {history['train_loss'][-1]:.4f} acc "
+                  f"{history['train_acc'][-1]:.4f} | test {acc:.4f} (flip TTA {acc_tta:.4f}) | "
+                  f"{cum / 60:.1f} min of training, {n / dt:.0f} img/s")
+        if epoch + 1 < epochs and cum + dt > args.time_budget:
+            stopped = True
+            bar.write(f"stopping: the next epoch would pass the {args.time_budget:.0f} s budget")
+            break
+    bar.close()
+
+    headline = "test_acc_tta" if flip else "test_acc"  # no mirror TTA for digits
+
+    def time_to(th):
+        for a, c in zip(history[headline], history["cum_train_time_s"]):
+            if a >= th:
+                return c
+        return None
+
+    ips = history["images_per_second"]
+    ckpt = save_checkpoint(os.path.join(args.out, "fast_convnet.ckpt"), ts, config={
+        "model": "fast_convnet", "stem": args.stem, "widths": list(args.widths), "norm": args.norm,
+        "input_shape": list(ds.x_train.shape[1:])})
+    return {
+        "model": f"fast_convnet(stem={args.stem}, widths={tuple(args.widths)}, norm={args.norm!r})",
+        "n_params": int(n_params), "impl": args.impl,
+        "recipe": {"optimizer": "nesterov, mu 0.9", "peak_lr": args.lr, "schedule": "warmup_cosine",
+                   "warmup_steps": warmup, "weight_decay": args.weight_decay,
+                   "label_smoothing": args.label_smoothing,
+                   "augment": f"crop pad {args.crop_padding}" + (" + flip" if flip else ""),
+                   "batch_size": bs, "epochs": epochs, "steps_per_epoch": steps_per_epoch},
+        "history": history,
+        "final_test_acc": history["test_acc"][-1],
+        "final_test_acc_tta": history["test_acc_tta"][-1],
+        "headline": headline,
+        "train_time_s": cum,
+        "stopped_at_budget": stopped,
+        "time_to_s": {f"{th:.2f}": time_to(th) for th in THRESHOLDS},
+        "images_per_second_median": float(np.median(ips[1:] if len(ips) > 1 else ips)),
+        "checkpoint": os.path.basename(ckpt),
+    }
+
+
+def plot_best(best: dict, path: str, title: str) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    h = best["history"]
+    fig = Figure(figsize=(13, 4.8), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    minutes = np.asarray(h["cum_train_time_s"]) / 60
+    ax_acc.plot(minutes, h["test_acc_tta"], "o-", ms=3, label="test (flip TTA)")
+    ax_acc.plot(minutes, h["test_acc"], "o-", ms=3, label="test")
+    ax_acc.plot(minutes, h["train_acc"], "o-", ms=3, alpha=0.6, label="train (augmented, running)")
+    for th in THRESHOLDS:
+        ax_acc.axhline(th, color="0.6", lw=0.8, ls="--")
+    ax_acc.set(xlabel="training time (minutes, 2-core CPU)", ylabel="accuracy", ylim=(0.3, 1.0),
+               title="accuracy vs training time")
+    ax_loss.plot(h["epoch"], h["train_loss"], "o-", ms=3, label="train loss (label-smoothed)")
+    ax2 = ax_loss.twinx()
+    ax2.plot(h["epoch"], h["lr"], color="tab:gray", lw=1, label="lr")
+    ax2.set_ylabel("learning rate (end of epoch)")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss and learning rate")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right" if ax is ax_acc else "upper right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def main(argv=None) -> dict:
+    args = parse_args(NAME, DESCRIPTION, _extra, argv)
+    from jaxnet.data import load_digits, normalize_dataset, to_float
+
+    q = args.quick
+    os.makedirs(args.out, exist_ok=True)
+    with Timer() as t_load:
+        if args.data_dir:
+            ds = load_data(args, val_size=1000)
+            source = "cifar10"
+        else:
+            ds = load_digits(seed=args.seed)
+            source = "digits"
+        if q and source == "cifar10":
+            ds = quick_subset(ds, n_train=3000, n_test=1000, seed=args.seed)
+        ds = ds.replace(x_train=to_float(ds.x_train), x_val=to_float(ds.x_val), x_test=to_float(ds.x_test))
+        ds = normalize_dataset(ds, "channel")
+    print(f"{source}: {len(ds.y_train)} training, {len(ds.y_val)} validation, {len(ds.y_test)} test images "
+          f"({t_load.elapsed:.1f} s)", flush=True)
+    results = {"data_source": source, "n_train": int(len(ds.y_train)), "n_test": int(len(ds.y_test))}
+    if args.part in ("course", "both"):
+        results["course"] = run_course(args, ds, q)
+    if args.part in ("best", "both"):
+        epochs = args.epochs or (2 if q else 16)
+        if source == "digits":  # 1,257 8x8 digits: smaller batches, more epochs, no mirror images
+            epochs = args.epochs or 8
+            args.batch_size = min(args.batch_size, 64)
+            args.crop_padding = min(args.crop_padding, 1)
+            args.flip = False
+        best_ds = ds
+        if source == "cifar10" and not q:  # the best net trains on all 50,000 (train + val)
+            best_ds = ds.replace(x_train=np.concatenate([ds.x_train, ds.x_val]),
+                                 y_train=np.concatenate([ds.y_train, ds.y_val]))
+        if source == "digits":  # 8x8 inputs: two blocks (8 -> 4 -> 2)
+            args.widths = args.widths[:2]
+        results["best"] = run_best(args, best_ds, q, epochs)
+        b = results["best"]
+        results["figures"] = {"curves": os.path.basename(plot_best(
+            b, os.path.join(args.out, "convnet_curves.png"),
+            f"{b['model']} on {source}: {b['final_test_acc_tta']:.4f} test accuracy after "
+            f"{b['train_time_s'] / 60:.1f} training minutes"))}
+        print_table(["target", "time to reach (s)"],
+                    [[k, v if v is not None else "not reached"] for k, v in b["time_to_s"].items()],
+                    title=f"\nfinal test accuracy {b['final_test_acc']:.4f}, with flip TTA "
+                          f"{b['final_test_acc_tta']:.4f}; {b['images_per_second_median']:.0f} img/s")
+    path = write_results(args.out, results, args)
+    print(f"\nwrote {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
