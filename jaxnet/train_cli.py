@@ -101,6 +101,10 @@ def run_train(args) -> int:
     _validate(args)
     import jax
 
+    from jaxnet import enable_compilation_cache
+
+    enable_compilation_cache()  # a second run reuses the compiled steps ($JAXNET_COMPILATION_CACHE=0: off)
+
     from jaxnet.nn import summary as model_summary
     from jaxnet.optim import make_optimizer
     from jaxnet.optim.schedules import make_schedule

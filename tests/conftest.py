@@ -1,5 +1,11 @@
+import os
+
 import jax
 import pytest
+
+# The CLI turns on JAX's persistent compilation cache; tests run without it (isolation:
+# no files in ~/.cache, no programs carried over between runs). test_compile_cache.py tests it.
+os.environ.setdefault("JAXNET_COMPILATION_CACHE", "0")
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -219,17 +220,30 @@ def bench_compile() -> dict:
     t0 = time.perf_counter()
     step.lower(holder["ts"], x, y, mask).compile()
     compile_s = time.perf_counter() - t0
-    code = ("import time; t0 = time.perf_counter(); import jaxnet; from jaxnet.bench.suites import _jaxnet_step; "
+    code = ("import time; t0 = time.perf_counter(); import jaxnet; {cache}"
+            "from jaxnet.bench.suites import _jaxnet_step; "
             "run = _jaxnet_step('manual')[0]; run().block_until_ready(); print(time.perf_counter() - t0)")
-    walls = []
-    for _ in range(3):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             env={**os.environ})
-        walls.append(float(out.stdout.strip().splitlines()[-1]))
+
+    def walls(cache_dir, n):
+        cache = f"jaxnet.enable_compilation_cache({cache_dir!r}); " if cache_dir else ""
+        env = {**os.environ, "JAXNET_COMPILATION_CACHE": cache_dir or "0"}
+        out = []
+        for _ in range(n):
+            res = subprocess.run([sys.executable, "-c", code.format(cache=cache)], capture_output=True, text=True,
+                                 check=True, env=env)
+            out.append(float(res.stdout.strip().splitlines()[-1]))
+        return out
+
+    cold = walls(None, 3)
+    with tempfile.TemporaryDirectory(prefix="jaxnet-bench-cache-") as tmp:
+        walls(tmp, 1)  # fills the cache
+        warm = walls(tmp, 3)
     return {"name": "compile and start-up",
             "candidates": {"jit compile of the train step": {"median_ms": compile_s * 1e3},
                            "import jaxnet + first step (fresh process)":
-                               {"median_ms": float(np.median(walls)) * 1e3, "samples": len(walls)}},
+                               {"median_ms": float(np.median(cold)) * 1e3, "samples": len(cold)},
+                           "import jaxnet + first step (fresh process, warm compilation cache)":
+                               {"median_ms": float(np.median(warm)) * 1e3, "samples": len(warm)}},
             "ratios": {}}
 
 
