@@ -69,22 +69,16 @@ def _weight_paths(params) -> list[tuple]:
     return paths
 
 
-def _get(tree, keys):
-    for k in keys:
-        tree = tree[k]
-    return tree
-
-
 def make_sgd_runner(model, input_shape):
     """One SGD optimizer (``make_optimizer("sgd", 1.0)``) and one jitted step for all learning
     rates: the rate lives in the optimizer state (``inject_hyperparams``) and is set per run,
     so the step compiles once. The step also returns, per weight tensor (``w`` leaves),
-    ``||w_new - w_old|| / ||w_old||`` (= ``||lr * update|| / ||w||``)."""
+    ``||w_new - w_old|| / ||w_old||`` (= ``||lr * update|| / ||w||``, :func:`jaxnet.train.update_ratios`)."""
     import jax
     import jax.numpy as jnp
 
     from jaxnet.optim import make_optimizer
-    from jaxnet.train import make_train_step
+    from jaxnet.train import make_train_step, update_ratios
 
     opt = make_optimizer("sgd", 1.0)
     step = make_train_step(model, opt, donate=False)
@@ -93,11 +87,8 @@ def make_sgd_runner(model, input_shape):
     @functools.partial(jax.jit, donate_argnums=(0,))
     def step_with_ratios(ts, x, y, mask):
         new_ts, metrics = step(ts, x, y, mask)
-        ratios = jnp.stack([
-            jnp.linalg.norm((_get(new_ts.params, p) - _get(ts.params, p)).ravel())
-            / jnp.linalg.norm(_get(ts.params, p).ravel())
-            for p in holder["wpaths"]
-        ])
+        per_leaf = update_ratios(ts.params, new_ts.params)  # {"fc1/w": ||w_new - w_old|| / ||w_old||, ...}
+        ratios = jnp.stack([per_leaf["/".join(p)] for p in holder["wpaths"]])
         return new_ts, metrics, ratios
 
     def init(seed: int, lr: float):

@@ -3,11 +3,25 @@
 * :mod:`~jaxnet.train.state`: :class:`TrainState`, :func:`create_train_state`.
 * :mod:`~jaxnet.train.step`: :func:`make_train_step`, :func:`make_eval_step`, :func:`batches`.
 * :mod:`~jaxnet.train.fit`: :func:`fit` -> :class:`FitResult`, :func:`evaluate`.
+* :mod:`~jaxnet.train.averaging`: :func:`ema_init`, :func:`ema_update`, :func:`polyak_average`
+  (parameter averaging), :func:`ensemble_predict`, :func:`evaluate_ensemble` (model ensembles).
 * :mod:`~jaxnet.train.checkpoint`: :func:`save_checkpoint`, :func:`load_checkpoint`, :class:`CheckpointError`.
 * :mod:`~jaxnet.train.parallel`: :func:`make_mesh`, :func:`shard_batch`, :func:`replicate`.
 * :mod:`~jaxnet.train.sanity`: :func:`initial_loss_check`, :func:`overfit_small_subset`.
+* :mod:`~jaxnet.train.stats`: :func:`make_stats_step` (per-layer grad/param norms, update ratios,
+  activation statistics), :func:`update_ratios`.
 """
 
+from jaxnet.train.averaging import (
+    ema_decay_at,
+    ema_init,
+    ema_update,
+    ensemble_member_probs,
+    ensemble_predict,
+    evaluate_ensemble,
+    polyak_average,
+    polyak_update,
+)
 from jaxnet.train.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from jaxnet.train.fit import FitResult, evaluate, fit
 from jaxnet.train.parallel import (
@@ -20,14 +34,18 @@ from jaxnet.train.parallel import (
 )
 from jaxnet.train.sanity import initial_loss_check, overfit_small_subset
 from jaxnet.train.state import TrainState, create_train_state
+from jaxnet.train.stats import flatten_paths, make_stats_step, param_norms, update_ratios
 from jaxnet.train.step import batches, make_eval_step, make_train_step, masked_mean, num_batches, per_example_loss
 
 __all__ = [
     "TrainState", "create_train_state",
     "make_train_step", "make_eval_step", "batches", "num_batches", "masked_mean", "per_example_loss",
     "FitResult", "fit", "evaluate",
+    "ema_init", "ema_update", "ema_decay_at", "polyak_update", "polyak_average",
+    "ensemble_predict", "ensemble_member_probs", "evaluate_ensemble",
     "CheckpointError", "save_checkpoint", "load_checkpoint", "read_checkpoint",
     "make_mesh", "data_sharding", "replicated_sharding", "replicate", "shard_batch",
     "check_batch_divisible",
     "initial_loss_check", "overfit_small_subset",
+    "make_stats_step", "update_ratios", "param_norms", "flatten_paths",
 ]

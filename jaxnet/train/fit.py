@@ -1,5 +1,5 @@
 """The training loop: ``fit`` (epochs of jitted steps, validation, best model, early stopping,
-metrics, curves, checkpoints, exact resume) and ``evaluate``."""
+an optional EMA of the params, metrics, curves, checkpoints, exact resume) and ``evaluate``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxnet.train.averaging import ema_update
 from jaxnet.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from jaxnet.train.parallel import check_batch_divisible, make_mesh, replicate, resolve_devices
 from jaxnet.train.state import TrainState, as_key, create_train_state
@@ -49,6 +50,9 @@ class FitResult:
     best_epoch: that epoch (1-based; 0 if no epoch ran). best_val_acc: its accuracy.
     train_state: the final :class:`TrainState` (after the last epoch run).
     stopped_early: whether early stopping ended the run.
+    ema_params: with ``fit(..., ema_decay=d)``: the exponential moving average of the params
+      after the last update (warmup variant, :func:`jaxnet.train.averaging.ema_update` with
+      ``step``); evaluate it with the final state, ``train_state.state``. None otherwise.
     """
 
     history: dict[str, list]
@@ -58,6 +62,7 @@ class FitResult:
     best_val_acc: float
     train_state: TrainState
     stopped_early: bool = False
+    ema_params: Any = None
 
 
 def _run_eval(eval_step: Callable, params, state, x, y, batch_size: int) -> tuple[float, float]:
@@ -71,6 +76,16 @@ def _run_eval(eval_step: Callable, params, state, x, y, batch_size: int) -> tupl
 @functools.lru_cache(maxsize=32)
 def _cached_eval_step(model, loss_fn, impl):
     return make_eval_step(model, loss_fn=loss_fn, impl=impl)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_ema_step(decay: float) -> Callable:
+    """Jitted ``(ema, params, step) -> ema`` (ema donated); ``step`` = updates applied so far (>= 1)."""
+
+    def ema_step(ema, params, step):
+        return ema_update(ema, params, decay, step=step - 1)
+
+    return jax.jit(ema_step, donate_argnums=(0,))
 
 
 def evaluate(
@@ -173,6 +188,7 @@ def fit(
     progress: bool = True,
     devices: Any = None,
     loss_fn: Optional[Callable] = None,
+    ema_decay: Optional[float] = None,
     _trace_hook: Optional[Callable[[Callable], Callable]] = None,
 ) -> FitResult:
     """Train ``model`` on ``data.x_train``/``data.y_train``, validating on ``data.x_val`` each epoch.
@@ -199,6 +215,11 @@ def fit(
       devices: data parallelism over these devices (None: all local devices, an int: the first
         n, or a list); the batch size must be divisible by their number.
       loss_fn: batch-mean loss ``(scores, labels) -> scalar``; default softmax cross-entropy.
+      ema_decay: if given (in [0, 1)), keep an exponential moving average of the params (Polyak
+        averaging), updated by a jitted step after every training step: the k-th update
+        (k = 1, 2, ...) uses decay ``min(ema_decay, k / (9 + k))`` (the warmup variant of
+        :func:`jaxnet.train.averaging.ema_update`). Returned as ``FitResult.ema_params``,
+        saved in the checkpoint and restored on resume. It does not change training.
       _trace_hook: testing hook passed to :func:`make_train_step`/:func:`make_eval_step`.
 
     Returns:
@@ -206,7 +227,7 @@ def fit(
 
     Raises:
       ValueError: bad epochs/batch size (e.g. larger than the training set), batch size not
-        divisible by the device count, ``resume`` without ``out_dir``.
+        divisible by the device count, ``resume`` without ``out_dir``, ``ema_decay`` outside [0, 1).
       CheckpointError: the checkpoint to resume from is corrupted or from a different model.
     """
     epochs = _check_positive_int("epochs", epochs, minimum=0)
@@ -219,6 +240,11 @@ def fit(
         raise ValueError(f"batch size {batch_size} is larger than the training set ({n_train} examples)")
     if resume and out_dir is None:
         raise ValueError("resume=True needs out_dir (where the checkpoint is)")
+    if ema_decay is not None:
+        if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float, np.floating)) \
+                or not 0.0 <= float(ema_decay) < 1.0:
+            raise ValueError(f"fit: ema_decay must be None or a float in [0, 1), got {ema_decay!r}")
+        ema_decay = float(ema_decay)
     has_val = len(data.x_val) > 0
 
     mesh = make_mesh(resolve_devices(devices))
@@ -243,11 +269,13 @@ def fit(
         "epochs": epochs,
         "impl": impl,
         "augment": repr(augment),
+        "ema_decay": ema_decay,
     }
 
     history: dict[str, list] = {k: [] for k in HISTORY_KEYS}
     best_params, best_state = _copy(ts.params), _copy(ts.state)
     best_epoch, best_metric, bad_epochs, start_epoch, stopped_early = 0, -math.inf, 0, 0, False
+    ema_params = None
     ckpt_path = metrics_path = None
     if out_dir is not None:
         out_dir = os.fspath(out_dir)
@@ -278,7 +306,20 @@ def fit(
         best_epoch, best_metric = int(extra["best_epoch"]), float(extra["best_metric"])
         bad_epochs, start_epoch = int(extra["bad_epochs"]), int(extra["epoch"])
         stopped_early = bool(extra["stopped_early"])
+        if ema_decay is not None:
+            if "ema_params" not in extra:
+                raise CheckpointError(
+                    f"checkpoint {ckpt_path!r} has no EMA of the params (written without ema_decay); "
+                    f"resume with the same settings"
+                )
+            ema_params = _unflat(extra["ema_params"], ts.params, "EMA params", ckpt_path)
     ts = replicate(ts, mesh)
+    ema_step = None
+    if ema_decay is not None:
+        if ema_params is None:
+            ema_params = _copy(ts.params)
+        ema_params = replicate(ema_params, mesh)
+        ema_step = _cached_ema_step(ema_decay)
 
     if metrics_path is not None:  # rewrite: exactly the epochs of the state we continue from
         with open(metrics_path, "w") as f:
@@ -298,6 +339,7 @@ def fit(
                 "bad_epochs": bad_epochs,
                 "stopped_early": stopped_early,
                 "data_key": _key_bits(data_key),
+                **({"ema_params": _flat(ema_params)} if ema_params is not None else {}),
             },
         )
 
@@ -321,6 +363,8 @@ def fit(
                 batches(data.x_train, data.y_train, batch_size, key=jax.random.fold_in(data_key, epoch))
             ):
                 ts, m = train_step(ts, xb, yb, mb)
+                if ema_step is not None:
+                    ema_params = ema_step(ema_params, ts.params, ts.step)
                 step_metrics.append(m)
                 if bar is not None:
                     seen += batch_size
@@ -383,5 +427,5 @@ def fit(
     return FitResult(
         history=history, best_params=best_params, best_state=best_state, best_epoch=best_epoch,
         best_val_acc=best_metric if best_epoch else float("nan"), train_state=ts,
-        stopped_early=stopped_early,
+        stopped_early=stopped_early, ema_params=ema_params,
     )
