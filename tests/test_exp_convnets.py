@@ -11,8 +11,16 @@ from experiments import convnets as exp
 from experiments import what_learned as wl
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _no_cifar():
+    mp = pytest.MonkeyPatch()
+    mp.delenv("JAXNET_CIFAR10_DIR", raising=False)  # the digits, whatever the environment says
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, _no_cifar):
     out = tmp_path_factory.mktemp("convnets")
     results = exp.main(["--quick", "--out", str(out)])
     return out, results
