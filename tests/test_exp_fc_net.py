@@ -1,0 +1,109 @@
+"""experiments.fc_net: the --quick run on the embedded digits (no CIFAR-10 needed): files
+written, one progress line per epoch, the warmup + cosine schedule really applied, the net
+learns, the test accuracy is the best-validation epoch's, resume reproduces the run."""
+
+import contextlib
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+
+from experiments import fc_net as exp
+
+
+def _run(argv):
+    mp = pytest.MonkeyPatch()
+    mp.delenv("JAXNET_CIFAR10_DIR", raising=False)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            results = exp.main(argv)
+    finally:
+        mp.undo()
+    return results, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fc_net")
+    results, printed = _run(["--quick", "--out", str(out)])
+    return results, out, printed
+
+
+def test_quick_run_writes_files(quick_run):
+    results, out, _ = quick_run
+    for name in ("results.json", "fc_net_curves.png", "metrics.jsonl", "checkpoint", "curves.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["experiment"] == "fc_net" and saved["quick"] is True
+    assert saved["data_source"] == "digits"
+    p = saved["protocol"]
+    assert p["norm"] == "batchnorm" and p["dropout"] == pytest.approx(0.3)
+    assert p["augment"] == {"crop_padding": 1, "flip": False}
+    assert p["epochs_run"] == p["epochs"] == len(saved["history"]["epoch"]) == 20
+    # (256, 128) with batch norm (gamma, beta; the affine keeps its bias) on 8x8x1 inputs
+    assert saved["n_params"] == (64 * 256 + 256 + 2 * 256) + (256 * 128 + 128 + 2 * 128) + (128 * 10 + 10)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == p["epochs"]
+    assert saved["target_met"] is False  # only a full CIFAR-10 run can meet it
+
+
+def test_one_progress_line_per_epoch(quick_run):
+    results, _, printed = quick_run
+    epochs = results["protocol"]["epochs"]
+    lines = [ln for ln in printed.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == epochs
+    assert lines[0].startswith(f"epoch   1/{epochs}") and lines[-1].startswith(f"epoch  {epochs}/{epochs}")
+    assert all("val loss" in ln and "img/s" in ln for ln in lines)
+
+
+def test_warmup_cosine_schedule_applied(quick_run):
+    results, _, _ = quick_run
+    lr = np.asarray(results["history"]["lr"])
+    peak = results["protocol"]["lr"]
+    assert results["protocol"]["schedule"] == "warmup_cosine"
+    assert results["protocol"]["warmup_steps"] == results["protocol"]["steps_per_epoch"]  # 1 epoch
+    assert np.all(lr <= peak * (1 + 1e-6))
+    i = int(np.argmax(lr))
+    assert 0 <= i <= 2 and lr[i] > 0.9 * peak
+    assert np.all(np.diff(lr[i:]) <= 1e-12)  # cosine decay after the warmup
+    assert lr[-1] < 1e-3 * peak
+
+
+def test_learns_and_reports_best_val_epoch(quick_run):
+    results, _, _ = quick_run
+    h = results["history"]
+    assert h["train_loss"][-1] < 0.6 * h["train_loss"][0]
+    assert h["train_loss"][0] < math.log(10) + 0.2
+    assert results["best_val_acc"] == pytest.approx(max(h["val_acc"]))
+    assert h["val_acc"][results["best_epoch"] - 1] == pytest.approx(results["best_val_acc"])
+    assert results["best_val_acc"] > 0.8
+    assert results["test_acc"] > 0.8 and results["last_epoch_test_acc"] > 0.8
+    for key in ("test_acc", "test_loss", "last_epoch_test_acc", "images_per_sec_median"):
+        assert results[key] is not None and math.isfinite(results[key]), key
+
+
+def test_resume_reproduces_the_run(quick_run):
+    results, out, _ = quick_run
+    again, printed = _run(["--quick", "--out", str(out), "--resume"])
+    assert again["history"]["train_loss"] == results["history"]["train_loss"]
+    assert again["best_epoch"] == results["best_epoch"]
+    assert again["test_acc"] == pytest.approx(results["test_acc"], abs=1e-9)
+    assert len([ln for ln in printed.splitlines() if ln.startswith("epoch ")]) == results["protocol"]["epochs"]
+
+
+def test_format_epoch():
+    row = {"epoch": 3, "train_loss": 1.5, "train_acc": 0.5, "val_loss": None, "val_acc": 0.25, "lr": 1e-3,
+           "images_per_sec": 1234.0, "epoch_time": 2.5}
+    line = exp.format_epoch(row, 30, 10.0)
+    assert line.startswith("epoch   3/30") and "val loss    nan" in line and "1234 img/s" in line
+
+
+def test_bad_options_are_one_line_errors(tmp_path):
+    for argv, msg in ((["--dropout", "1.5"], "--dropout"), (["--hidden", "10,x"], "--hidden"),
+                      (["--batch-size", "5000"], "larger than the training set"), (["--lr", "-1"], "--lr"),
+                      (["--epochs", "0"], "--epochs")):
+        with pytest.raises(SystemExit, match=msg):
+            _run(["--quick", "--out", str(tmp_path), *argv])
