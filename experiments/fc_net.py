@@ -23,30 +23,13 @@ jitted train step (``fit(augment={"crop_padding": 2, "flip": True})``), 30 epoch
 accuracy is measured with the best-validation-epoch weights (and, for reference, with the
 last epoch's).
 
-Why these defaults should reach 0.58 (they could not be tuned on CIFAR-10 here, only
-checked for speed with a ``--quick`` CIFAR run):
-
-* capacity: the experiments above put a 2 x 200 ReLU net at 0.48 test accuracy after 15
-  epochs on 20,000 images, overfitting after 5-6 epochs; 2.5x the data and a much wider,
-  deeper net raise the ceiling, and what limits such a net is overfitting, not capacity;
-* overfitting: dropout 0.3 after every hidden layer, weight decay and above all
-  augmentation (every epoch sees new shifted/flipped copies) fight it; flips are the one
-  augmentation a fully connected net benefits from without learning anything new, and the
-  crop padding is 2 rather than the convnets' 4 because an MLP has no translation
-  equivariance and must learn every shift separately (``--crop-padding 4`` is an option);
-* optimisation: batch norm lets the 4-layer net train at Adam's 1e-3 from the first epoch
-  (the batch-norm experiment), the warmup avoids the first steps' large Adam updates, and
-  the cosine decay to 0 gives the last epochs' gain (the schedules experiment: cosine and
-  warmup + cosine were the best schedules);
-* fully connected nets with these ingredients (batch norm, dropout, flips/shifts) are
-  commonly reported around 0.60 on CIFAR-10, while plain ones stop in the low 0.50s (the
-  course's 0.50-0.55); this is a judgement from such reports, not a measurement here.
-
-Time: the net costs 4.7 M multiply-adds per image forward, ~14 M forward + backward, so one
-epoch of 49,000 images is ~1.4 TFLOP. The ``--quick`` CIFAR run trained at 1,840 images/s
-on this 2-core CPU while another job kept both cores busy (``nice 19``): 27 s per epoch, 30
-epochs in ~14 minutes; with the machine to itself it should be faster (not measured). The
-per-epoch ``images_per_sec`` is recorded; ``--epochs`` trades accuracy for time.
+Measured (the README's experiment 8): test accuracy 0.6184 (best validation 0.636 at the
+last epoch) in 249 s of training, 6,163 images/s, on this 2-core CPU. Why the recipe works:
+batch norm lets the 4-layer net train at Adam's 1e-3 from the first epoch; dropout, weight
+decay and above all augmentation (new shifted/flipped copies every epoch) keep the 4.7 M
+weights from memorising 49,000 images; the crop padding is 2 rather than the convnets' 4
+because an MLP has no translation equivariance and must learn every shift separately; the
+cosine decay gives the last epochs' gain. ``--epochs`` trades accuracy for time.
 
 Progress: one line per epoch (train loss/accuracy in train mode, validation loss/accuracy,
 lr, images/s, seconds), printed from ``fit``'s ``metrics.jsonl`` as it is written; ``--progress``
