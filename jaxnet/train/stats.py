@@ -32,7 +32,7 @@ import optax
 
 from jaxnet.nn.inspect import activation_stats, forward_with_intermediates
 from jaxnet.train.state import TrainState
-from jaxnet.train.step import _impl_context, _learning_rate, default_loss, masked_mean, per_example_loss
+from jaxnet.train.step import _impl_context, default_loss, step_core
 
 __all__ = ["make_stats_step", "update_ratios", "param_norms", "flatten_paths"]
 
@@ -124,33 +124,12 @@ def make_stats_step(
         if getattr(x, "ndim", 0) < 1 or jnp.shape(y) != (x.shape[0],) or jnp.shape(mask) != (x.shape[0],):
             raise ValueError(f"stats_step: expected x (B, ...), y (B,), mask (B,); got x "
                              f"{tuple(jnp.shape(x))}, y {tuple(jnp.shape(y))}, mask {tuple(jnp.shape(mask))}")
+        def forward(params, state, x, key):
+            return forward_with_intermediates(model, params, state, x, train=True, key=key)
+
         with _impl_context(impl):
-            next_key, step_key = jax.random.split(ts.key)
-            dropout_key, augment_key = jax.random.split(step_key)
-            mask = mask.astype(jnp.float32)
-            if augment_fn is not None:
-                x = augment_fn(augment_key, x)
-
-            def objective(params):
-                logits, new_state, acts = forward_with_intermediates(model, params, ts.state, x, train=True,
-                                                                     key=dropout_key)
-                loss = masked_mean(per_example_loss(loss_fn, logits, y), mask)
-                return loss, (logits, new_state, acts)
-
-            (loss, (logits, new_state, acts)), grads = jax.value_and_grad(objective, has_aux=True)(ts.params)
-            updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
-            params = optax.apply_updates(ts.params, updates)
-            correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
-            metrics = {
-                "loss": loss.astype(jnp.float32),
-                "accuracy": masked_mean(correct, mask),
-                "learning_rate": _learning_rate(opt_state),
-                "grad_norm": optax.tree.norm(grads).astype(jnp.float32),
-                "count": jnp.sum(mask),
-            }
-            new_ts = ts.replace(
-                step=ts.step + 1, params=params, state=new_state, opt_state=opt_state, key=next_key
-            )
+            new_ts, metrics, grads, acts = step_core(forward, optimizer, loss_fn, augment_fn, ts, x, y, mask)
+            params, mask = new_ts.params, mask.astype(jnp.float32)
             grad_norms, p_norms, ratios = param_norms(grads), param_norms(ts.params), update_ratios(ts.params, params)
             stats = {
                 "params": OrderedDict((p, {"grad_norm": grad_norms[p], "param_norm": p_norms[p],

@@ -67,6 +67,40 @@ def _learning_rate(opt_state: Any) -> Array:
         return jnp.asarray(jnp.nan, jnp.float32)
 
 
+def step_core(forward: Callable, optimizer: optax.GradientTransformation, loss_fn: Callable,
+              augment_fn: Optional[Callable], ts: TrainState, x: Array, y: Array, mask: Array):
+    """One training update, shared by :func:`make_train_step` and ``make_stats_step`` (traced
+    inside their ``jit``): split the key, augment, forward + masked loss, gradient, optimizer.
+
+    forward: ``(params, state, x, key) -> (logits (B, C), new_state, aux)``; ``aux`` is passed
+    through (e.g. every layer's output). Returns ``(new_ts, metrics, grads, aux)``.
+    """
+    next_key, step_key = jax.random.split(ts.key)
+    dropout_key, augment_key = jax.random.split(step_key)
+    mask = mask.astype(jnp.float32)
+    if augment_fn is not None:
+        x = augment_fn(augment_key, x)
+
+    def objective(params):
+        logits, new_state, aux = forward(params, ts.state, x, dropout_key)
+        loss = masked_mean(per_example_loss(loss_fn, logits, y), mask)
+        return loss, (logits, new_state, aux)
+
+    (loss, (logits, new_state, aux)), grads = jax.value_and_grad(objective, has_aux=True)(ts.params)
+    updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+    params = optax.apply_updates(ts.params, updates)
+    correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
+    metrics = {
+        "loss": loss.astype(jnp.float32),
+        "accuracy": masked_mean(correct, mask),
+        "learning_rate": _learning_rate(opt_state),
+        "grad_norm": optax.tree.norm(grads).astype(jnp.float32),
+        "count": jnp.sum(mask),
+    }
+    new_ts = ts.replace(step=ts.step + 1, params=params, state=new_state, opt_state=opt_state, key=next_key)
+    return new_ts, metrics, grads, aux
+
+
 def make_train_step(
     model: Any,
     optimizer: optax.GradientTransformation,
@@ -105,33 +139,13 @@ def make_train_step(
     """
     loss_fn = default_loss if loss_fn is None else loss_fn
 
+    def forward(params, state, x, key):
+        logits, new_state = model.apply(params, state, x, train=True, key=key)
+        return logits, new_state, None
+
     def train_step(ts: TrainState, x: Array, y: Array, mask: Array):
         with _impl_context(impl):
-            next_key, step_key = jax.random.split(ts.key)
-            dropout_key, augment_key = jax.random.split(step_key)
-            mask = mask.astype(jnp.float32)
-            if augment_fn is not None:
-                x = augment_fn(augment_key, x)
-
-            def objective(params):
-                logits, new_state = model.apply(params, ts.state, x, train=True, key=dropout_key)
-                loss = masked_mean(per_example_loss(loss_fn, logits, y), mask)
-                return loss, (logits, new_state)
-
-            (loss, (logits, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(ts.params)
-            updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
-            params = optax.apply_updates(ts.params, updates)
-            correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
-            metrics = {
-                "loss": loss.astype(jnp.float32),
-                "accuracy": masked_mean(correct, mask),
-                "learning_rate": _learning_rate(opt_state),
-                "grad_norm": optax.tree.norm(grads).astype(jnp.float32),
-                "count": jnp.sum(mask),
-            }
-            new_ts = ts.replace(
-                step=ts.step + 1, params=params, state=new_state, opt_state=opt_state, key=next_key
-            )
+            new_ts, metrics, _, _ = step_core(forward, optimizer, loss_fn, augment_fn, ts, x, y, mask)
             return new_ts, metrics
 
     fn = _trace_hook(train_step) if _trace_hook is not None else train_step
