@@ -63,6 +63,7 @@ LAYER_CASES = [
     (nn.AvgPool2D(3, 1, "SAME"), (1, 5, 5, 2)),
     (nn.AvgPool2D(), (1, 4, 6, 1)),
     (nn.GlobalAvgPool(), (2, 5, 3, 4)),
+    (nn.GlobalMaxPool(), (2, 5, 3, 4)),
     (nn.Flatten(), (3, 2, 5, 2)),
     (nn.BatchNorm(), (5, 3)),
     (nn.BatchNorm(), (2, 3, 5, 4)),
@@ -97,6 +98,8 @@ MODEL_CASES = [
     ("convnet", dict(channels=(4, 8)), (2, 8, 8, 1)),
     ("convnet", dict(channels=(4, 8), norm="groupnorm", groups=2, pool="avg"), (1, 32, 32, 3)),
     ("convnet", dict(channels=(4, 4, 4), norm=None, head="flatten", dropout=0.5, convs_per_block=2), (2, 9, 11, 2)),
+    ("fast_convnet", dict(stem=4, widths=(4, 8)), (2, 8, 8, 3)),
+    ("fast_convnet", dict(stem=4, widths=(4, 8, 8), norm="groupnorm", groups=2), (1, 32, 32, 3)),
 ]
 
 
@@ -376,6 +379,8 @@ GRAD_MODELS = [
     ("convnet", dict(channels=(4,), norm="groupnorm", groups=2, pool="avg", dropout=0.2), (2, 7, 7, 2)),
     # regression: max pool after group norm under jit (the winner is recorded in the forward pass)
     ("convnet", dict(channels=(4,), norm="groupnorm", groups=2), (5, 6, 6, 2)),
+    ("fast_convnet", dict(stem=3, widths=(4, 4)), (3, 8, 8, 2)),
+    ("fast_convnet", dict(stem=4, widths=(4,), norm="groupnorm", groups=2), (2, 6, 6, 3)),
 ]
 
 
@@ -493,7 +498,7 @@ def test_summary_counts_nested_params_by_hand():
 
 
 def test_get_model_registry():
-    assert set(nn.MODELS) == {"two_layer", "fc", "three_layer_convnet", "convnet"}
+    assert set(nn.MODELS) == {"two_layer", "fc", "three_layer_convnet", "convnet", "fast_convnet"}
     with pytest.raises(ValueError, match=r"unknown model 'resnet'.*'convnet'.*'fc'"):
         nn.get_model("resnet")
     with pytest.raises(ValueError, match="normalization"):
@@ -517,3 +522,33 @@ def test_untrained_models_start_near_ln_c(name, kwargs, shape):
     loss, expected, ok = initial_loss_check(model, params, state, x, y, 10)
     assert abs(loss - np.log(10)) < 0.05 * np.log(10), (loss, expected)
     assert ok
+
+
+def test_global_max_pool_values_and_gradient():
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 3, 4, 5)), jnp.float32)
+    for impl in ("manual", "auto"):
+        layer = nn.GlobalMaxPool(impl=impl)
+        y, _ = layer.apply({}, {}, x, train=False)
+        np.testing.assert_array_equal(y, jnp.max(x, axis=(1, 2)))
+        g = jax.grad(lambda v: jnp.sum(layer.apply({}, {}, v, train=False)[0] * jnp.arange(5.0)))(x)
+        # the gradient of each (image, channel) goes to its maximum only
+        flat = x.reshape(2, 12, 5)
+        want = jax.nn.one_hot(jnp.argmax(flat, axis=1), 12, axis=1) * jnp.arange(5.0)
+        np.testing.assert_array_equal(g, want.reshape(x.shape))
+    with pytest.raises(ValueError, match=r"GlobalMaxPool.*\(N, H, W, C\)"):
+        nn.GlobalMaxPool().output_shape((2, 3))
+
+
+def test_fast_convnet_names_params_and_errors():
+    model = nn.fast_convnet()
+    params, _ = model.init(KEY, (1, 32, 32, 3))
+    assert list(params) == ["stem", "block1", "block2", "block3", "pool", "fc"]
+    assert set(params["block1"]) == {"conv1", "pool", "norm1", "relu1", "conv2", "norm2", "relu2"}
+    assert "b" not in params["block1"]["conv1"]          # the norm's beta is the bias
+    assert nn.count_params(params) == 292954
+    with pytest.raises(ValueError, match="groups=3 must divide"):
+        nn.fast_convnet(norm="groupnorm", groups=3)
+    with pytest.raises(ValueError, match="norm must be"):
+        nn.fast_convnet(norm="layernorm")
+    with pytest.raises(ValueError, match="widths"):
+        nn.fast_convnet(widths=())
