@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import run_quick_experiment
 from experiments import batchnorm as exp
 
 LN10 = math.log(10)
@@ -20,13 +21,8 @@ LN10 = math.log(10)
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.delenv("JAXNET_CIFAR10_DIR", raising=False)
     out = tmp_path_factory.mktemp("batchnorm")
-    try:
-        results = exp.main(["--quick", "--out", str(out)])
-    finally:
-        mp.undo()
+    results = run_quick_experiment(exp, out)
     return results, out
 
 

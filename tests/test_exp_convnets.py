@@ -7,23 +7,15 @@ import os
 import numpy as np
 import pytest
 
+from conftest import run_quick_experiment
 from experiments import convnets as exp
 from experiments import what_learned as wl
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _no_cifar():
-    mp = pytest.MonkeyPatch()
-    mp.delenv("JAXNET_CIFAR10_DIR", raising=False)  # the digits, whatever the environment says
-    yield
-    mp.undo()
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, _no_cifar):
+def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("convnets")
-    results = exp.main(["--quick", "--out", str(out)])
-    return out, results
+    return out, run_quick_experiment(exp, out)
 
 
 def test_files_and_course_part(run):
@@ -58,7 +50,7 @@ def test_best_part_history_and_times(run):
 
 
 def test_time_budget_stops_training(tmp_path):
-    results = exp.main(["--quick", "--part", "best", "--out", str(tmp_path), "--time-budget", "0"])
+    results = run_quick_experiment(exp, tmp_path, "--part", "best", "--time-budget", "0")
     b = results["best"]
     assert b["stopped_at_budget"] and len(b["history"]["epoch"]) == 1
 
@@ -67,7 +59,7 @@ def test_what_learned_reads_the_checkpoint(run, tmp_path):
     out, _ = run
     model, params, state, config = wl.load_fast_convnet(str(out / "fast_convnet.ckpt"))
     assert config["widths"] == [32, 64] and params["stem"]["conv"]["w"].shape == (3, 3, 1, 16)
-    res = wl.main(["--quick", "--checkpoint", str(out / "fast_convnet.ckpt"), "--out", str(tmp_path)])
+    res = run_quick_experiment(wl, tmp_path, "--checkpoint", str(out / "fast_convnet.ckpt"))
     assert res["model_from"].endswith("fast_convnet.ckpt")
     for name in ("filters.png", "neighbours.png", "tsne.png", "results.json"):
         assert os.path.getsize(tmp_path / name) > 0

@@ -8,18 +8,14 @@ import math
 import numpy as np
 import pytest
 
+from conftest import run_quick_experiment
 from experiments import optimizers as exp
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.delenv("JAXNET_CIFAR10_DIR", raising=False)
     out = tmp_path_factory.mktemp("optimizers")
-    try:
-        results = exp.main(["--quick", "--out", str(out)])
-    finally:
-        mp.undo()
+    results = run_quick_experiment(exp, out)
     return results, out
 
 
