@@ -430,10 +430,8 @@ class AvgPool2D(_Pool):
                             impl=self.impl), state
 
 
-@dataclasses.dataclass(frozen=True)
-class GlobalAvgPool(Layer):
-    """Mean over H and W: (N, H, W, C) -> (N, C)."""
-    impl: Optional[str] = None
+class _GlobalPool(Layer):
+    """(N, H, W, C) -> (N, C): the shape arithmetic of the global pools."""
 
     def output_shape(self, input_shape):
         shape = _shape(self, input_shape)
@@ -443,25 +441,22 @@ class GlobalAvgPool(Layer):
     def init(self, key, input_shape):
         self.output_shape(input_shape)
         return {}, {}
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalAvgPool(_GlobalPool):
+    """Mean over H and W: (N, H, W, C) -> (N, C)."""
+    impl: Optional[str] = None
 
     def apply(self, params, state, x, *, train, key=None):
         return F.global_avg_pool(x, impl=self.impl), state
 
 
 @dataclasses.dataclass(frozen=True)
-class GlobalMaxPool(Layer):
+class GlobalMaxPool(_GlobalPool):
     """Max over H and W: (N, H, W, C) -> (N, C); a max pool whose window is the whole image
     (the same audited op as :class:`MaxPool2D`)."""
     impl: Optional[str] = None
-
-    def output_shape(self, input_shape):
-        shape = _shape(self, input_shape)
-        _check_rank(self, shape, (4,), "(N, H, W, C)")
-        return (shape[0], shape[3])
-
-    def init(self, key, input_shape):
-        self.output_shape(input_shape)
-        return {}, {}
 
     def apply(self, params, state, x, *, train, key=None):
         if x.ndim != 4:
