@@ -33,6 +33,10 @@ Every script takes the same four options, writes ``results.json`` plus its figur
 ``print_table(headers, rows, title=None)``
     Prints an aligned plain-text table (floats with 4 significant digits).
 
+``figure(figsize) -> matplotlib.figure.Figure``
+    A figure on the Agg canvas (dpi 100), no pyplot and no display needed; save it with
+    ``fig.savefig(path, format="png")``.
+
 ``Timer``
     ``with Timer() as t: ...`` then ``t.elapsed`` (seconds, ``time.perf_counter``);
     ``t.elapsed`` also reads the running time inside the block.
@@ -52,7 +56,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["parse_args", "load_data", "write_results", "print_table", "Timer"]
+__all__ = ["parse_args", "load_data", "write_results", "print_table", "figure", "Timer"]
 
 ENV_DATA = "JAXNET_CIFAR10_DIR"
 _LAST_ARGS: argparse.Namespace | None = None
@@ -196,6 +200,16 @@ def print_table(headers: Sequence[Any], rows: Sequence[Sequence[Any]], title: st
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) or hasattr(v, "dtype")
+
+
+def figure(figsize):
+    """A matplotlib Figure of ``figsize`` inches at dpi 100 on the Agg canvas (no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 class Timer:

@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits, parse_args, print_table, write_results
+from experiments._common import Timer, cifar_or_digits, figure, parse_args, print_table, write_results
 
 NAME = "activations"
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "maxout")
@@ -100,11 +100,7 @@ def run_one(name: str, ds, *, epochs: int, batch_size: int, seed: int) -> dict:
 # ---------------------------------------------------------------- figure (Agg, no pyplot)
 
 def plot_curves(runs: dict, title: str, path: str) -> str:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 4.2), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = figure((11, 4.2))
     ax_loss, ax_acc = fig.subplots(1, 2)
     for name, r in runs.items():
         ep = r["history"]["epoch"]

@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits, parse_args, print_table, write_results
+from experiments._common import Timer, cifar_or_digits, figure, parse_args, print_table, write_results
 
 NAME = "babysitting"
 HEALTHY_RATIO = 1e-3
@@ -158,17 +158,8 @@ def train_run(model, ds, lr: float, runner, *, epochs: int, batch_size: int, see
 
 # ---------------------------------------------------------------- figures (Agg, no pyplot)
 
-def _figure(figsize):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def plot_ratios(names, ratios: np.ndarray, lr: float, path: str) -> str:
-    fig = _figure((7.5, 4.5))
+    fig = figure((7.5, 4.5))
     ax = fig.subplots()
     steps = np.arange(1, len(ratios) + 1)
     for i, name in enumerate(names):
@@ -185,7 +176,7 @@ def plot_ratios(names, ratios: np.ndarray, lr: float, path: str) -> str:
 
 
 def plot_learning_rates(runs: dict, path: str) -> str:
-    fig = _figure((7.5, 4.5))
+    fig = figure((7.5, 4.5))
     ax = fig.subplots()
     colors = {"tiny": "tab:blue", "good": "tab:green", "huge": "tab:red"}
     for label, run in runs.items():

@@ -65,7 +65,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits, parse_args, print_table, write_results
+from experiments._common import Timer, cifar_or_digits, figure, parse_args, print_table, write_results
 
 NAME = "batchnorm"
 DESCRIPTION = "Batch norm: init-scale sweep with/without BN, batch size BN vs LN, manual vs autodiff backward."
@@ -376,17 +376,8 @@ def run_impl_float64(ds, hidden, *, epochs, batch_size, lr, seed) -> dict:
 
 # ---------------------------------------------------------------- figures (Agg, no pyplot)
 
-def _figure(figsize):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def plot_scales(part: dict, path: str, title: str) -> str:
-    fig = _figure((12, 8.5))
+    fig = figure((12, 8.5))
     axes = fig.subplots(2, 2).ravel()
     panels = [("final_train_acc", "final training accuracy (train mode)", False),
               ("best_val_acc", "best validation accuracy", False),
@@ -412,7 +403,7 @@ def plot_scales(part: dict, path: str, title: str) -> str:
 
 
 def plot_batch_size(part: dict, path: str, title: str) -> str:
-    fig = _figure((13, 8.5))
+    fig = figure((13, 8.5))
     (ax_bn, ax_ln), (ax_bnv, ax_lnv) = fig.subplots(2, 2)
     sizes = part["batch_sizes"]
     cmap = {bs: c for bs, c in zip(sizes, ("tab:red", "tab:orange", "tab:blue", "tab:purple", "tab:brown",
@@ -439,7 +430,7 @@ def plot_batch_size(part: dict, path: str, title: str) -> str:
 
 
 def plot_impl(part: dict, path: str, title: str) -> str:
-    fig = _figure((13, 4.8))
+    fig = figure((13, 4.8))
     ax_loss, ax_diff = fig.subplots(1, 2)
     sm = np.asarray(part["steps"]["manual"]["loss"])
     sa = np.asarray(part["steps"]["auto"]["loss"])

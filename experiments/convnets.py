@@ -42,7 +42,7 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, load_data, parse_args, print_table, quick_subset, write_results
+from experiments._common import Timer, figure, load_data, parse_args, print_table, quick_subset, write_results
 
 NAME = "convnets"
 DESCRIPTION = "Convnets on CIFAR-10: the course's three-layer net, and the best net in 20 CPU minutes."
@@ -246,12 +246,8 @@ def run_best(args, ds, quick: bool, epochs: int) -> dict:
 
 
 def plot_best(best: dict, path: str, title: str) -> str:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     h = best["history"]
-    fig = Figure(figsize=(13, 4.8), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = figure((13, 4.8))
     ax_acc, ax_loss = fig.subplots(1, 2)
     minutes = np.asarray(h["cum_train_time_s"]) / 60
     ax_acc.plot(minutes, h["test_acc_tta"], "o-", ms=3, label="test (flip TTA)")

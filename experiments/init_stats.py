@@ -55,7 +55,7 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, parse_args, print_table, write_results
+from experiments._common import Timer, figure, parse_args, print_table, write_results
 
 NAME = "init_stats"
 BINS = 50
@@ -209,20 +209,11 @@ def summarize(stats: dict) -> dict:
 
 # ---------------------------------------------------------------- figures (Agg, no pyplot)
 
-def _figure(figsize):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def plot_histograms(stats: dict, path: str) -> str:
     """The lecture's figure: one row per setting, one histogram per layer."""
     names = list(stats)
     layers = len(stats[names[0]]["std"])
-    fig = _figure((1.6 * layers + 1.5, 1.7 * len(names) + 0.8))
+    fig = figure((1.6 * layers + 1.5, 1.7 * len(names) + 0.8))
     axes = fig.subplots(len(names), layers, squeeze=False)
     for r, name in enumerate(names):
         s = stats[name]
@@ -250,7 +241,7 @@ def plot_histograms(stats: dict, path: str) -> str:
 
 def plot_stats(stats: dict, path: str) -> str:
     """Mean, std (log), weight-grad norm (log) and dL/dh std (log) per layer, one line per setting."""
-    fig = _figure((16, 4))
+    fig = figure((16, 4))
     ax_mean, ax_std, ax_grad, ax_dh = fig.subplots(1, 4)
     for name, s in stats.items():
         layers = np.arange(1, len(s["std"]) + 1)

@@ -26,7 +26,7 @@ import statistics
 
 import numpy as np
 
-from experiments._common import Timer, load_data, parse_args, print_table, write_results
+from experiments._common import Timer, figure, load_data, parse_args, print_table, write_results
 
 NAME = "knn"
 KS = (1, 3, 5, 8, 10, 12, 15, 20, 50, 100)
@@ -86,20 +86,11 @@ def speed_ratios(x_test, x_train, repeats: int = 3) -> dict:
 
 # ---------------------------------------------------------------- figures (Agg, no pyplot)
 
-def _figure(figsize):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def plot_distances(dists, y_test, y_train, path: str) -> str:
     """Two panels: the test x train L2 distance matrix as sampled (the course's picture)
     and with rows and columns grouped by class (class boundaries marked)."""
     dists = np.asarray(dists)
-    fig = _figure((12, 4.6))
+    fig = figure((12, 4.6))
     ax_raw, ax_sorted = fig.subplots(1, 2)
     im = ax_raw.imshow(dists, aspect="auto", interpolation="none", cmap="gray")
     ax_raw.set(title="test x train L2 distances (sampled order)", xlabel="training image", ylabel="test image")
@@ -118,7 +109,7 @@ def plot_distances(dists, y_test, y_train, path: str) -> str:
 
 def plot_cv(cvs: dict, path: str, folds: int) -> str:
     """Accuracy vs k for each metric: every fold as a dot, mean +- std as error bars."""
-    fig = _figure((6.5 * len(cvs), 4.5))
+    fig = figure((6.5 * len(cvs), 4.5))
     axes = fig.subplots(1, len(cvs), squeeze=False)[0]
     for ax, (metric, cv) in zip(axes, cvs.items()):
         ks = np.asarray(cv.ks)

@@ -43,7 +43,7 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits, parse_args, print_table, write_results
+from experiments._common import Timer, cifar_or_digits, figure, parse_args, print_table, write_results
 
 NAME = "optimizers"
 DESCRIPTION = "SGD, momentum, Nesterov, AdaGrad, RMSProp and Adam: a net, a quadratic, Adam's first step."
@@ -247,15 +247,6 @@ def net_first_step(model, ds, batch_size: int, seed: int, lr: float, updates: di
 
 # ---------------------------------------------------------------- figures (Agg, no pyplot)
 
-def _figure(figsize):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _smooth(y: np.ndarray, k: int) -> np.ndarray:
     if k <= 1 or len(y) < k:
         return y
@@ -265,7 +256,7 @@ def _smooth(y: np.ndarray, k: int) -> np.ndarray:
 
 def plot_net(curves: dict, lrs: dict, steps_per_epoch: int, path: str, title: str) -> str:
     """Per-step training loss (moving average, raw faint) and validation accuracy per epoch."""
-    fig = _figure((13, 4.8))
+    fig = figure((13, 4.8))
     ax_loss, ax_acc = fig.subplots(1, 2)
     k = max(1, steps_per_epoch // 5)
     for name, c in curves.items():
@@ -289,7 +280,7 @@ def plot_net(curves: dict, lrs: dict, steps_per_epoch: int, path: str, title: st
 
 def plot_2d(cmp: dict, lr: float, path: str) -> str:
     """Trajectories over the contours of the quadratic and the saddle, and f per step."""
-    fig = _figure((18, 5.2))
+    fig = figure((18, 5.2))
     ax_q, ax_f, ax_s = fig.subplots(1, 3)
     a, b = QUAD_CURVATURE
     xs, ys = np.linspace(-4.5, 4.5, 300), np.linspace(-1.6, 1.6, 200)

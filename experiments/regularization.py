@@ -49,7 +49,7 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits, parse_args, print_table, write_results
+from experiments._common import Timer, cifar_or_digits, figure, parse_args, print_table, write_results
 
 NAME = "regularization"
 DESCRIPTION = "Regularization: L2 and dropout sweeps, data augmentation, ensembles, EMA of the params."
@@ -130,15 +130,6 @@ def _public(r: dict) -> dict:
 
 # ---------------------------------------------------------------- figures (Agg, no pyplot)
 
-def _figure(figsize):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _label(kind: str, value) -> str:
     if kind == "l2":
         return "0" if value == 0 else f"{value:g}"
@@ -151,7 +142,7 @@ SWEEP_TITLES = {"l2": "L2 strength λ", "dropout": "dropout rate (p drop)", "aug
 
 
 def plot_sweeps(sweeps: dict, path: str, title: str) -> str:
-    fig = _figure((15, 4.6))
+    fig = figure((15, 4.6))
     axes = fig.subplots(1, len(sweeps), sharey=True)
     for ax, (kind, entries) in zip(np.atleast_1d(axes), sweeps.items()):
         x = np.arange(len(entries))
@@ -180,7 +171,7 @@ def plot_gap(sweeps: dict, path: str, title: str) -> str:
     import matplotlib
 
     cmap = matplotlib.colormaps["viridis"]
-    fig = _figure((15, 8))
+    fig = figure((15, 8))
     axes = fig.subplots(2, len(sweeps), sharex=True)
     axes = np.asarray(axes).reshape(2, len(sweeps))
     for j, (kind, entries) in enumerate(sweeps.items()):
@@ -207,7 +198,7 @@ def plot_gap(sweeps: dict, path: str, title: str) -> str:
 
 
 def plot_ensemble(ens: dict, ema_rows: list, path: str, title: str) -> str:
-    fig = _figure((13, 4.6))
+    fig = figure((13, 4.6))
     ax_e, ax_m = fig.subplots(1, 2)
     k = len(ens["member_test_acc"])
     x = np.arange(k)

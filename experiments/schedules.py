@@ -36,7 +36,7 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits, parse_args, print_table, write_results
+from experiments._common import Timer, cifar_or_digits, figure, parse_args, print_table, write_results
 
 NAME = "schedules"
 DESCRIPTION = "Learning-rate schedules: constant, step, exponential, 1/t, cosine, warmup + cosine."
@@ -79,17 +79,8 @@ def schedule_values(schedule, total_steps: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- figures (Agg, no pyplot)
 
-def _figure(figsize):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def plot_schedules(values: dict, steps_per_epoch: int, path: str, title: str) -> str:
-    fig = _figure((13, 4.8))
+    fig = figure((13, 4.8))
     ax_lin, ax_log = fig.subplots(1, 2)
     for name, v in values.items():
         t = np.arange(len(v))
@@ -113,7 +104,7 @@ def plot_schedules(values: dict, steps_per_epoch: int, path: str, title: str) ->
 
 
 def plot_curves(runs: dict, path: str, title: str) -> str:
-    fig = _figure((13, 4.8))
+    fig = figure((13, 4.8))
     ax_loss, ax_acc = fig.subplots(1, 2)
     for name, r in runs.items():
         h = r["history"]

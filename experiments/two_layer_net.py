@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, load_data, parse_args, print_table, quick_subset, write_results
+from experiments._common import Timer, figure, load_data, parse_args, print_table, quick_subset, write_results
 
 NAME = "two_layer_net"
 DESCRIPTION = "Two-layer net (affine-relu-affine) on CIFAR-10 raw pixels, with a random hyperparameter search."
@@ -75,9 +75,6 @@ def _steps(n: int, batch_size: int, epochs: int) -> int:
 def plot_weight_grid(w, path, *, image_shape=(32, 32, 3), max_units: int = 100, title=None) -> str:
     """The course's ``visualize_grid`` of first-layer weights: each hidden unit's (D,) column
     of ``w`` (D, H) as an image, rescaled to [0, 1] by its own min/max, tiled in a square grid."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     w = np.asarray(w, np.float32)
     n = min(w.shape[1], max_units)
     imgs = w[:, :n].T.reshape(n, *image_shape)
@@ -92,8 +89,7 @@ def plot_weight_grid(w, path, *, image_shape=(32, 32, 3), max_units: int = 100, 
         r, col = divmod(i, side)
         y0, x0 = pad + r * (h + pad), pad + col * (wd + pad)
         grid[y0:y0 + h, x0:x0 + wd] = imgs[i]
-    fig = Figure(figsize=(7, 7), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = figure((7, 7))
     ax = fig.add_subplot(1, 1, 1)
     ax.imshow(grid if c == 3 else grid[..., 0], interpolation="nearest", cmap=None if c == 3 else "gray")
     ax.axis("off")

@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, load_data, parse_args, print_table, quick_subset, write_results
+from experiments._common import Timer, figure, load_data, parse_args, print_table, quick_subset, write_results
 
 NAME = "what_learned"
 DESCRIPTION = "What the convnet learned: first-layer filters, nearest neighbours, t-SNE of features."
@@ -92,15 +92,6 @@ def nearest(queries: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(d, axis=1)[:, :k]
 
 
-def _figure(figsize):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _show(img):
     img = np.asarray(img, np.float32)
     img = (img - img.min()) / max(float(img.max() - img.min()), 1e-8)
@@ -112,7 +103,7 @@ def plot_filters(w: np.ndarray, path: str) -> str:
     c_out = w.shape[-1]
     cols = min(8, c_out)
     rows = -(-c_out // cols)
-    fig = _figure((1.3 * cols, 1.4 * rows + 0.4))
+    fig = figure((1.3 * cols, 1.4 * rows + 0.4))
     for i in range(rows * cols):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.axis("off")
@@ -127,7 +118,7 @@ def plot_filters(w: np.ndarray, path: str) -> str:
 
 def plot_neighbours(raw_test, raw_train, q_idx, nn_feat, nn_pix, y_test, y_train, names, path):
     q, k = nn_feat.shape
-    fig = _figure((1.1 * (2 * k + 2), 1.25 * q + 0.6))
+    fig = figure((1.1 * (2 * k + 2), 1.25 * q + 0.6))
     cols = 2 * k + 2
     for r in range(q):
         cells = [(raw_test[q_idx[r]], f"query: {names[y_test[q_idx[r]]]}", "k")]
@@ -151,7 +142,7 @@ def plot_neighbours(raw_test, raw_train, q_idx, nn_feat, nn_pix, y_test, y_train
 
 
 def plot_tsne(emb, labels, raw, names, path) -> str:
-    fig = _figure((15, 7))
+    fig = figure((15, 7))
     ax1, ax2 = fig.subplots(1, 2)
     cmap = __import__("matplotlib").colormaps["tab10"]
     for c in range(len(names)):
