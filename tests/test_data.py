@@ -335,7 +335,8 @@ def _image_tree(root: Path, classes=("zebra", "apple", "mango"), per_class=(2, 3
 
 def test_image_folder_alphabetical_classes_and_pixels(tmp_path):
     written = _image_tree(tmp_path)
-    (tmp_path / "train" / "apple" / "notes.txt").write_text("ignored")
+    (tmp_path / "train" / "apple" / ".DS_Store").write_bytes(b"junk")  # hidden and junk files are ignored
+    (tmp_path / "train" / "apple" / "Thumbs.db").write_bytes(b"junk")
     x, y, classes = load_image_folder(tmp_path, "train")
     assert classes == ("apple", "mango", "zebra")
     assert x.shape == (6, 4, 5, 3) and x.dtype == np.uint8 and y.dtype == np.int32

@@ -1,6 +1,7 @@
 """Data: embedded digits, CIFAR-10 loaders, splits, train-only preprocessing, jittable augmentation.
 
-Images are NHWC everywhere; labels are int32.
+Images are NHWC everywhere; labels are int32. Every loader error, and every label or
+pixel a `Dataset` refuses, is a `DataError` (a `ValueError`) with a one-line message.
 """
 
 from jaxnet.data.augment import augment, random_crop, random_flip
@@ -12,6 +13,7 @@ from jaxnet.data.cifar import (
     load_image_tarball,
 )
 from jaxnet.data.digits import load_digits
+from jaxnet.data.errors import DataError, DataNotFoundError
 from jaxnet.data.preprocess import (
     PCA,
     Normalizer,
@@ -27,6 +29,7 @@ from jaxnet.data.preprocess import (
 from jaxnet.data.splits import Dataset, kfold_indices, split_indices, subsample, train_val_test_split
 
 __all__ = [
+    "DataError", "DataNotFoundError",
     "Dataset", "load_digits", "load_cifar10", "load_cifar10_python", "load_image_folder",
     "load_image_tarball", "cache_dir",
     "train_val_test_split", "split_indices", "kfold_indices", "subsample",

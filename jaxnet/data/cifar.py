@@ -6,8 +6,17 @@ Sources understood by `load_cifar10`:
 - a `.tar.gz` of that image-folder layout (e.g. `cifar10-jpeg.tar.gz`), decoded in one
   streaming pass (nothing is extracted to disk).
 
+Names starting with a dot (`.ipynb_checkpoints/`, `.DS_Store`, `._x.jpg`) and `Thumbs.db` /
+`desktop.ini` are ignored everywhere; any other non-image entry in a class folder is an
+error. Images are opened with Pillow's JPEG and PNG decoders only, and their header
+(size, colour mode) is checked before any pixel is decoded.
+
+Every error is a `DataError` (a `ValueError`; `DataNotFoundError`, also a
+`FileNotFoundError`, for missing paths) with a one-line message naming the file.
+
 Decoded arrays are cached as an uncompressed `.npz` in `$JAXNET_CACHE_DIR` (default
-`~/.cache/jaxnet`); writes are atomic (temporary file, then `os.replace`).
+`~/.cache/jaxnet`), keyed on every source file's (path, size, mtime); writes are atomic
+(temporary file, then `os.replace`).
 """
 
 from __future__ import annotations
@@ -15,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import pickle
 import tarfile
 import tempfile
 import zlib
@@ -25,6 +33,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
+from jaxnet.data.errors import DataError, DataNotFoundError
+from jaxnet.data.safe_pickle import load_numeric_pickle
 from jaxnet.data.splits import Dataset, split_indices
 
 __all__ = ["load_cifar10_python", "load_image_folder", "load_image_tarball", "load_cifar10", "cache_dir"]
@@ -32,49 +42,51 @@ __all__ = ["load_cifar10_python", "load_image_folder", "load_image_tarball", "lo
 ENV_DATA = "JAXNET_CIFAR10_DIR"
 ENV_CACHE = "JAXNET_CACHE_DIR"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_FORMATS = ("JPEG", "PNG")  # the only Pillow decoders the loaders use
+IMAGE_MODES = ("RGB", "L", "P")  # colour modes converted to RGB; others (RGBA, CMYK, I;16, ...) are refused
+JUNK_FILES = ("thumbs.db", "desktop.ini")  # ignored, as are names starting with a dot
+MAX_PIXELS = 2048 * 2048  # per image, when the loader is not told the expected size
+MAX_FILE_BYTES = 32 << 20  # per image file inside an archive
+CIFAR_SIZE = (32, 32)  # (H, W)
 _ROW = 3 * 32 * 32
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 # ---------------------------------------------------------------- official pickles
 
-def _unpickle(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"load_cifar10_python: missing file {path}")
-    try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")  # trusted files only: pickle can run code
-    except Exception as e:  # truncated or corrupt: EOFError, UnpicklingError, ...
-        raise ValueError(f"load_cifar10_python: cannot unpickle {path}: {type(e).__name__}: {e}") from e
-    if not isinstance(d, dict):
-        raise ValueError(f"load_cifar10_python: {path} holds a {type(d).__name__}, expected a dict")
-    return d
-
-
 def _read_batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    d = _unpickle(path)
+    fn = "load_cifar10_python"
+    d = load_numeric_pickle(path, fn)
     if b"data" not in d or b"labels" not in d:
-        raise ValueError(f"load_cifar10_python: {path} lacks b'data' or b'labels' (keys {sorted(d)})")
-    data = np.asarray(d[b"data"])
-    labels = np.asarray(d[b"labels"])
-    if data.dtype != np.uint8 or data.size % _ROW != 0 or (data.ndim == 2 and data.shape[1] != _ROW):
-        raise ValueError(
-            f"load_cifar10_python: {path} b'data' has shape {data.shape} dtype {data.dtype}; "
-            f"expected uint8 (N, {_ROW}) rows of 3x32x32 CHW pixels"
+        raise DataError(f"{fn}: {path} lacks b'data' or b'labels' (keys {sorted(map(repr, d))})")
+    data, labels = d[b"data"], np.asarray(d[b"labels"])
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _ROW:
+        raise DataError(
+            f"{fn}: {path} b'data' is {type(data).__name__} of shape {np.shape(data)} dtype "
+            f"{getattr(data, 'dtype', None)}; expected uint8 (N, {_ROW}) rows of 3x32x32 CHW pixels"
         )
-    n = data.size // _ROW
+    n = len(data)
     if labels.shape != (n,):
-        raise ValueError(
-            f"load_cifar10_python: {path} has {n} images (b'data' {data.shape}) "
-            f"but labels of shape {labels.shape}"
-        )
+        raise DataError(f"{fn}: {path} has {n} images (b'data' {data.shape}) but labels of shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{fn}: {path} labels have dtype {labels.dtype}; expected integers")
     if n and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"load_cifar10_python: {path} labels span [{labels.min()}, {labels.max()}], "
-            f"outside 0..{num_classes - 1}"
+        raise DataError(
+            f"{fn}: {path} labels span [{labels.min()}, {labels.max()}], outside 0..{num_classes - 1}"
         )
     x = data.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(x), labels.astype(np.int32)
+
+
+def _label_names(path: Path) -> tuple[str, ...]:
+    fn = "load_cifar10_python"
+    names = load_numeric_pickle(path, fn).get(b"label_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, (bytes, str)) for n in names):
+        raise DataError(f"{fn}: {path} lacks b'label_names', a non-empty list of class names")
+    classes = tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names)
+    if len(set(classes)) != len(classes):
+        raise DataError(f"{fn}: {path} repeats a class name: {classes}")
+    return classes
 
 
 def _python_folder(root: Path) -> Path:
@@ -86,13 +98,12 @@ def load_cifar10_python(root):
     """Read the official `cifar-10-batches-py` pickles; `root` is that folder or its parent.
 
     Returns (x_train uint8 (N, 32, 32, 3), y_train int32 (N,), x_test, y_test, classes tuple).
-    Batch files may hold any number of rows. Pickles can run code: load trusted files only.
+    Batch files may hold any number of rows. The pickles are read with a restricted
+    unpickler (`jaxnet.data.safe_pickle`): a file that asks for any global beyond the
+    numpy array reconstructors is refused before anything in it runs.
     """
     folder = _python_folder(Path(root))
-    meta = _unpickle(folder / "batches.meta")
-    if b"label_names" not in meta:
-        raise ValueError(f"load_cifar10_python: {folder / 'batches.meta'} lacks b'label_names'")
-    classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"])
+    classes = _label_names(folder / "batches.meta")
     train = [_read_batch(folder / f"data_batch_{i}", len(classes)) for i in range(1, 6)]
     x_test, y_test = _read_batch(folder / "test_batch", len(classes))
     x_train = np.concatenate([x for x, _ in train])
@@ -102,82 +113,135 @@ def load_cifar10_python(root):
 
 # ---------------------------------------------------------------- image folders
 
-def _decode(fn: str, name: str, src) -> np.ndarray:
-    """One image file (a Path, or the bytes of an archive member) -> uint8 (H, W, 3)."""
-    try:
-        with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:
-            return np.asarray(im.convert("RGB"))
-    except Exception as e:  # UnidentifiedImageError, truncated data, ...
-        raise ValueError(f"{fn}: cannot read image {name}: {type(e).__name__}: {e}") from e
-
-
-def _assemble(fn: str, where: str, groups: dict, workers: int | None):
-    """groups: class name -> [(file name, Path or bytes)] -> (x, y, classes)."""
-    classes = tuple(sorted(groups))
-    if not classes:
-        raise ValueError(f"{fn}: {where} has no class sub-folders")
-    items, labels = [], []
-    for label, name in enumerate(classes):
-        found = sorted(groups[name], key=lambda item: item[0])
-        if not found:
-            raise ValueError(f"{fn}: class folder {where}/{name} has no {'/'.join(IMAGE_SUFFIXES)} images")
-        items += found
-        labels += [label] * len(found)
-    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
-        images = list(pool.map(lambda item: _decode(fn, *item), items, chunksize=256))
-    shape = images[0].shape
-    for (name, _), im in zip(items, images):
-        if im.shape != shape:
-            raise ValueError(
-                f"{fn}: {name} has shape {im.shape}, but {items[0][0]} has {shape}; "
-                "all images must share one size"
-            )
-    return np.stack(images), np.asarray(labels, np.int32), classes
+def _ignored(name: str) -> bool:
+    """Hidden names (.ipynb_checkpoints, .DS_Store, ._x.jpg) and desktop junk files."""
+    return name.startswith(".") or name.lower() in JUNK_FILES
 
 
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def load_image_folder(root, split: str, *, workers: int | None = None):
+def _not_image(fn: str, name: str) -> DataError:
+    return DataError(
+        f"{fn}: {name} is not a {'/'.join(IMAGE_SUFFIXES)} image file; class folders may hold only "
+        "images (names starting with a dot are ignored)"
+    )
+
+
+def _open(src):
+    return Image.open(io.BytesIO(src) if isinstance(src, bytes) else src, formats=IMAGE_FORMATS)
+
+
+def _check_header(fn: str, name: str, im, size, ref: str | None) -> None:
+    """Refuse an image by its header (before decoding): size (H, W), pixel count, mode."""
+    w, h = im.size
+    if size is None and w * h > MAX_PIXELS:
+        raise DataError(f"{fn}: {name} declares {w}x{h} pixels, more than the {MAX_PIXELS} allowed; not decoded")
+    if size is not None and (h, w) != tuple(size):
+        like = f"but {ref} has" if ref else "expected"
+        raise DataError(f"{fn}: {name} has shape ({h}, {w}, 3), {like} ({size[0]}, {size[1]}, 3); not decoded")
+    if im.mode not in IMAGE_MODES:
+        raise DataError(f"{fn}: {name} has colour mode {im.mode!r}, expected one of {', '.join(IMAGE_MODES)}")
+
+
+def _decode(fn: str, name: str, src, size, ref: str | None = None, *, header_only: bool = False):
+    """One image file (a Path, or the bytes of an archive member) -> uint8 (H, W, 3).
+
+    size: the expected (H, W), or None for any size up to MAX_PIXELS; it is checked on
+    the header before any pixel is decoded. header_only: return (H, W) without decoding.
+    """
+    try:
+        with _open(src) as im:
+            _check_header(fn, name, im, size, ref)
+            return (im.size[1], im.size[0]) if header_only else np.asarray(im.convert("RGB"))
+    except DataError:
+        raise
+    except Exception as e:  # UnidentifiedImageError, truncated data, ...
+        raise DataError(f"{fn}: cannot read image {name}: {type(e).__name__}: {e}") from e
+
+
+def _assemble(fn: str, where: str, groups: dict, workers: int | None, size):
+    """groups: class name -> [(file name, Path or bytes)] -> (x, y, classes).
+
+    size: the expected (H, W) of every image, or None for the size of the first one.
+    """
+    classes = tuple(sorted(groups))
+    if not classes:
+        raise DataError(f"{fn}: {where} has no class sub-folders")
+    items, labels = [], []
+    for label, name in enumerate(classes):
+        found = sorted(groups[name], key=lambda item: item[0])
+        if not found:
+            raise DataError(f"{fn}: class folder {where}/{name} has no {'/'.join(IMAGE_SUFFIXES)} images")
+        items += found
+        labels += [label] * len(found)
+    ref = None
+    if size is None:
+        ref, size = items[0][0], _decode(fn, *items[0], None, header_only=True)
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+        images = list(pool.map(lambda item: _decode(fn, *item, size, ref), items, chunksize=256))
+    return np.stack(images), np.asarray(labels, np.int32), classes
+
+
+def _class_files(fn: str, folder: Path) -> list:
+    """[(file name, Path)] of the images in one class folder; any other visible entry is refused."""
+    found = []
+    for p in folder.iterdir():
+        if _ignored(p.name):
+            continue
+        if not (p.is_file() and _is_image(p.name)):
+            raise _not_image(fn, str(p))
+        found.append((str(p), p))
+    return found
+
+
+def load_image_folder(root, split: str, *, workers: int | None = None, image_size=None):
     """Decode `<root>/<split>/<class>/*.jpg|*.jpeg|*.png` with Pillow (RGB, thread pool).
 
     Returns (x uint8 (N, H, W, 3), y int32 (N,), classes) with classes the sub-folder
-    names sorted alphabetically and files sorted by name within a class. All images
-    must share one size.
+    names sorted alphabetically and files sorted by name within a class. image_size:
+    the (H, W) every image must have, or None for the size of the first image (at most
+    MAX_PIXELS); a wrong size is refused from the file header, before decoding.
+    Hidden names are ignored; any other non-image entry in a class folder is a DataError.
     """
-    folder = Path(root) / split
+    fn, folder = "load_image_folder", Path(root) / split
     if not folder.is_dir():
-        raise FileNotFoundError(f"load_image_folder: no folder {folder}")
-    groups = {
-        d.name: [(str(p), p) for p in d.iterdir() if p.is_file() and _is_image(p.name)]
-        for d in folder.iterdir() if d.is_dir()
-    }
-    return _assemble("load_image_folder", str(folder), groups, workers)
+        raise DataNotFoundError(f"{fn}: no folder {folder}")
+    groups = {d.name: _class_files(fn, d) for d in folder.iterdir() if d.is_dir() and not _ignored(d.name)}
+    return _assemble(fn, str(folder), groups, workers, image_size)
 
 
-def load_image_tarball(path, splits=("train", "test"), *, workers: int | None = None) -> dict:
+def load_image_tarball(path, splits=("train", "test"), *, workers: int | None = None, image_size=None) -> dict:
     """Decode an image-folder archive (`[top/]<split>/<class>/<file>`, any tarfile
     compression) in one streaming pass, without extracting it.
 
-    Returns {split: (x uint8 (N, H, W, 3), y int32 (N,), classes)} as `load_image_folder`.
+    Returns {split: (x uint8 (N, H, W, 3), y int32 (N,), classes)} as `load_image_folder`
+    (same rules for image_size, hidden names and non-image entries); image files above
+    MAX_FILE_BYTES are refused unread.
     """
     fn, path = "load_image_tarball", Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{fn}: missing file {path}")
+        raise DataNotFoundError(f"{fn}: missing file {path}")
     groups: dict = {s: {} for s in splits}
     try:
         with tarfile.open(path) as tf:
             for m in tf:
                 parts = PurePosixPath(m.name).parts
+                if any(_ignored(part) for part in parts):
+                    continue
                 if m.isdir() and len(parts) >= 2 and parts[-2] in groups:
                     groups[parts[-2]].setdefault(parts[-1], [])
-                elif m.isfile() and len(parts) >= 3 and parts[-3] in groups and _is_image(parts[-1]):
-                    data = tf.extractfile(m).read()
-                    groups[parts[-3]].setdefault(parts[-2], []).append((f"{path}:{m.name}", data))
+                elif len(parts) >= 3 and parts[-3] in groups:  # an entry of a class folder
+                    name = f"{path}:{m.name}"
+                    if not (m.isfile() and _is_image(parts[-1])):
+                        raise _not_image(fn, name)
+                    if m.size > MAX_FILE_BYTES:
+                        raise DataError(f"{fn}: {name} is {m.size} bytes, more than the {MAX_FILE_BYTES} allowed")
+                    groups[parts[-3]].setdefault(parts[-2], []).append((name, tf.extractfile(m).read()))
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        raise ValueError(f"{fn}: cannot read archive {path}: {type(e).__name__}: {e}") from e
-    return {s: _assemble(fn, f"{path}:{s}", groups[s], workers) for s in splits}
+        raise DataError(f"{fn}: cannot read archive {path}: {type(e).__name__}: {e}") from e
+    return {s: _assemble(fn, f"{path}:{s}", groups[s], workers, image_size) for s in splits}
 
 
 # ---------------------------------------------------------------- cache + discovery
@@ -198,30 +262,51 @@ def _find_source(path: Path, origin: str) -> tuple[str, Path]:
             return "folder", path
         if (path / "cifar10-jpeg.tar.gz").is_file():
             return "tarball", path / "cifar10-jpeg.tar.gz"
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         f"load_cifar10: {origin}={str(path)!r} is not a CIFAR-10 copy: expected a folder with "
         "cifar-10-batches-py/ (or its data_batch_* files), an image-folder root with train/ and "
         "test/, a folder holding cifar10-jpeg.tar.gz, or such a .tar.gz file"
     )
 
 
+def _stats(base: Path, folder: Path, depth: int):
+    """'relative path|size|mtime_ns' of every visible file under folder, `depth` levels down."""
+    for p in sorted(folder.iterdir()):
+        if _ignored(p.name):
+            continue
+        if p.is_dir() and depth > 0:
+            yield from _stats(base, p, depth - 1)
+        elif p.is_file():
+            st = p.stat()
+            yield f"{p.relative_to(base)}|{st.st_size}|{st.st_mtime_ns}"
+
+
 def _key(kind: str, path: Path) -> str:
-    st = path.stat()
-    text = f"{_CACHE_VERSION}|{kind}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+    """A hash of the source: a tarball's own (size, mtime); for folders every file's
+    (relative path, size, mtime), so a file rewritten, added or deleted is noticed."""
+    h = hashlib.sha1(f"{_CACHE_VERSION}|{kind}|{path.resolve()}".encode())
+    if kind == "tarball":
+        st = path.stat()
+        h.update(f"|{st.st_size}|{st.st_mtime_ns}".encode())
+    else:
+        roots = [path] if kind == "python" else [path / "train", path / "test"]
+        for root in roots:
+            for line in _stats(path, root, 0 if kind == "python" else 1):
+                h.update(line.encode() + b"\n")
+    return h.hexdigest()[:16]
 
 
 def _decode_source(kind: str, path: Path):
     if kind == "python":
         return load_cifar10_python(path)
     if kind == "tarball":
-        got = load_image_tarball(path)
+        got = load_image_tarball(path, image_size=CIFAR_SIZE)
         (x_train, y_train, classes), (x_test, y_test, test_classes) = got["train"], got["test"]
     else:
-        x_train, y_train, classes = load_image_folder(path, "train")
-        x_test, y_test, test_classes = load_image_folder(path, "test")
+        x_train, y_train, classes = load_image_folder(path, "train", image_size=CIFAR_SIZE)
+        x_test, y_test, test_classes = load_image_folder(path, "test", image_size=CIFAR_SIZE)
     if test_classes != classes:
-        raise ValueError(f"load_cifar10: {path} train classes {classes} differ from test classes {test_classes}")
+        raise DataError(f"load_cifar10: {path} train classes {classes} differ from test classes {test_classes}")
     return x_train, y_train, x_test, y_test, classes
 
 
@@ -255,13 +340,14 @@ def load_cifar10(data_dir=None, *, cache: bool = True, val_size: int = 1000, see
     The data come from `data_dir`, else `$JAXNET_CIFAR10_DIR` (see module docstring).
     val: `val_size` training images held out, stratified, fixed by `seed`; test: the
     official test set. With cache=True the decoded arrays are stored in `cache_dir()`
-    and later loads read only that `.npz`.
+    and later loads read only that `.npz` (rebuilt when any source file changes).
+    Every image must be 32x32. Bad input raises `DataError` naming the file.
     """
     origin = "data_dir"
     if data_dir is None:
         data_dir, origin = os.environ.get(ENV_DATA), ENV_DATA
     if not data_dir:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"load_cifar10: no CIFAR-10 location: pass data_dir=... or set {ENV_DATA} to a folder "
             "with cifar-10-batches-py/, an image-folder root with train/ and test/, or a "
             "cifar10-jpeg.tar.gz file"
@@ -276,7 +362,9 @@ def load_cifar10(data_dir=None, *, cache: bool = True, val_size: int = 1000, see
             _save_npz(npz, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te, classes=np.array(classes))
     x_train, y_train, x_test, y_test, classes = arrays
     if not 0 <= val_size <= len(y_train):
-        raise ValueError(f"load_cifar10: val_size={val_size} must be in [0, {len(y_train)}] (x_train {x_train.shape})")
+        raise DataError(
+            f"load_cifar10: {path} has {len(y_train)} training images, too few to hold out val_size={val_size}"
+        )
     tr, va, _ = split_indices(y_train, val_fraction=int(val_size), test_fraction=0, seed=seed)
     return Dataset(
         x_train=x_train[tr], y_train=y_train[tr], x_val=x_train[va], y_val=y_train[va],

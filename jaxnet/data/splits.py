@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import KFold
 
+from jaxnet.data.errors import DataError
+
 __all__ = ["Dataset", "train_val_test_split", "split_indices", "kfold_indices", "subsample"]
 
 
@@ -18,8 +20,10 @@ __all__ = ["Dataset", "train_val_test_split", "split_indices", "kfold_indices", 
 class Dataset:
     """Train/val/test splits of an image classification data set.
 
-    x_*: (N, H, W, C) images (float32 or uint8, as documented by the loader);
-    y_*: (N,) int32 labels in [0, len(classes)). Any split may be empty (N = 0).
+    x_*: (N, H, W, C) images (float32 or uint8, as documented by the loader), finite;
+    y_*: (N,) integer labels in [0, len(classes)). Any split may be empty (N = 0).
+    Construction (and `replace`) refuses anything else with a `DataError` naming the
+    split: mismatched shapes, non-integer or out-of-range labels, NaN or inf pixels.
     """
 
     x_train: np.ndarray
@@ -36,15 +40,41 @@ class Dataset:
         for split in ("train", "val", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
-                raise ValueError(
+                raise DataError(
                     f"Dataset({self.name!r}): x_{split} must be (N, H, W, C) and y_{split} (N,), "
                     f"got x_{split} {x.shape} and y_{split} {y.shape}"
                 )
             if x.shape[1:] != self.x_train.shape[1:]:
-                raise ValueError(
+                raise DataError(
                     f"Dataset({self.name!r}): x_{split} images {x.shape[1:]} differ from "
                     f"x_train images {self.x_train.shape[1:]}"
                 )
+            self._check_labels(f"y_{split}", y)
+            self._check_finite(f"x_{split}", x)
+
+    def _check_labels(self, field: str, y) -> None:
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"Dataset({self.name!r}): {field} has dtype {y.dtype}; labels must be integers")
+        if len(y):
+            lo, hi = int(y.min()), int(y.max())
+            if lo < 0 or hi >= self.num_classes:
+                raise DataError(
+                    f"Dataset({self.name!r}): {field} holds label {lo if lo < 0 else hi}, but num_classes is "
+                    f"{self.num_classes} (labels must be in [0, {self.num_classes}))"
+                )
+
+    def _check_finite(self, field: str, x) -> None:
+        """One NaN pixel makes training NaN: refuse them (two reductions, no copy, when clean)."""
+        if not np.issubdtype(x.dtype, np.floating) or x.size == 0:
+            return
+        if np.isfinite(x.min()) and np.isfinite(x.max()):  # min and max propagate NaN
+            return
+        bad = ~np.isfinite(np.asarray(x))
+        first = tuple(int(i) for i in np.unravel_index(np.argmax(bad), x.shape))
+        raise DataError(
+            f"Dataset({self.name!r}): {field} holds {int(bad.sum())} non-finite value(s) (NaN or inf), "
+            f"the first at index {first}"
+        )
 
     @property
     def num_classes(self) -> int:
