@@ -1,4 +1,6 @@
-"""The backward-path switch: ``"auto"`` (reference + autodiff) or ``"manual"``.
+"""The backward-path switch: ``"autodiff"`` (reference + autodiff) or ``"manual"``.
+
+``"auto"`` is accepted everywhere as an alias of ``"autodiff"``.
 
 The choice is read when a function is *traced*. A jitted function keeps the
 path it was traced with, so pick the path before the first call (or pass
@@ -9,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import threading
 
-IMPLS = ("auto", "manual")
+IMPLS = ("autodiff", "manual")
+ALIASES = {"auto": "autodiff"}
 _state = threading.local()
 
 
@@ -19,11 +22,13 @@ def default_impl() -> str:
 
 
 def resolve_impl(impl: str | None) -> str:
-    """Return ``impl`` checked, or the current default when it is ``None``."""
+    """Return ``impl`` checked (aliases resolved), or the current default when it is ``None``."""
     if impl is None:
         return default_impl()
+    if isinstance(impl, str):
+        impl = ALIASES.get(impl, impl)
     if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        raise ValueError(f"impl must be one of {IMPLS} (or the alias 'auto' for 'autodiff'), got {impl!r}")
     return impl
 
 
@@ -31,7 +36,7 @@ def resolve_impl(impl: str | None) -> str:
 def use_impl(impl: str):
     """Context manager flipping the default path for every op called inside.
 
-    >>> with jaxnet.use_impl("auto"):
+    >>> with jaxnet.use_impl("autodiff"):
     ...     loss = model_loss(params, x)   # reference ops, autodiff backward
     """
     impl = resolve_impl(impl)

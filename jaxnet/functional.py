@@ -1,30 +1,87 @@
-"""Every op, dispatched to its reference or manual twin.
+"""Every op, dispatched to its reference or manual path.
 
-``jaxnet.functional.conv2d(x, w, b, stride=2, impl="auto")`` calls the
+``jaxnet.functional.conv2d(x, w, b, stride=2, impl="autodiff")`` calls the
 reference (autodiff backward); ``impl="manual"`` the hand-written backward;
-``impl=None`` (the default) follows :func:`jaxnet.use_impl`.
+``impl=None`` (the default) follows :func:`jaxnet.use_impl`.  ``"auto"`` is an
+alias of ``"autodiff"``.
+
+One line per op, so that "go to definition" and type checkers see every name.
+``tests/test_op_registry.py`` checks that these names are exactly
+``jaxnet.ops.OP_NAMES`` and that each line pairs the op's registered reference
+and manual functions.
 """
 from __future__ import annotations
 
 import functools
+import inspect
+from typing import Any, Callable
 
-from jaxnet import manual, ops
 from jaxnet._impl import resolve_impl
-from jaxnet.ops import OP_NAMES
+from jaxnet.ops import activations as _activations, conv as _conv, linear as _linear, losses as _losses
+from jaxnet.ops import norm as _norm, pool as _pool, regularization as _regularization
+
+_IMPL_DOC = "\n\n    impl: 'autodiff' (alias 'auto') | 'manual' | None (the current default).\n"
 
 
-def _dispatching(name):
-    reference, hand = getattr(ops, name), getattr(manual, name)
-
+def _dispatch(reference: Callable, manual: Callable) -> Callable[..., Any]:
+    """An op taking ``impl=`` that calls ``manual`` or ``reference`` (same signature)."""
     @functools.wraps(reference)
     def op(*args, impl=None, **kwargs):
-        return (hand if resolve_impl(impl) == "manual" else reference)(*args, **kwargs)
+        return (manual if resolve_impl(impl) == "manual" else reference)(*args, **kwargs)
 
-    op.__doc__ = (reference.__doc__ or "") + "\n\n    impl: 'auto' | 'manual' | None (the current default).\n"
+    sig = inspect.signature(reference)
+    impl = inspect.Parameter("impl", inspect.Parameter.KEYWORD_ONLY, default=None)
+    op.__signature__ = sig.replace(parameters=[*sig.parameters.values(), impl])
+    op.__doc__ = (reference.__doc__ or "") + _IMPL_DOC
+    op.reference, op.manual = reference, manual
     return op
 
 
-for _name in OP_NAMES:
-    globals()[_name] = _dispatching(_name)
+# linear
+affine = _dispatch(_linear.affine, _linear.affine_manual)
 
-__all__ = list(OP_NAMES)
+# activations
+relu = _dispatch(_activations.relu, _activations.relu_manual)
+leaky_relu = _dispatch(_activations.leaky_relu, _activations.leaky_relu_manual)
+sigmoid = _dispatch(_activations.sigmoid, _activations.sigmoid_manual)
+tanh = _dispatch(_activations.tanh, _activations.tanh_manual)
+elu = _dispatch(_activations.elu, _activations.elu_manual)
+prelu = _dispatch(_activations.prelu, _activations.prelu_manual)
+maxout = _dispatch(_activations.maxout, _activations.maxout_manual)
+softplus = _dispatch(_activations.softplus, _activations.softplus_manual)
+gelu = _dispatch(_activations.gelu, _activations.gelu_manual)
+
+# losses
+softmax_cross_entropy = _dispatch(_losses.softmax_cross_entropy, _losses.softmax_cross_entropy_manual)
+svm_hinge = _dispatch(_losses.svm_hinge, _losses.svm_hinge_manual)
+sigmoid_cross_entropy = _dispatch(_losses.sigmoid_cross_entropy, _losses.sigmoid_cross_entropy_manual)
+l2_loss = _dispatch(_losses.l2_loss, _losses.l2_loss_manual)
+l1_loss = _dispatch(_losses.l1_loss, _losses.l1_loss_manual)
+l2_penalty = _dispatch(_losses.l2_penalty, _losses.l2_penalty_manual)
+l1_penalty = _dispatch(_losses.l1_penalty, _losses.l1_penalty_manual)
+
+# conv
+conv2d = _dispatch(_conv.conv2d, _conv.conv2d_manual)
+conv2d_transpose = _dispatch(_conv.conv2d_transpose, _conv.conv2d_transpose_manual)
+
+# pool
+max_pool2d = _dispatch(_pool.max_pool2d, _pool.max_pool2d_manual)
+avg_pool2d = _dispatch(_pool.avg_pool2d, _pool.avg_pool2d_manual)
+global_avg_pool = _dispatch(_pool.global_avg_pool, _pool.global_avg_pool_manual)
+
+# norm
+batch_norm = _dispatch(_norm.batch_norm, _norm.batch_norm_manual)
+spatial_batch_norm = _dispatch(_norm.spatial_batch_norm, _norm.spatial_batch_norm_manual)
+layer_norm = _dispatch(_norm.layer_norm, _norm.layer_norm_manual)
+group_norm = _dispatch(_norm.group_norm, _norm.group_norm_manual)
+
+# regularization
+dropout = _dispatch(_regularization.dropout, _regularization.dropout_manual)
+
+
+__all__ = [
+    "affine", "relu", "leaky_relu", "sigmoid", "tanh", "elu", "prelu", "maxout", "softplus", "gelu",
+    "softmax_cross_entropy", "svm_hinge", "sigmoid_cross_entropy", "l2_loss", "l1_loss", "l2_penalty",
+    "l1_penalty", "conv2d", "conv2d_transpose", "max_pool2d", "avg_pool2d", "global_avg_pool", "batch_norm",
+    "spatial_batch_norm", "layer_norm", "group_norm", "dropout",
+]

@@ -1,20 +1,61 @@
-"""Elementwise activations (and maxout), reference forwards.
+"""Elementwise activations (and maxout): reference forwards, manual ops, audit registrations.
 
 All take ``x`` of any shape and return the same shape (maxout shrinks the last
-axis by ``pieces``).
+axis by ``pieces``).  Each manual op's forward is the reference itself, except
+maxout's, which also records the winning piece.  Local gradients (course
+notes): relu 1[x > 0]; leaky relu 1 or slope; sigmoid s(1 - s); tanh 1 - y^2;
+ELU 1 or y + alpha; PReLU 1 or alpha, and dalpha = sum x dy over x <= 0;
+maxout routes dy to the winning piece; softplus sigmoid(x); GELU
+Phi(x) + x phi(x) (or the tanh approximation's derivative).
 """
 from __future__ import annotations
+
+import functools
+import math
 
 import jax
 import jax.numpy as jnp
 
 from jaxnet._checks import check_min_rank
+from jaxnet.ops import _sampling as S
+from jaxnet.ops._registry import OpSpec, case, register
 
+_SHAPES = ({"x": (4, 5)}, {"x": (1, 3, 3, 2)})
+_AWAY = "inputs kept away from the kink at 0"
+
+
+# ----------------------------------------------------------------------------------------------- relu
 
 def relu(x):
     """``max(0, x)``. x: any shape."""
     return jnp.maximum(x, 0)
 
+
+@jax.custom_vjp
+def relu_manual(x):
+    """Manual twin of :func:`relu`. x: any shape."""
+    return relu(x)
+
+
+def _relu_fwd(x):
+    return relu(x), x
+
+
+def _relu_bwd(x, dy):
+    """dx = dy · 1[x > 0].
+
+    Residual: the input x (any shape).  dy, dx: the shape of x.
+    """
+    return (jnp.where(x > 0, dy, 0),)
+
+
+relu_manual.defvjp(_relu_fwd, _relu_bwd)
+
+register(OpSpec("relu", relu, relu_manual, S.unary(S.away_from_zero), tuple(case(d) for d in _SHAPES),
+                backward=_relu_bwd, note=_AWAY))
+
+
+# ----------------------------------------------------------------------------------------- leaky relu
 
 def check_slope(op, name, value):
     if not isinstance(value, (int, float)) or value < 0:
@@ -27,21 +68,143 @@ def leaky_relu(x, *, slope=0.01):
     return jnp.where(x > 0, x, slope * x)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _leaky_relu(x, slope):
+    return leaky_relu(x, slope=slope)
+
+
+def _leaky_relu_fwd(x, slope):
+    return leaky_relu(x, slope=slope), x
+
+
+def _leaky_relu_bwd(slope, x, dy):
+    """dx = dy where x > 0, slope · dy elsewhere.
+
+    Residual: the input x (any shape).  dy, dx: the shape of x.
+    """
+    return (jnp.where(x > 0, dy, slope * dy),)
+
+
+_leaky_relu.defvjp(_leaky_relu_fwd, _leaky_relu_bwd)
+
+
+def leaky_relu_manual(x, *, slope=0.01):
+    """Manual twin of :func:`leaky_relu`. x: any shape."""
+    check_slope("leaky_relu", "slope", slope)
+    return _leaky_relu(x, float(slope))
+
+
+register(OpSpec("leaky_relu", leaky_relu, leaky_relu_manual, S.unary(S.away_from_zero),
+                tuple(case(d, slope=s) for d in _SHAPES for s in (0.01, 0.2)),
+                backward=_leaky_relu_bwd, note=_AWAY))
+
+
+# -------------------------------------------------------------------------------------------- sigmoid
+
 def sigmoid(x):
     """``1 / (1 + exp(-x))``, computed stably. x: any shape."""
     return jax.nn.sigmoid(x)
 
+
+@jax.custom_vjp
+def sigmoid_manual(x):
+    """Manual twin of :func:`sigmoid`. x: any shape."""
+    return sigmoid(x)
+
+
+def _sigmoid_fwd(x):
+    y = sigmoid(x)
+    return y, y
+
+
+def _sigmoid_bwd(y, dy):
+    """dx = dy · y (1 - y), with y = sigmoid(x).
+
+    Residual: the output y (the shape of x).  dy, dx: the shape of x.
+    """
+    return (dy * y * (1 - y),)
+
+
+sigmoid_manual.defvjp(_sigmoid_fwd, _sigmoid_bwd)
+
+register(OpSpec("sigmoid", sigmoid, sigmoid_manual, S.unary(S.scaled_normal(3)),
+                tuple(case(d) for d in _SHAPES), backward=_sigmoid_bwd))
+
+
+# ----------------------------------------------------------------------------------------------- tanh
 
 def tanh(x):
     """Hyperbolic tangent. x: any shape."""
     return jnp.tanh(x)
 
 
+@jax.custom_vjp
+def tanh_manual(x):
+    """Manual twin of :func:`tanh`. x: any shape."""
+    return tanh(x)
+
+
+def _tanh_fwd(x):
+    y = tanh(x)
+    return y, y
+
+
+def _tanh_bwd(y, dy):
+    """dx = dy · (1 - y²), with y = tanh(x).
+
+    Residual: the output y (the shape of x).  dy, dx: the shape of x.
+    """
+    return (dy * (1 - y * y),)
+
+
+tanh_manual.defvjp(_tanh_fwd, _tanh_bwd)
+
+register(OpSpec("tanh", tanh, tanh_manual, S.unary(S.scaled_normal(2)),
+                tuple(case(d) for d in _SHAPES), backward=_tanh_bwd))
+
+
+# ------------------------------------------------------------------------------------------------ elu
+
 def elu(x, *, alpha=1.0):
     """``x if x > 0 else alpha * (exp(x) - 1)``. x: any shape; alpha: float >= 0."""
     check_slope("elu", "alpha", alpha)
     return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.minimum(x, 0)))
 
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _elu(x, alpha):
+    return elu(x, alpha=alpha)
+
+
+def _elu_fwd(x, alpha):
+    y = elu(x, alpha=alpha)
+    return y, (x, y)
+
+
+def _elu_bwd(alpha, res, dy):
+    """dx = dy where x > 0, dy · (y + alpha) elsewhere (there y + alpha = alpha e^x).
+
+    Residuals: the input x and the output y (both the shape of x).  dy, dx: the shape of x.
+    """
+    x, y = res
+    return (jnp.where(x > 0, dy, dy * (y + alpha)),)
+
+
+_elu.defvjp(_elu_fwd, _elu_bwd)
+
+
+def elu_manual(x, *, alpha=1.0):
+    """Manual twin of :func:`elu`. x: any shape."""
+    check_slope("elu", "alpha", alpha)
+    return _elu(x, float(alpha))
+
+
+register(OpSpec("elu", elu, elu_manual, S.unary(S.away_from_zero),
+                tuple(case(d, alpha=a) for d in _SHAPES for a in (1.0, 0.5)),
+                backward=_elu_bwd, note=_AWAY))
+
+
+# ---------------------------------------------------------------------------------------------- prelu
 
 def check_prelu(op, x, alpha):
     if alpha.ndim not in (0, 1) or (alpha.ndim == 1 and (x.ndim == 0 or alpha.shape[0] != x.shape[-1])):
@@ -57,6 +220,50 @@ def prelu(x, alpha):
     check_prelu("prelu", x, alpha)
     return jnp.where(x > 0, x, alpha * x)
 
+
+@jax.custom_vjp
+def _prelu(x, alpha):
+    return prelu(x, alpha)
+
+
+def _prelu_fwd(x, alpha):
+    return prelu(x, alpha), (x, alpha)
+
+
+def _prelu_bwd(res, dy):
+    """dx = dy or alpha · dy; dalpha = Σ x · dy over the entries with x <= 0.
+
+    Residuals: the inputs x (..., C) and alpha () or (C,).  dy, dx: (..., C);
+    dalpha sums over every axis alpha broadcasts along: the shape of alpha.
+    """
+    x, alpha = res
+    dx = jnp.where(x > 0, dy, alpha * dy)
+    dalpha_full = jnp.where(x > 0, 0, x * dy)
+    dalpha = jnp.sum(dalpha_full, axis=tuple(range(x.ndim - alpha.ndim)))
+    return dx, jnp.reshape(dalpha, alpha.shape)
+
+
+_prelu.defvjp(_prelu_fwd, _prelu_bwd)
+
+
+def prelu_manual(x, alpha):
+    """Manual twin of :func:`prelu`. x: (..., C); alpha: () or (C,)."""
+    check_prelu("prelu", x, alpha)
+    return _prelu(x, alpha)
+
+
+def _sample_prelu(key, d, dt):
+    k = S.keys(key, 2)
+    return S.away_from_zero(k[0], d["x"], dt), 0.1 + 0.3 * jax.random.uniform(k[1], d["alpha"], dt)
+
+
+register(OpSpec("prelu", prelu, prelu_manual, _sample_prelu,
+                (case({"x": (4, 5), "alpha": (5,)}), case({"x": (2, 3, 3, 4), "alpha": (4,)}),
+                 case({"x": (3, 4), "alpha": ()})),
+                backward=_prelu_bwd, note=_AWAY))
+
+
+# --------------------------------------------------------------------------------------------- maxout
 
 def check_maxout(op, x, pieces):
     check_min_rank(op, "x", x, 1)
@@ -74,3 +281,140 @@ def maxout(x, *, pieces=2):
     """
     check_maxout("maxout", x, pieces)
     return jnp.max(jnp.reshape(x, x.shape[:-1] + (x.shape[-1] // pieces, pieces)), axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _maxout(x, pieces):
+    return _maxout_fwd(x, pieces)[0]
+
+
+def _maxout_fwd(x, pieces):
+    # Not the reference's max: the winner is recorded here, not re-derived as x == max in
+    # the backward pass (under jit XLA may recompute x there with another rounding).
+    xr = jnp.reshape(x, x.shape[:-1] + (x.shape[-1] // pieces, pieces))
+    winner = jnp.argmax(xr, axis=-1)
+    return jnp.take_along_axis(xr, winner[..., None], axis=-1)[..., 0], winner
+
+
+def _maxout_bwd(pieces, winner, dy):
+    """dx = dy at the winning piece of each group, 0 at the others.
+
+    Residual: the index of the winning piece, int (..., D).  dy: (..., D);
+    dx: (..., D * pieces).
+    """
+    onehot = winner[..., None] == jnp.arange(pieces)
+    dx = jnp.where(onehot, dy[..., None], 0)
+    return (jnp.reshape(dx, dx.shape[:-2] + (dx.shape[-2] * pieces,)),)
+
+
+_maxout.defvjp(_maxout_fwd, _maxout_bwd)
+
+
+def maxout_manual(x, *, pieces=2):
+    """Manual twin of :func:`maxout`. x: (..., D * pieces) -> (..., D)."""
+    check_maxout("maxout", x, pieces)
+    return _maxout(x, pieces)
+
+
+register(OpSpec("maxout", maxout, maxout_manual, S.unary(S.distinct),
+                (case({"x": (4, 6)}, pieces=2), case({"x": (2, 3, 9)}, pieces=3), case({"x": (1, 4)}, pieces=4)),
+                backward=_maxout_bwd, note="inputs are distinct (no ties between pieces)"))
+
+
+# ------------------------------------------------------------------------------------------- softplus
+
+def softplus(x):
+    """``log(1 + exp(x))``, computed stably as ``max(x, 0) + log1p(exp(-|x|))``. x: any shape."""
+    return jnp.maximum(x, 0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+@jax.custom_vjp
+def softplus_manual(x):
+    """Manual twin of :func:`softplus`. x: any shape."""
+    return softplus(x)
+
+
+def _softplus_fwd(x):
+    return softplus(x), x
+
+
+def _softplus_bwd(x, dy):
+    """dx = dy · sigmoid(x).
+
+    d/dx log(1 + e^x) = e^x / (1 + e^x) = sigmoid(x).  Residual: the input x
+    (any shape; sigmoid(x) is recomputed, exactly, rather than from the
+    output as 1 - e^-y, which loses digits for negative x).  dy, dx: the shape of x.
+    """
+    return (dy * jax.nn.sigmoid(x),)
+
+
+softplus_manual.defvjp(_softplus_fwd, _softplus_bwd)
+
+register(OpSpec("softplus", softplus, softplus_manual, S.unary(S.scaled_normal(3)),
+                tuple(case(d) for d in _SHAPES), backward=_softplus_bwd))
+
+
+# ----------------------------------------------------------------------------------------------- gelu
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_GELU_CUBIC = 0.044715
+
+
+def _gelu_cdf(x, approximate):
+    """The factor ``Phi(x)`` of ``gelu(x) = x * Phi(x)``: exact, or its tanh approximation."""
+    if approximate:
+        return 0.5 * (1 + jnp.tanh(_SQRT_2_OVER_PI * (x + _GELU_CUBIC * x * x * x)))
+    return 0.5 * jax.lax.erfc(-x * _INV_SQRT_2)       # = 0.5 (1 + erf(x / sqrt 2)), no cancellation at x << 0
+
+
+def gelu(x, *, approximate=False):
+    """Gaussian error linear unit ``x * Phi(x)``, Phi the standard normal CDF (PyTorch's formulas).
+
+    approximate=False: ``0.5 x (1 + erf(x / sqrt 2))``;
+    approximate=True: ``0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))``.
+    x: any shape.
+    """
+    return x * _gelu_cdf(x, approximate)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _gelu(x, approximate):
+    return gelu(x, approximate=approximate)
+
+
+def _gelu_fwd(x, approximate):
+    cdf = _gelu_cdf(x, approximate)
+    return x * cdf, (x, cdf)
+
+
+def _gelu_bwd(approximate, res, dy):
+    """dx = dy · (Phi(x) + x Phi'(x)), Phi' = the normal density or the tanh form's derivative.
+
+    Exact: Phi(x) = (1 + erf(x / sqrt 2)) / 2 and Phi'(x) = exp(-x^2 / 2) / sqrt(2 pi).
+    Tanh approximation: Phi(x) = (1 + t) / 2 with t = tanh(u), u = sqrt(2 / pi) (x + 0.044715 x^3),
+    so Phi'(x) = (1 - t^2) / 2 · du/dx = 2 Phi (1 - Phi) · sqrt(2 / pi) (1 + 3 · 0.044715 x^2),
+    using 1 - t^2 = (1 - t)(1 + t) = 4 Phi (1 - Phi).
+    Residuals: the input x and Phi(x) from the forward pass (both the shape of x).
+    dy, dx: the shape of x.
+    """
+    x, cdf = res
+    if approximate:
+        density = 2 * cdf * (1 - cdf) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * x * x)
+    else:
+        density = jnp.exp(-0.5 * x * x) * _INV_SQRT_2PI
+    return (dy * (cdf + x * density),)
+
+
+_gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+def gelu_manual(x, *, approximate=False):
+    """Manual twin of :func:`gelu`. x: any shape."""
+    return _gelu(x, bool(approximate))
+
+
+register(OpSpec("gelu", gelu, gelu_manual, S.unary(S.scaled_normal(2)),
+                tuple(case(d, approximate=a) for d in _SHAPES for a in (False, True)),
+                backward=_gelu_bwd))

@@ -1,14 +1,38 @@
-"""2-D convolution and transposed convolution (NHWC, HWIO), reference forwards."""
+"""2-D convolution and transposed convolution (NHWC, HWIO): reference forwards,
+manual ops, audit registrations.
+
+Manual ops: plain convolutions (no dilation, one group) run the reference's
+XLA convolution forward and write the backward as the two convolutions the
+course derives.  Dilated and grouped convolutions use im2col: gather each
+receptive field into a row and multiply by the filters reshaped to a matrix;
+with P the patches and dY the upstream gradient, dW = P^T dY, db = sum dY,
+dP = dY W^T and dX = col2im(dP) (overlapping windows add up).  The transposed
+convolution is the same two halves swapped.  Reverse mode only (``custom_vjp``).
+"""
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from jaxnet._checks import check_positive_int, check_rank
+from jaxnet.ops import _sampling as S
 from jaxnet.ops._geometry import WindowGeometry, as_pair, window_geometry
+from jaxnet.ops._patches import crop_hw, extract_patches, fold_patches, pad_hw
+from jaxnet.ops._registry import OpSpec, case, register
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
+
+def _sample_conv(key, d, dt):
+    k = S.keys(key, 3)
+    x = S.normal(k[0], d["x"], dt)
+    w = S.normal(k[1], d["w"], dt)
+    return x, w, (S.normal(k[2], (d["w"][-1],), dt) if d.get("bias", True) else None)
+
+
+# --------------------------------------------------------------------------------------------- conv2d
 
 def conv2d_geometry(op, x, w, b, *, stride, padding, dilation, groups) -> WindowGeometry:
     """Validate a conv2d call and return its window geometry."""
@@ -28,6 +52,13 @@ def conv2d_geometry(op, x, w, b, *, stride, padding, dilation, groups) -> Window
                            dilation=dilation, kernel_desc=str(tuple(w.shape)))
 
 
+def _conv2d_xla(x, w, b, geom, groups):
+    """The reference computation on a resolved geometry: XLA's convolution, then the bias."""
+    y = jax.lax.conv_general_dilated(x, w, geom.stride, geom.pads, rhs_dilation=geom.dilation,
+                                     dimension_numbers=_DN, feature_group_count=groups)
+    return y if b is None else y + b
+
+
 def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
     """Cross-correlation as in deep learning (no kernel flip).
 
@@ -37,10 +68,121 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
     Returns (N, Ho, Wo, O) with ``Ho = (H + 2P - D(KH - 1) - 1) / S + 1``.
     """
     g = conv2d_geometry("conv2d", x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
-    y = jax.lax.conv_general_dilated(x, w, g.stride, g.pads, rhs_dilation=g.dilation,
-                                     dimension_numbers=_DN, feature_group_count=groups)
-    return y if b is None else y + b
+    return _conv2d_xla(x, w, b, g, groups)
 
+
+def _grouped(w, groups):
+    kh, kw, cg, o = w.shape
+    return jnp.reshape(w, (kh, kw, cg, groups, o // groups))
+
+
+def _patches(x, geom, groups):
+    p = extract_patches(pad_hw(x, geom.pads), geom.kernel, geom.stride, geom.dilation, geom.out_hw)
+    n, ho, wo, kh, kw, c = p.shape
+    return jnp.reshape(p, (n, ho, wo, kh, kw, groups, c // groups))
+
+
+def _native(geom, groups):
+    """Plain convolutions (no dilation, no groups) use XLA's convolution for the forward
+    pass and both backward products; the rest use im2col.  Chosen by measurement with
+    ``jaxnet bench``: XLA's convolution is the faster of the two for plain convolutions."""
+    return groups == 1 and geom.dilation == (1, 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv2d(x, w, b, geom, groups):
+    return _conv2d_fwd(x, w, b, geom, groups)[0]
+
+
+def _conv2d_fwd(x, w, b, geom, groups):
+    if _native(geom, groups):
+        return _conv2d_xla(x, w, b, geom, groups), (x, w, b)
+    p = _patches(x, geom, groups)
+    if groups == 1:          # one (N*Ho*Wo, KH*KW*C) x (KH*KW*C, O) matmul, the course's X_col . W_row
+        n, ho, wo = p.shape[:3]
+        y = jnp.reshape(jnp.reshape(p, (n * ho * wo, -1)) @ jnp.reshape(w, (-1, w.shape[3])), (n, ho, wo, -1))
+    else:
+        y = jnp.einsum("nhwijgc,ijcgo->nhwgo", p, _grouped(w, groups))
+        y = jnp.reshape(y, y.shape[:3] + (-1,))
+    return (y if b is None else y + b), (x, w, b)
+
+
+def _conv2d_native_bwd(geom, x, w, dy):
+    """The course's result: both gradients of a convolution are convolutions.
+
+    dX = the "full" convolution of dY (stride s -> s-1 zeros between its pixels)
+         with the spatially flipped filters, in/out channels swapped;
+    dW = the correlation of the padded input with dY (dY as the filter, dilated by s).
+    x: (N, H, W, C), w: (KH, KW, C, O), dy: (N, Ho, Wo, O).  Returns dx like x, dw like w.
+    """
+    (kh, kw), s = w.shape[:2], geom.stride
+    ho, wo = dy.shape[1:3]
+    pads = []
+    for k, (lo, hi), n, o, st in zip((kh, kw), geom.pads, geom.in_hw, (ho, wo), s):
+        rest = n + lo + hi - k - (o - 1) * st                      # rows the last window did not reach
+        pads.append((k - 1 - lo, k - 1 - hi + rest))
+    w_flip = jnp.swapaxes(jnp.flip(w, (0, 1)), 2, 3)
+    dx = jax.lax.conv_general_dilated(dy, w_flip, (1, 1), pads, lhs_dilation=s, dimension_numbers=_DN)
+    dw = jax.lax.conv_general_dilated(x, dy, (1, 1), geom.pads, rhs_dilation=s,
+                                      dimension_numbers=("CHWN", "IHWO", "HWNC"))
+    return dx, dw[:kh, :kw]
+
+
+def _conv2d_bwd(geom, groups, res, dy):
+    """dX = col2im(dY·Wᵀ) (plain convs: dY fully convolved with the flipped filters), dW = Pᵀ·dY, db = Σ dY.
+
+    Residuals: the inputs x (N, H, W, C), w (KH, KW, C // groups, O) and b (O,)
+    or None; the patches P (N, Ho, Wo, KH, KW, C) are recomputed from x rather
+    than stored.  dy: (N, Ho, Wo, O).  Returns dx like x, dw like w, db (O,) or None.
+    """
+    x, w, b = res
+    n, ho, wo, o = dy.shape
+    if _native(geom, groups):
+        dx, dw = _conv2d_native_bwd(geom, x, w, dy)
+        return dx, dw, (None if b is None else jnp.sum(dy, axis=(0, 1, 2)))
+    p = _patches(x, geom, groups)
+    if groups == 1:
+        p2, dy2 = jnp.reshape(p, (n * ho * wo, -1)), jnp.reshape(dy, (n * ho * wo, o))
+        dw = jnp.reshape(p2.T @ dy2, w.shape)                            # dW = X_col^T . dY
+        dp = jnp.reshape(dy2 @ jnp.reshape(w, (-1, o)).T, p.shape[:5] + (-1,))   # dX_col = dY . W_row^T
+    else:
+        dyg = jnp.reshape(dy, (n, ho, wo, groups, o // groups))
+        dw = jnp.reshape(jnp.einsum("nhwijgc,nhwgo->ijcgo", p, dyg), w.shape)
+        dp = jnp.einsum("nhwgo,ijcgo->nhwijgc", dyg, _grouped(w, groups))
+        dp = jnp.reshape(dp, dp.shape[:5] + (-1,))
+    dx = crop_hw(fold_patches(dp, geom.padded_hw, geom.stride, geom.dilation), geom.pads)   # col2im
+    db = None if b is None else jnp.sum(dy, axis=(0, 1, 2))
+    return dx, dw, db
+
+
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def conv2d_manual(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
+    """Manual twin of :func:`conv2d` (plain: XLA convolution; dilated or grouped: im2col).
+
+    x: (N, H, W, C).  w: (KH, KW, C // groups, O).  b: (O,) or None.
+    Returns (N, Ho, Wo, O).
+    """
+    geom = conv2d_geometry("conv2d", x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return _conv2d(x, w, b, geom, groups)
+
+
+register(OpSpec("conv2d", conv2d, conv2d_manual, _sample_conv, (
+    case({"x": (2, 7, 7, 3), "w": (3, 3, 3, 4)}, stride=1, padding=0),
+    case({"x": (2, 7, 7, 3), "w": (3, 3, 3, 4)}, stride=2, padding=0),
+    case({"x": (2, 7, 7, 3), "w": (3, 3, 3, 4)}, stride=1, padding=1),
+    case({"x": (1, 8, 9, 3), "w": (3, 3, 3, 2)}, stride=2, padding="SAME"),
+    case({"x": (2, 9, 9, 2), "w": (3, 3, 2, 3)}, stride=1, padding="VALID", dilation=2),
+    case({"x": (2, 6, 6, 4), "w": (3, 3, 2, 6)}, stride=1, padding=1, groups=2),
+    case({"x": (1, 5, 5, 3), "w": (3, 3, 1, 3)}, stride=1, padding="SAME", groups=3),
+    case({"x": (3, 4, 4, 5), "w": (1, 1, 5, 2)}, stride=1, padding=0),
+    case({"x": (2, 5, 7, 2), "w": (2, 3, 2, 3), "bias": False}, stride=(1, 2), padding=(1, 0)),
+    case({"x": (1, 7, 7, 3), "w": (5, 5, 3, 2)}, stride=2, padding=2, dilation=1),
+), backward=_conv2d_bwd))
+
+
+# ----------------------------------------------------------------------------------- conv2d_transpose
 
 def conv2d_transpose_geometry(op, x, w, b, *, stride, padding):
     """Validate a conv2d_transpose call; return (kernel, stride, padding, output hw)."""
@@ -76,3 +218,58 @@ def conv2d_transpose(x, w, b=None, *, stride=1, padding=0):
     y = jax.lax.conv_general_dilated(x, jnp.flip(w, (0, 1)), (1, 1), pads, lhs_dilation=s,
                                      dimension_numbers=_DN)
     return y if b is None else y + b
+
+
+def _paint(x, w, stride, pad, out_hw):
+    """conv2d_transpose forward: every input pixel paints the filter (col2im of x . W)."""
+    q = jnp.einsum("nhwc,ijco->nhwijo", x, w)
+    full = tuple((n - 1) * s + k for n, s, k in zip(x.shape[1:3], stride, w.shape[:2]))
+    y = fold_patches(q, full, stride, (1, 1))
+    return crop_hw(y, ((pad, pad), (pad, pad)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _conv2d_transpose(x, w, b, stride, pad, out_hw):
+    return _conv2d_transpose_fwd(x, w, b, stride, pad, out_hw)[0]
+
+
+def _conv2d_transpose_fwd(x, w, b, stride, pad, out_hw):
+    # im2col's second half (col2im) instead of the reference's dilated XLA convolution
+    y = _paint(x, w, stride, pad, out_hw)
+    return (y if b is None else y + b), (x, w, b)
+
+
+def _conv2d_transpose_bwd(stride, pad, out_hw, res, dy):
+    """dQ = im2col(dY); dX = dQ·Wᵀ (a strided convolution of dY), dW = xᵀ·dQ, db = Σ dY.
+
+    Residuals: the inputs x (N, H, W, C), w (KH, KW, C, O) and b (O,) or None.
+    dy: (N, Ho, Wo, O), padded back by ``pad`` on every side; its patches
+    dQ: (N, H, W, KH, KW, O).  Returns dx like x, dw like w, db (O,) or None.
+    """
+    x, w, b = res
+    dq = extract_patches(pad_hw(dy, ((pad, pad), (pad, pad))), w.shape[:2], stride, (1, 1), x.shape[1:3])
+    dx = jnp.einsum("nhwijo,ijco->nhwc", dq, w)
+    dw = jnp.einsum("nhwc,nhwijo->ijco", x, dq)
+    db = None if b is None else jnp.sum(dy, axis=(0, 1, 2))
+    return dx, dw, db
+
+
+_conv2d_transpose.defvjp(_conv2d_transpose_fwd, _conv2d_transpose_bwd)
+
+
+def conv2d_transpose_manual(x, w, b=None, *, stride=1, padding=0):
+    """Manual twin of :func:`conv2d_transpose`.
+
+    x: (N, H, W, C).  w: (KH, KW, C, O).  b: (O,) or None.
+    Returns (N, (H - 1) S + KH - 2P, (W - 1) S + KW - 2P, O).
+    """
+    _, s, p, out = conv2d_transpose_geometry("conv2d_transpose", x, w, b, stride=stride, padding=padding)
+    return _conv2d_transpose(x, w, b, s, p, out)
+
+
+register(OpSpec("conv2d_transpose", conv2d_transpose, conv2d_transpose_manual, _sample_conv, (
+    case({"x": (2, 4, 4, 3), "w": (3, 3, 3, 2)}, stride=1, padding=0),
+    case({"x": (2, 4, 4, 3), "w": (3, 3, 3, 2)}, stride=2, padding=1),
+    case({"x": (1, 3, 5, 2), "w": (2, 3, 2, 4), "bias": False}, stride=(2, 1), padding=0),
+    case({"x": (2, 3, 3, 2), "w": (4, 4, 2, 2)}, stride=2, padding=1),
+), backward=_conv2d_transpose_bwd))

@@ -1,9 +1,16 @@
-"""Affine (fully connected) layer, reference forward."""
+"""Affine (fully connected) layer: reference forward, manual op, audit registration.
+
+The manual op's forward is the reference itself; its backward is the course's
+``dx = dout W^T``, ``dW = x^T dout``, ``db = sum dout``.
+"""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from jaxnet._checks import check_min_rank, check_rank
+from jaxnet.ops import _sampling as S
+from jaxnet.ops._registry import OpSpec, case, register
 
 
 def check_affine(op, x, w, b):
@@ -29,3 +36,54 @@ def affine(x, w, b=None):
     check_affine("affine", x, w, b)
     y = jnp.reshape(x, (x.shape[0], -1)) @ w
     return y if b is None else y + b
+
+
+@jax.custom_vjp
+def _affine(x, w, b):
+    return affine(x, w, b)
+
+
+def _affine_fwd(x, w, b):
+    return affine(x, w, b), (x, w, b)
+
+
+def _affine_bwd(res, dout):
+    """dx = dout·Wᵀ, dW = xᵀ·dout, db = Σ_n dout.
+
+    res: the inputs (x, w, b): x (N, d1, ..., dk), w (D, M), b (M,) or None.
+    dout: (N, M).  Returns dx like x (dout·Wᵀ reshaped back), dw (D, M) with x
+    flattened to (N, D), and db (M,) (None when b is None).
+    """
+    x, w, b = res
+    x2 = jnp.reshape(x, (x.shape[0], -1))
+    dx = jnp.reshape(dout @ w.T, x.shape)
+    dw = x2.T @ dout
+    db = None if b is None else jnp.sum(dout, axis=0)
+    return dx, dw, db
+
+
+_affine.defvjp(_affine_fwd, _affine_bwd)
+
+
+def affine_manual(x, w, b=None):
+    """Manual twin of :func:`affine` (reverse mode only: ``custom_vjp``).
+
+    x: (N, d1, ..., dk).  w: (D, M).  b: (M,) or None.  Returns (N, M).
+    """
+    check_affine("affine", x, w, b)
+    return _affine(x, w, b)
+
+
+def _sample_affine(key, d, dt):
+    k = S.keys(key, 3)
+    x = S.normal(k[0], d["x"], dt)
+    dim = x.size // x.shape[0]
+    args = (x, S.normal(k[1], (dim, d["m"]), dt) / jnp.sqrt(dim))
+    return args + ((S.normal(k[2], (d["m"],), dt),) if d.get("bias", True) else (None,))
+
+
+register(OpSpec(
+    "affine", affine, affine_manual, _sample_affine,
+    (case({"x": (4, 5), "m": 3}), case({"x": (2, 3, 4, 2), "m": 7}), case({"x": (1, 6), "m": 2}),
+     case({"x": (3, 5), "m": 4, "bias": False})),
+    backward=_affine_bwd))

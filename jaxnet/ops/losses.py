@@ -1,16 +1,33 @@
-"""Losses and weight penalties, reference forwards.
+"""Losses and weight penalties: reference forwards, manual ops, audit registrations.
 
 Classification losses take ``scores`` (N, C) and integer ``labels`` (N,) and
 return the mean over the batch of the per-example loss, as in the course.
 Regression losses sum over the non-batch axes and average over the batch.
+
+Hand gradients (course): softmax dL/ds = (p - onehot(y)) / N; SVM +1 for every
+violating class, minus their count for the true class, over N; sigmoid CE
+(s(z) - t) / N; L2 2 (p - t) / N; L1 sign(p - t) / N; penalties 2w and
+sign(w).  Integer labels get no cotangent (``None``).
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from jaxnet._checks import check_labels, check_min_rank, check_same_shape
+from jaxnet.ops import _sampling as S
+from jaxnet.ops._registry import OpSpec, case, register
 
+
+def _sample_labels(key, d, dt):
+    k = S.keys(key, 2)
+    n, c = d["x"]
+    return S.normal(k[0], (n, c), dt), jax.random.randint(k[1], (n,), 0, c)
+
+
+# ------------------------------------------------------------------------------ softmax cross-entropy
 
 def softmax_cross_entropy(scores, labels):
     """``mean_i [ -s_{i,y_i} + log sum_j exp(s_ij) ]``, numerically stable.
@@ -24,9 +41,60 @@ def softmax_cross_entropy(scores, labels):
     return jnp.mean(log_z - correct)
 
 
+@jax.custom_vjp
+def _softmax_cross_entropy(scores, labels):
+    return _softmax_cross_entropy_fwd(scores, labels)[0]
+
+
+def _softmax_cross_entropy_fwd(scores, labels):
+    # The reference's computation, keeping exp and its sum: the backward pass needs the
+    # probabilities exp / z, which the reference never forms.
+    shifted = scores - jnp.max(scores, axis=1, keepdims=True)     # the course's stability shift
+    exp = jnp.exp(shifted)
+    z = jnp.sum(exp, axis=1, keepdims=True)
+    correct = jnp.take_along_axis(shifted, labels[:, None], axis=1)[:, 0]
+    loss = jnp.mean(jnp.log(z[:, 0]) - correct)
+    return loss, (exp / z, labels)
+
+
+def _softmax_cross_entropy_bwd(res, g):
+    """dscores = g · (p - onehot(y)) / N.
+
+    Residuals: the softmax probabilities p (N, C) and the labels (N,) int.
+    g: the scalar cotangent.  Returns dscores (N, C) and None for the labels.
+    """
+    p, labels = res
+    onehot = jax.nn.one_hot(labels, p.shape[1], dtype=p.dtype)
+    return (g * (p - onehot) / p.shape[0], None)
+
+
+_softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)
+
+
+def softmax_cross_entropy_manual(scores, labels):
+    """Manual twin of :func:`softmax_cross_entropy`. scores (N, C); labels (N,) int."""
+    check_labels("softmax_cross_entropy", scores, labels)
+    return _softmax_cross_entropy(scores, labels)
+
+
+register(OpSpec("softmax_cross_entropy", softmax_cross_entropy, softmax_cross_entropy_manual, _sample_labels,
+                (case({"x": (5, 10)}), case({"x": (1, 3)}), case({"x": (7, 2)})),
+                backward=_softmax_cross_entropy_bwd))
+
+
+# ------------------------------------------------------------------------------------------ svm hinge
+
 def check_margin(op, margin):
     if not isinstance(margin, (int, float)) or margin < 0:
         raise ValueError(f"{op}: `margin` must be a non-negative number, got {margin!r}")
+
+
+def _svm_forward(scores, labels, margin):
+    """(loss, margins (N, C) with 0 on the true class, true-class mask (N, C) bool)."""
+    is_true = jax.nn.one_hot(labels, scores.shape[1], dtype=bool)
+    correct = jnp.take_along_axis(scores, labels[:, None], axis=1)
+    margins = jnp.where(is_true, 0, jnp.maximum(0, scores - correct + margin))
+    return jnp.mean(jnp.sum(margins, axis=1)), margins, is_true
 
 
 def svm_hinge(scores, labels, *, margin=1.0):
@@ -36,11 +104,60 @@ def svm_hinge(scores, labels, *, margin=1.0):
     """
     check_labels("svm_hinge", scores, labels)
     check_margin("svm_hinge", margin)
-    correct = jnp.take_along_axis(scores, labels[:, None], axis=1)
-    margins = jnp.maximum(0, scores - correct + margin)
-    margins = jnp.where(jax.nn.one_hot(labels, scores.shape[1], dtype=bool), 0, margins)
-    return jnp.mean(jnp.sum(margins, axis=1))
+    return _svm_forward(scores, labels, margin)[0]
 
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _svm_hinge(scores, labels, margin):
+    return _svm_forward(scores, labels, margin)[0]
+
+
+def _svm_hinge_fwd(scores, labels, margin):
+    loss, margins, is_true = _svm_forward(scores, labels, margin)
+    return loss, (margins > 0, is_true)
+
+
+def _svm_hinge_bwd(margin, res, g):
+    """dscores = g / N · (+1 per violating class, minus their count on the true class).
+
+    Residuals: the violation mask margins > 0 (N, C) bool and the true-class
+    mask (N, C) bool.  g: the scalar cotangent.  Returns dscores (N, C) and
+    None for the labels.
+    """
+    violated, is_true = res
+    count = jnp.sum(violated, axis=1, keepdims=True)
+    ds = jnp.where(is_true, -count, violated).astype(jnp.result_type(g))
+    return (g * ds / ds.shape[0], None)
+
+
+_svm_hinge.defvjp(_svm_hinge_fwd, _svm_hinge_bwd)
+
+
+def svm_hinge_manual(scores, labels, *, margin=1.0):
+    """Manual twin of :func:`svm_hinge`. scores (N, C); labels (N,) int."""
+    check_labels("svm_hinge", scores, labels)
+    check_margin("svm_hinge", margin)
+    return _svm_hinge(scores, labels, float(margin))
+
+
+def _sample_svm(key, d, dt, margin=1.0):
+    for attempt in range(100):   # rejection sampling: every margin at least KINK_GAP from its hinge
+        scores, labels = _sample_labels(jax.random.fold_in(key, attempt), d, dt)
+        correct = jnp.take_along_axis(scores, labels[:, None], axis=1)
+        m = scores - correct + d.get("margin", margin)
+        m = jnp.where(jax.nn.one_hot(labels, scores.shape[1], dtype=bool), 1.0, m)
+        if float(jnp.min(jnp.abs(m))) > S.KINK_GAP:
+            return scores, labels
+    raise RuntimeError("svm_hinge sampler: could not avoid the hinge kinks")
+
+
+register(OpSpec("svm_hinge", svm_hinge, svm_hinge_manual, _sample_svm,
+                (case({"x": (5, 10)}), case({"x": (1, 3)}), case({"x": (6, 4), "margin": 0.5}, margin=0.5)),
+                backward=_svm_hinge_bwd,
+                note="scores resampled until every margin is 1e-3 away from its hinge"))
+
+
+# ------------------------------------------------------------------------------ sigmoid cross-entropy
 
 def sigmoid_cross_entropy(logits, targets):
     """Binary / multi-label cross-entropy on logits, numerically stable.
@@ -54,11 +171,92 @@ def sigmoid_cross_entropy(logits, targets):
     return jnp.sum(per) / logits.shape[0]
 
 
+@jax.custom_vjp
+def _sigmoid_cross_entropy(logits, targets):
+    return sigmoid_cross_entropy(logits, targets)
+
+
+def _sigmoid_cross_entropy_fwd(logits, targets):
+    return sigmoid_cross_entropy(logits, targets), (logits, targets)
+
+
+def _sigmoid_cross_entropy_bwd(res, g):
+    """dlogits = g · (sigmoid(z) - t) / N, dtargets = -g · z / N.
+
+    Residuals: the inputs logits z and targets t, both (N, ...).  g: the scalar
+    cotangent.  Returns dlogits and dtargets, both (N, ...).
+    """
+    logits, targets = res
+    n = logits.shape[0]
+    return g * (jax.nn.sigmoid(logits) - targets) / n, -g * logits / n
+
+
+_sigmoid_cross_entropy.defvjp(_sigmoid_cross_entropy_fwd, _sigmoid_cross_entropy_bwd)
+
+
+def sigmoid_cross_entropy_manual(logits, targets):
+    """Manual twin of :func:`sigmoid_cross_entropy`. logits, targets: (N, ...)."""
+    check_min_rank("sigmoid_cross_entropy", "logits", logits, 1)
+    check_same_shape("sigmoid_cross_entropy", "logits", logits, "targets", targets)
+    return _sigmoid_cross_entropy(logits, targets)
+
+
+def _sample_sigmoid_cross_entropy(key, d, dt):
+    k = S.keys(key, 2)
+    return S.normal(k[0], d["x"], dt), jax.random.uniform(k[1], d["x"], dt)
+
+
+register(OpSpec("sigmoid_cross_entropy", sigmoid_cross_entropy, sigmoid_cross_entropy_manual,
+                _sample_sigmoid_cross_entropy,
+                (case({"x": (4, 3)}), case({"x": (1, 5)}), case({"x": (2, 3, 2)})),
+                backward=_sigmoid_cross_entropy_bwd))
+
+
+# ------------------------------------------------------------------------------------ regression losses
+
 def l2_loss(pred, target):
     """Squared L2 regression loss ``mean_i ||pred_i - target_i||^2``. pred, target: (N, ...)."""
     check_min_rank("l2_loss", "pred", pred, 1)
     check_same_shape("l2_loss", "pred", pred, "target", target)
     return jnp.sum((pred - target) ** 2) / pred.shape[0]
+
+
+@jax.custom_vjp
+def _l2_loss(pred, target):
+    return l2_loss(pred, target)
+
+
+def _l2_loss_fwd(pred, target):
+    return l2_loss(pred, target), pred - target
+
+
+def _l2_loss_bwd(diff, g):
+    """dpred = g · 2 (pred - target) / N = -dtarget.
+
+    Residual: diff = pred - target, (N, ...).  g: the scalar cotangent.
+    Returns dpred and dtarget, both (N, ...).
+    """
+    d = g * 2 * diff / diff.shape[0]
+    return d, -d
+
+
+_l2_loss.defvjp(_l2_loss_fwd, _l2_loss_bwd)
+
+
+def l2_loss_manual(pred, target):
+    """Manual twin of :func:`l2_loss`. pred, target: (N, ...)."""
+    check_min_rank("l2_loss", "pred", pred, 1)
+    check_same_shape("l2_loss", "pred", pred, "target", target)
+    return _l2_loss(pred, target)
+
+
+def _sample_pair(key, d, dt):
+    k = S.keys(key, 2)
+    return S.normal(k[0], d["x"], dt), S.normal(k[1], d["x"], dt)
+
+
+register(OpSpec("l2_loss", l2_loss, l2_loss_manual, _sample_pair,
+                (case({"x": (4, 3)}), case({"x": (1, 2, 2)})), backward=_l2_loss_bwd))
 
 
 def l1_loss(pred, target):
@@ -68,11 +266,102 @@ def l1_loss(pred, target):
     return jnp.sum(jnp.abs(pred - target)) / pred.shape[0]
 
 
+@jax.custom_vjp
+def _l1_loss(pred, target):
+    return l1_loss(pred, target)
+
+
+def _l1_loss_fwd(pred, target):
+    return l1_loss(pred, target), pred - target
+
+
+def _l1_loss_bwd(diff, g):
+    """dpred = g · sign(pred - target) / N = -dtarget.
+
+    Residual: diff = pred - target, (N, ...).  g: the scalar cotangent.
+    Returns dpred and dtarget, both (N, ...).
+    """
+    d = g * jnp.sign(diff) / diff.shape[0]
+    return d, -d
+
+
+_l1_loss.defvjp(_l1_loss_fwd, _l1_loss_bwd)
+
+
+def l1_loss_manual(pred, target):
+    """Manual twin of :func:`l1_loss`. pred, target: (N, ...)."""
+    check_min_rank("l1_loss", "pred", pred, 1)
+    check_same_shape("l1_loss", "pred", pred, "target", target)
+    return _l1_loss(pred, target)
+
+
+def _sample_pair_apart(key, d, dt):
+    k = S.keys(key, 2)
+    t = S.normal(k[1], d["x"], dt)
+    return t + S.away_from_zero(k[0], d["x"], dt), t
+
+
+register(OpSpec("l1_loss", l1_loss, l1_loss_manual, _sample_pair_apart,
+                (case({"x": (4, 3)}), case({"x": (1, 2, 2)})), backward=_l1_loss_bwd,
+                note="pred - target kept away from 0"))
+
+
+# ------------------------------------------------------------------------------------------ penalties
+
 def l2_penalty(w):
     """``sum(w ** 2)``, the course's R(W); multiply by the strength lambda yourself. w: any shape."""
     return jnp.sum(w * w)
 
 
+@jax.custom_vjp
+def l2_penalty_manual(w):
+    """Manual twin of :func:`l2_penalty`: ``sum(w ** 2)``, gradient ``2 w``."""
+    return l2_penalty(w)
+
+
+def _l2_penalty_fwd(w):
+    return l2_penalty(w), w
+
+
+def _l2_penalty_bwd(w, g):
+    """dw = 2 g · w.
+
+    Residual: the input w (any shape).  g: the scalar cotangent.  dw: the shape of w.
+    """
+    return (2 * g * w,)
+
+
+l2_penalty_manual.defvjp(_l2_penalty_fwd, _l2_penalty_bwd)
+
+register(OpSpec("l2_penalty", l2_penalty, l2_penalty_manual, S.unary(S.normal),
+                (case({"x": (5, 3)}), case({"x": (3, 3, 2, 4)})), backward=_l2_penalty_bwd))
+
+
 def l1_penalty(w):
     """``sum(|w|)``. w: any shape."""
     return jnp.sum(jnp.abs(w))
+
+
+@jax.custom_vjp
+def l1_penalty_manual(w):
+    """Manual twin of :func:`l1_penalty`: ``sum(|w|)``, gradient ``sign(w)``."""
+    return l1_penalty(w)
+
+
+def _l1_penalty_fwd(w):
+    return l1_penalty(w), w
+
+
+def _l1_penalty_bwd(w, g):
+    """dw = g · sign(w).
+
+    Residual: the input w (any shape).  g: the scalar cotangent.  dw: the shape of w.
+    """
+    return (g * jnp.sign(w),)
+
+
+l1_penalty_manual.defvjp(_l1_penalty_fwd, _l1_penalty_bwd)
+
+register(OpSpec("l1_penalty", l1_penalty, l1_penalty_manual, S.unary(S.away_from_zero),
+                (case({"x": (5, 3)}), case({"x": (3, 3, 2, 4)})), backward=_l1_penalty_bwd,
+                note="weights kept away from 0"))

@@ -1,16 +1,34 @@
-"""Normalization layers, reference forwards.
+"""Normalization layers: reference forwards, manual ops, audit registrations.
 
 Conventions (the course's assignment values are the defaults):
 - batch statistics use the biased variance (divide by m);
 - ``running = momentum * running + (1 - momentum) * batch`` with momentum 0.9;
 - eps = 1e-5 inside the square root; gamma/beta per channel (last axis).
+
+The manual ops share one core, :func:`_normalize`, for batch, spatial batch,
+layer and group norm: they differ only in which axes the statistics run over.
+With ``xhat = (x - mu) / sqrt(var + eps)`` over m values and
+``dxhat = dy * gamma``, the simplified backward (``batchnorm_backward_alt`` in
+the course) is
+
+    dx     = (1/m) / sqrt(var + eps) * (m dxhat - sum(dxhat) - xhat sum(dxhat xhat))
+    dgamma = sum(dy xhat),   dbeta = sum(dy)
+
+Batch norm in eval mode normalises with the running statistics, which are
+then inputs like any other and get gradients.  The batch statistics returned
+in train mode are for running-state bookkeeping and carry no gradient.
+Reverse mode only (``custom_vjp``).
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from jaxnet._checks import check_positive_int, check_rank
+from jaxnet.ops import _sampling as S
+from jaxnet.ops._registry import OpSpec, case, register
 
 
 def check_affine_params(op, c, x, gamma, beta, names=("gamma", "beta")):
@@ -35,12 +53,23 @@ def check_eps(op, eps):
         raise ValueError(f"{op}: `eps` must be a positive number, got {eps!r}")
 
 
+def check_group_norm(op, x, gamma, beta, groups, eps):
+    check_rank(op, "x", x, 4, "(N, H, W, C)")
+    check_positive_int(op, "groups", groups)
+    if x.shape[3] % groups:
+        raise ValueError(f"{op}: groups={groups} must divide the channels of x {tuple(x.shape)}")
+    check_affine_params(op, x.shape[3], x, gamma, beta)
+    check_eps(op, eps)
+
+
 def update_running(running_mean, running_var, mean, var, momentum):
     """The running-statistics update (outside any gradient): returns (mean, var)."""
     mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
     return (momentum * running_mean + (1 - momentum) * mean.astype(running_mean.dtype),
             momentum * running_var + (1 - momentum) * var.astype(running_var.dtype))
 
+
+# --------------------------------------------------------------------------------- reference forwards
 
 def batch_norm(x, gamma, beta, running_mean, running_var, *, train, momentum=0.9, eps=1e-5):
     """Batch normalization over every axis but the last (channels).
@@ -84,15 +113,6 @@ def layer_norm(x, gamma, beta, *, eps=1e-5):
     return gamma * (x - mean) / jnp.sqrt(var + eps) + beta
 
 
-def check_group_norm(op, x, gamma, beta, groups, eps):
-    check_rank(op, "x", x, 4, "(N, H, W, C)")
-    check_positive_int(op, "groups", groups)
-    if x.shape[3] % groups:
-        raise ValueError(f"{op}: groups={groups} must divide the channels of x {tuple(x.shape)}")
-    check_affine_params(op, x.shape[3], x, gamma, beta)
-    check_eps(op, eps)
-
-
 def group_norm(x, gamma, beta, *, groups, eps=1e-5):
     """Group normalization: per example, statistics over (H, W, channels of a group).
 
@@ -106,3 +126,173 @@ def group_norm(x, gamma, beta, *, groups, eps=1e-5):
     var = jnp.mean((xg - mean) ** 2, axis=(1, 2, 4), keepdims=True)
     xhat = jnp.reshape((xg - mean) / jnp.sqrt(var + eps), x.shape)
     return gamma * xhat + beta
+
+
+# ------------------------------------------------------------------------------ the manual core
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _normalize(x, gamma, beta, axes, eps):
+    """Returns (gamma * xhat + beta, mean, var); mean/var keep dims. gamma broadcasts on x's trailing axes."""
+    return _normalize_fwd(x, gamma, beta, axes, eps)[0]
+
+
+def _normalize_fwd(x, gamma, beta, axes, eps):
+    # Written with rsqrt (one multiply per element in the backward pass too), not the
+    # reference's division.  x-hat is recomputed in the backward pass rather than stored:
+    # one tensor less to write and read back, which is most of the cost of a norm layer.
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+    inv_std = jax.lax.rsqrt(var + eps)
+    return (gamma * ((x - mean) * inv_std) + beta, mean, var), (x, mean, inv_std, gamma)
+
+
+def _normalize_bwd(axes, eps, res, cts):
+    """dx = (1/m)·σ⁻¹·(m·dx̂ − Σdx̂ − x̂·Σ(dx̂·x̂)), dγ = Σ dy·x̂, dβ = Σ dy (statistics over `axes`).
+
+    Residuals: the input x, its mean and 1/sqrt(var + eps) over ``axes``
+    (keepdims: size 1 along ``axes``) and gamma (the trailing axes of x);
+    x-hat is recomputed.  cts: (dy like x, and the cotangents of mean and var,
+    ignored: they are bookkeeping outputs).  With m the number of values per
+    statistic, returns dx like x, dgamma and dbeta like gamma (summed over
+    the leading axes gamma broadcasts along).
+    """
+    x, mean, inv_std, gamma = res
+    dy = cts[0]
+    xhat = (x - mean) * inv_std
+    lead = tuple(range(x.ndim - gamma.ndim))
+    dbeta = jnp.sum(dy, axis=lead)
+    dgamma = jnp.sum(dy * xhat, axis=lead)
+    m = 1
+    for a in axes:
+        m *= x.shape[a]
+    if tuple(axes) == lead:
+        # batch norm: statistics run over the same axes as the parameter sums, so
+        # sum(dxhat) = gamma * dbeta and sum(dxhat * xhat) = gamma * dgamma
+        dx = (gamma * inv_std) * (dy - (dbeta + xhat * dgamma) / m)
+    else:
+        dxhat = dy * gamma
+        dx = (inv_std / m) * (m * dxhat - jnp.sum(dxhat, axis=axes, keepdims=True)
+                              - xhat * jnp.sum(dxhat * xhat, axis=axes, keepdims=True))
+    return dx, dgamma, dbeta
+
+
+_normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
+
+# ------------------------------------------------------------------------------- batch norm, eval mode
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _batch_norm_eval(x, gamma, beta, running_mean, running_var, eps):
+    # rsqrt, as in the train-mode core, rather than the reference's division
+    return gamma * (x - running_mean) * jax.lax.rsqrt(running_var + eps) + beta
+
+
+def _batch_norm_eval_fwd(x, gamma, beta, running_mean, running_var, eps):
+    return (_batch_norm_eval(x, gamma, beta, running_mean, running_var, eps),
+            (x, gamma, running_mean, running_var))
+
+
+def _batch_norm_eval_bwd(eps, res, dy):
+    """Eval mode, s = 1/sqrt(rv + eps): dx = dy·γ·s, dγ = Σ dy·(x − rm)·s, dβ = Σ dy, drm = −Σ dx, drv = −½·γ·s³·Σ dy·(x − rm).
+
+    Residuals: the inputs x (N, C) or (N, H, W, C), gamma, running_mean (rm)
+    and running_var (rv), each (C,).  dy: like x.  Returns dx like x and
+    dgamma, dbeta, drunning_mean, drunning_var, each (C,) (sums over every
+    axis but the last).
+    """
+    x, gamma, rm, rv = res
+    inv_std = jax.lax.rsqrt(rv + eps)
+    lead = tuple(range(x.ndim - 1))
+    centered = x - rm
+    dx = dy * gamma * inv_std
+    dgamma = jnp.sum(dy * centered, axis=lead) * inv_std
+    drm = -jnp.sum(dx, axis=lead)
+    drv = jnp.sum(dy * centered, axis=lead) * gamma * (-0.5) * inv_std ** 3
+    return dx, dgamma, jnp.sum(dy, axis=lead), drm, drv
+
+
+_batch_norm_eval.defvjp(_batch_norm_eval_fwd, _batch_norm_eval_bwd)
+
+
+# -------------------------------------------------------------------------------------- manual ops
+
+def _batch_norm(x, gamma, beta, running_mean, running_var, train, momentum, eps):
+    if not train:
+        return (_batch_norm_eval(x, gamma, beta, running_mean, running_var, float(eps)),
+                running_mean, running_var)
+    y, mean, var = _normalize(x, gamma, beta, tuple(range(x.ndim - 1)), float(eps))
+    c = x.shape[-1]
+    return (y,) + update_running(running_mean, running_var, mean.reshape(c), var.reshape(c), momentum)
+
+
+def batch_norm_manual(x, gamma, beta, running_mean, running_var, *, train, momentum=0.9, eps=1e-5):
+    """Manual twin of :func:`batch_norm`. Returns (y, new_running_mean, new_running_var).
+
+    x: (N, D) or (N, H, W, C); gamma, beta, running_mean, running_var: (C,).
+    """
+    check_batch_norm("batch_norm", x, gamma, beta, running_mean, running_var, momentum, eps)
+    return _batch_norm(x, gamma, beta, running_mean, running_var, train, momentum, eps)
+
+
+def spatial_batch_norm_manual(x, gamma, beta, running_mean, running_var, *, train, momentum=0.9, eps=1e-5):
+    """Manual twin of :func:`spatial_batch_norm`. x: (N, H, W, C)."""
+    check_batch_norm("spatial_batch_norm", x, gamma, beta, running_mean, running_var, momentum, eps, ranks=(4,))
+    return _batch_norm(x, gamma, beta, running_mean, running_var, train, momentum, eps)
+
+
+def layer_norm_manual(x, gamma, beta, *, eps=1e-5):
+    """Manual twin of :func:`layer_norm`. x: (..., D); gamma, beta: (D,)."""
+    check_rank("layer_norm", "x", x, range(1, 9))
+    check_affine_params("layer_norm", x.shape[-1], x, gamma, beta)
+    check_eps("layer_norm", eps)
+    return _normalize(x, gamma, beta, (x.ndim - 1,), float(eps))[0]
+
+
+def group_norm_manual(x, gamma, beta, *, groups, eps=1e-5):
+    """Manual twin of :func:`group_norm`. x: (N, H, W, C); gamma, beta: (C,)."""
+    check_group_norm("group_norm", x, gamma, beta, groups, eps)
+    n, h, w, c = x.shape
+    shape = (n, h, w, groups, c // groups)
+    y = _normalize(jnp.reshape(x, shape), jnp.reshape(gamma, shape[3:]), jnp.reshape(beta, shape[3:]),
+                   (1, 2, 4), float(eps))[0]
+    return jnp.reshape(y, x.shape)
+
+
+# ---------------------------------------------------------------------------------- registrations
+
+def _sample_with_running(key, d, dt):
+    k = S.keys(key, 5)
+    c = d["x"][-1]
+    return (S.normal(k[0], d["x"], dt) * 2 + 0.5, 1 + 0.2 * S.normal(k[1], (c,), dt), S.normal(k[2], (c,), dt),
+            0.1 * S.normal(k[3], (c,), dt), 0.5 + jax.random.uniform(k[4], (c,), dt))
+
+
+def _sample_affine_params(key, d, dt):
+    return _sample_with_running(key, d, dt)[:3]
+
+
+def _first(result):
+    return result[0]
+
+
+_BATCH_NORM_NOTE = ("running statistics are differentiated in both modes (in train mode y does not depend "
+                    "on them: zero gradients); batches of 2 are avoided: there x-hat is +-1 and dx is O(eps), "
+                    "below finite-difference round-off")
+
+register(OpSpec("batch_norm", batch_norm, batch_norm_manual, _sample_with_running, (
+    case({"x": (6, 5)}, train=True), case({"x": (3, 4)}, train=True), case({"x": (6, 5)}, train=False),
+    case({"x": (4, 3)}, train=True, momentum=0.5, eps=1e-3),
+), backward=(_normalize_bwd, _batch_norm_eval_bwd), output=_first, note=_BATCH_NORM_NOTE))
+
+register(OpSpec("spatial_batch_norm", spatial_batch_norm, spatial_batch_norm_manual, _sample_with_running, (
+    case({"x": (2, 3, 3, 4)}, train=True), case({"x": (1, 3, 5, 2)}, train=True),
+    case({"x": (2, 3, 3, 4)}, train=False),
+), backward=(_normalize_bwd, _batch_norm_eval_bwd), output=_first, note=_BATCH_NORM_NOTE))
+
+register(OpSpec("layer_norm", layer_norm, layer_norm_manual, _sample_affine_params, (
+    case({"x": (4, 6)}), case({"x": (1, 5)}), case({"x": (2, 3, 5)}, eps=1e-3),
+), backward=_normalize_bwd))
+
+register(OpSpec("group_norm", group_norm, group_norm_manual, _sample_affine_params, (
+    case({"x": (2, 3, 3, 4)}, groups=2), case({"x": (1, 3, 3, 6)}, groups=1), case({"x": (2, 2, 3, 4)}, groups=4),
+), backward=_normalize_bwd))

@@ -1,0 +1,179 @@
+"""The op table: one :class:`OpSpec` per op, registered by the family module that defines it.
+
+A family module (``jaxnet/ops/activations.py``, ``conv.py``, ...) holds, for
+each of its ops, the reference forward, the manual op (a ``jax.custom_vjp``
+with a named, documented ``_<op>_bwd``) and a ``register(OpSpec(...))`` call
+that puts the op into this table.  Everything else is derived from the table:
+``jaxnet.ops`` and ``jaxnet.manual`` (the two namespaces), ``OP_NAMES``,
+``jaxnet.registry.REGISTRY``, the gradient audit's cases and :func:`op_table`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import types
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One configuration: ``kwargs`` go to the op, ``dims`` to the sampler."""
+    kwargs: dict
+    dims: dict
+
+    @property
+    def label(self) -> str:
+        parts = [f"{k}={_short(v)}" for k, v in self.dims.items() if k not in self.kwargs]
+        parts += [f"{k}={_short(v)}" for k, v in self.kwargs.items()]
+        return " ".join(parts)
+
+
+def case(dims: dict, **kwargs) -> Case:
+    """``case({"x": (4, 5)}, slope=0.2)``: sampler dimensions, then the op's keyword arguments."""
+    return Case(kwargs=kwargs, dims=dims)
+
+
+def _short(v):
+    if isinstance(v, tuple):
+        return "x".join(str(i) for i in v) if all(isinstance(i, int) for i in v) else str(v).replace(" ", "")
+    return str(v)
+
+
+def _is_float_array(a) -> bool:
+    """True for floating-point arrays; False for None, integer labels and PRNG keys (typed or raw)."""
+    dtype = getattr(a, "dtype", None)
+    if dtype is None:
+        return False
+    return not jnp.issubdtype(dtype, jax.dtypes.prng_key) and jnp.issubdtype(dtype, jnp.floating)
+
+
+@dataclasses.dataclass(frozen=True)
+class OpSpec:
+    """A registered op: its two paths and how the gradient audit exercises it.
+
+    name: the public name (``jaxnet.ops.<name>``, ``jaxnet.manual.<name>``,
+      ``jaxnet.functional.<name>``).
+    reference: the reference forward (plain ``jax.numpy``; autodiff backward).
+    manual: the manual op, same signature, hand-written backward (``custom_vjp``).
+    sample: ``sample(key, dims, dtype) -> tuple`` of the op's positional arguments.
+    cases: the configurations to sweep (:class:`Case`, built with :func:`case`).
+    backward: the named hand backward function(s) (``_<op>_bwd``); the first
+      line of each docstring is the op table's summary of the derivation.
+    argnums: ``None`` (the default) differentiates every floating-point array
+      argument; integer labels, PRNG keys and ``None`` are left out
+      automatically.  A tuple narrows that set, and then ``argnums_reason``
+      must say why.
+    output: picks the differentiable array from the op's result (default: itself).
+    numeric_tol: the threshold against finite differences.
+    note: how the sampler avoids kinks and ties, or anything else the audit
+      table should say.
+    family: the op's family; defaults to the defining module's name.
+    """
+    name: str
+    reference: Callable
+    manual: Callable
+    sample: Callable
+    cases: tuple
+    backward: Any = ()
+    argnums: Optional[tuple] = None
+    argnums_reason: str = ""
+    output: Optional[Callable] = None
+    numeric_tol: float = 1e-6
+    note: str = ""
+    family: str = ""
+
+    def __post_init__(self):
+        if not self.family:
+            object.__setattr__(self, "family", self.reference.__module__.rsplit(".", 1)[-1])
+        if callable(self.backward):
+            object.__setattr__(self, "backward", (self.backward,))
+        object.__setattr__(self, "backward", tuple(self.backward))
+        object.__setattr__(self, "cases", tuple(self.cases))
+        if self.argnums is not None:
+            object.__setattr__(self, "argnums", tuple(self.argnums))
+            if not self.argnums_reason:
+                raise ValueError(f"OpSpec {self.name!r}: narrowing `argnums` needs an `argnums_reason`")
+
+    def call(self, impl: str, args, case: Case):
+        """Run one path (``"manual"``, or the reference for anything else) on ``args``."""
+        fn = self.manual if impl == "manual" else self.reference
+        return fn(*args, **case.kwargs)
+
+    def differentiable_output(self, result):
+        return result if self.output is None else self.output(result)
+
+    def differentiated(self, args) -> tuple:
+        """Indices of ``args`` the audit differentiates: every floating-point array,
+        narrowed to ``argnums`` when the spec sets it."""
+        keep = range(len(args)) if self.argnums is None else self.argnums
+        return tuple(i for i in keep if _is_float_array(args[i]))
+
+    @functools.cached_property
+    def diff_argnums(self) -> tuple:
+        """:meth:`differentiated` for the first case's arguments (sampled once, on first use)."""
+        c = self.cases[0]
+        return self.differentiated(self.sample(jax.random.PRNGKey(0), c.dims, jnp.float32))
+
+    def arg_names(self, argnums) -> list:
+        """The reference's parameter names at ``argnums``."""
+        params = list(inspect.signature(self.reference).parameters)
+        return [params[i] if i < len(params) else f"arg{i}" for i in argnums]
+
+
+_TABLE: dict[str, OpSpec] = {}
+
+REGISTRY: Mapping[str, OpSpec] = types.MappingProxyType(_TABLE)
+"""Every registered op by name, in registration order (a read-only view)."""
+
+
+def register(spec: OpSpec) -> OpSpec:
+    """Add ``spec`` to the op table and return it.  Each name registers once."""
+    if not isinstance(spec, OpSpec):
+        raise TypeError(f"register: expected an OpSpec, got {type(spec).__name__}")
+    if spec.name in _TABLE:
+        raise ValueError(f"register: op {spec.name!r} is already registered "
+                         f"(by {_TABLE[spec.name].reference.__module__})")
+    _TABLE[spec.name] = spec
+    return spec
+
+
+def get(name: str) -> OpSpec:
+    """The spec of a registered op; a clear error lists the known names."""
+    try:
+        return _TABLE[name]
+    except KeyError:
+        raise KeyError(f"unknown op {name!r}; registered ops: {', '.join(_TABLE)}") from None
+
+
+def all_cases(names=None) -> Iterator[tuple[OpSpec, Case]]:
+    """Yield (spec, case) for every registered op (or the given names) and configuration."""
+    for name in (names or list(_TABLE)):
+        spec = get(name)
+        for c in spec.cases:
+            yield spec, c
+
+
+def _summary(fn) -> str:
+    doc = inspect.getdoc(fn) or ""
+    return doc.strip().splitlines()[0].strip() if doc.strip() else ""
+
+
+def op_table() -> str:
+    """The registered ops as a Markdown table: op, family, differentiated inputs,
+    the hand backward (first docstring line of each ``_<op>_bwd``) and notes."""
+    def cell(text):
+        return text.replace("|", "\\|")
+
+    lines = ["| op | family | differentiated | hand backward | notes |",
+             "| --- | --- | --- | --- | --- |"]
+    for spec in _TABLE.values():
+        diff = ", ".join(f"`{n}`" for n in spec.arg_names(spec.diff_argnums))
+        if spec.argnums is not None:
+            diff += f" (narrowed: {spec.argnums_reason})"
+        backward = "; ".join(_summary(b) for b in spec.backward)
+        lines.append(f"| `{spec.name}` | {spec.family} | {cell(diff)} | {cell(backward)} | {cell(spec.note)} |")
+    return "\n".join(lines)
