@@ -1,7 +1,10 @@
 """The ``jaxnet`` command: ``jaxnet gradcheck | train | bench``.
 
-Each subcommand lives in its own small function; errors a user can fix are
-printed as one line (``jaxnet: error: ...``) with exit status 2.
+Each subcommand lives in its own small function. Errors a user can act on are printed as
+one line (``jaxnet: error: ...``), never a traceback: exit status 2 for a bad argument or
+input (:class:`~jaxnet.errors.UsageError`, argparse's own errors), 1 for a fault
+(:class:`~jaxnet.errors.FaultError`: a full disk, a diverged run, a folder in use), 130 for a
+training run stopped with Ctrl-C.
 """
 from __future__ import annotations
 
@@ -9,9 +12,16 @@ import argparse
 import json
 import sys
 
+from jaxnet.errors import EXIT_INTERRUPTED, EXIT_USAGE, FaultError, JaxnetError, UsageError, one_line
 
-class UsageError(Exception):
-    """A bad argument or input: printed as one line, no traceback."""
+__all__ = ["main", "build_parser", "one_line", "UsageError", "FaultError"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2) instead of the usage block."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def _cmd_gradcheck(args) -> int:
@@ -40,7 +50,7 @@ def _cmd_gradcheck(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxnet", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="jaxnet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("gradcheck", help="audit every op's hand-written backward pass (float64)")
@@ -56,12 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="fewer timing blocks (a smoke run)")
     b.set_defaults(func=lambda a: __import__("jaxnet.bench", fromlist=["cli"]).cli(a))
 
-    try:
-        from jaxnet.train_cli import add_train_parser
-    except ImportError:  # pragma: no cover - the training CLI is optional while it is being built
-        pass
-    else:
-        add_train_parser(sub)
+    from jaxnet.train_cli import add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 
@@ -70,8 +77,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except UsageError as err:
-        parser.exit(2, f"jaxnet: error: {err}\n")
+    except JaxnetError as err:
+        parser.exit(err.exit_code, f"jaxnet: {err.label}{one_line(err)}\n")
+    except KeyboardInterrupt:
+        parser.exit(EXIT_INTERRUPTED, "jaxnet: interrupted\n")
 
 
 if __name__ == "__main__":

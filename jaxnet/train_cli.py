@@ -2,19 +2,34 @@
 
 Writes into ``--out``: ``metrics.jsonl`` (one line per epoch), ``curves.png``,
 ``checkpoint`` (atomic, resumable) and ``summary.json``.
+
+Every argument is checked before any work starts; bad input and faults are one line
+(:mod:`jaxnet.errors`): exit status 2 for a bad argument or input, 1 for a fault (a diverged
+run, a full disk, a folder in use by another run, out of memory), 130 for Ctrl-C (after
+saving the last finished epoch).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
+from jaxnet.errors import FaultError, Interrupted, UsageError, one_line
+
 DATASETS = ("digits", "cifar10")
+IMPLS = {"manual": "manual", "autodiff": "auto", "auto": "auto"}  # flag value -> jaxnet impl
 DEFAULTS = dict(model="convnet", data="digits", epochs=15, batch_size=64, optimizer="adam", lr=3e-3,
-                schedule="cosine", weight_decay=1e-4, seed=0, out="runs/digits")
+                schedule="cosine", weight_decay=1e-4, seed=0, out="runs/digits", impl="manual",
+                on_nonfinite="stop")
+SEED_MAX = 2**32 - 1
+#: settings a resumed run must share with the run that wrote the checkpoint (--allow-changed
+#: overrides); --epochs, --impl, --devices, --data-dir and the output options may change
+RESUME_SETTINGS = ("model", "data", "batch_size", "optimizer", "lr", "schedule", "weight_decay",
+                   "clip_norm", "augment", "patience", "seed", "on_nonfinite")
 
 
 def add_train_parser(sub) -> None:
@@ -28,23 +43,30 @@ def add_train_parser(sub) -> None:
     t.add_argument("--data", default=DEFAULTS["data"], help=f"one of {', '.join(DATASETS)} (default %(default)s)")
     t.add_argument("--data-dir", default=None,
                    help="CIFAR-10 location (folder, image-folder root or the .tar.gz); "
-                        "default: $JAXNET_CIFAR10_DIR")
-    t.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    t.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+                        "default: $JAXNET_CIFAR10_DIR; only with --data cifar10")
+    t.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="default %(default)s")
+    t.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="default %(default)s")
     t.add_argument("--optimizer", default=DEFAULTS["optimizer"], help=f"one of {', '.join(OPTIMIZER_NAMES)}")
-    t.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="peak learning rate")
+    t.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="peak learning rate (default %(default)s)")
     t.add_argument("--schedule", default=DEFAULTS["schedule"], help=f"one of {', '.join(SCHEDULE_NAMES)}")
     t.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"],
                    help="L2 strength on weights (biases and norm parameters are skipped)")
     t.add_argument("--clip-norm", type=float, default=None, help="clip gradients to this global norm")
-    t.add_argument("--impl", choices=("manual", "auto"), default="manual",
-                   help="backward path: hand-written (manual) or autodiff (auto)")
+    t.add_argument("--impl", default=DEFAULTS["impl"], metavar="{manual,autodiff}",
+                   help="backward path: hand-written (manual) or autodiff; 'auto' is an alias of autodiff")
     t.add_argument("--augment", action="store_true", help="random crop (pad 4 on 32x32, 1 on 8x8) + flip")
     t.add_argument("--patience", type=int, default=None, help="early stopping after this many epochs")
+    t.add_argument("--on-nonfinite", default=DEFAULTS["on_nonfinite"], choices=("stop", "skip"),
+                   help="a step with a NaN/inf loss or gradient: stop the run (exit 1) or skip the "
+                        "update (default %(default)s)")
     t.add_argument("--out", default=DEFAULTS["out"], help="output folder (default %(default)s)")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that holds an earlier run's checkpoint")
+    t.add_argument("--allow-changed", action="store_true",
+                   help="--resume even if the settings differ from the checkpoint's run")
     t.add_argument("--devices", type=int, default=None, help="data parallel over the first N local devices")
-    t.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    t.add_argument("--seed", type=int, default=DEFAULTS["seed"], help=f"0..{SEED_MAX} (default %(default)s)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=run_train)
 
@@ -62,8 +84,22 @@ def load_dataset(name: str, data_dir=None, *, seed: int = 0):
     return D.normalize_dataset(ds, "channel")
 
 
-def _validate(args):
-    from jaxnet.cli import UsageError
+def _float32_range(flag: str, value: float, *, minimum: float, allow_zero: bool) -> None:
+    """A finite value >= minimum (> 0 unless allow_zero) that float32 represents as nonzero."""
+    import numpy as np
+    tiny, big = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+    lowest = "0" if allow_zero else f"{minimum:g}"
+    if not math.isfinite(value) or value < minimum or (value == minimum and not allow_zero):
+        raise UsageError(f"{flag} {value} is invalid: it must be a finite number "
+                         f"{'>=' if allow_zero else '>'} {lowest}")
+    if value > big:
+        raise UsageError(f"{flag} {value} is too large: float32 holds at most {big:.3g}")
+    if value != 0 and value < tiny:
+        raise UsageError(f"{flag} {value} is 0 in float32 training (the smallest normal float32 is {tiny:.3g})")
+
+
+def _validate(args) -> None:
+    """Every check that needs neither jax nor the data: names, numbers, flag combinations, --out."""
     from jaxnet.nn import MODELS
     from jaxnet.optim import OPTIMIZER_NAMES
     from jaxnet.optim.schedules import SCHEDULE_NAMES
@@ -75,20 +111,99 @@ def _validate(args):
         raise UsageError(f"unknown optimizer {args.optimizer!r}; expected one of {', '.join(OPTIMIZER_NAMES)}")
     if args.schedule not in SCHEDULE_NAMES:
         raise UsageError(f"unknown schedule {args.schedule!r}; expected one of {', '.join(SCHEDULE_NAMES)}")
+    if args.impl not in IMPLS:
+        raise UsageError(f"unknown --impl {args.impl!r}; expected manual or autodiff")
+    args.impl = "autodiff" if IMPLS[args.impl] == "auto" else args.impl
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise UsageError(f"invalid learning rate {args.lr}: it must be a positive number")
+    _float32_range("--lr", args.lr, minimum=0.0, allow_zero=False)
+    _float32_range("--weight-decay", args.weight_decay, minimum=0.0, allow_zero=True)
+    if args.clip_norm is not None:
+        _float32_range("--clip-norm", args.clip_norm, minimum=0.0, allow_zero=False)
     if args.epochs < 1:
         raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.weight_decay < 0:
-        raise UsageError(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    if args.patience is not None and args.patience < 1:
+        raise UsageError(f"--patience must be >= 1, got {args.patience}")
+    if not 0 <= args.seed <= SEED_MAX:
+        raise UsageError(f"--seed must be in 0..{SEED_MAX}, got {args.seed}")
+    if args.devices is not None and args.devices < 1:
+        raise UsageError(f"--devices must be >= 1, got {args.devices}")
+    if args.batch_size and args.devices and args.batch_size % args.devices:
+        raise UsageError(f"--batch-size {args.batch_size} is not divisible by --devices {args.devices}")
+    if args.data_dir is not None and args.data != "cifar10":
+        raise UsageError(f"--data-dir is only used with --data cifar10 (this run uses --data {args.data})")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other: pass one")
+    if args.allow_changed and not args.resume:
+        raise UsageError("--allow-changed only applies with --resume")
+    if not args.out or not args.out.strip():
+        raise UsageError("--out must name a folder, got an empty string")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out!r} is a file, not a folder")
     if args.resume:
-        ckpt = Path(args.out) / "checkpoint"
-        if not Path(args.out).is_dir():
+        ckpt = out / "checkpoint"
+        if not out.is_dir():
             raise UsageError(f"--resume: the folder {args.out!r} does not exist (pass the --out of an earlier run)")
         if not ckpt.exists():
             raise UsageError(f"--resume: no checkpoint in {args.out!r} (expected {ckpt})")
+
+
+def _validate_devices(args) -> None:
+    import jax
+    n = jax.local_device_count()
+    if args.devices is not None and args.devices > n:
+        raise UsageError(f"--devices {args.devices}: only {n} local device{'s' if n != 1 else ''} "
+                         f"({jax.default_backend()})")
+    used = n if args.devices is None else args.devices
+    if args.batch_size % used:
+        raise UsageError(f"--batch-size {args.batch_size} is not divisible by the {used} devices used "
+                         f"(pass --devices or another --batch-size)")
+
+
+def _make_out(args) -> Path:
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--out {args.out!r}: cannot create the folder ({err.strerror or err})") from None
+    return out
+
+
+def run_settings(args) -> dict:
+    """The settings stored in the checkpoint and compared on ``--resume``."""
+    return {name: getattr(args, name) for name in RESUME_SETTINGS}
+
+
+def _changed_settings(saved: dict, now: dict) -> list[str]:
+    return [f"{name} {saved[name]!r} -> {now[name]!r}".replace("'", "")
+            for name in RESUME_SETTINGS if name in saved and saved[name] != now[name]]
+
+
+def _check_out_contents(args, out: Path) -> None:
+    """Under the folder's lock: no silent overwrite; on --resume, the same settings."""
+    from jaxnet.train import CheckpointError, read_checkpoint
+    ckpt = out / "checkpoint"
+    if not args.resume:
+        if ckpt.exists() and not args.overwrite:
+            raise UsageError(f"--out {args.out!r} holds the checkpoint of an earlier run; pass --resume to "
+                             f"continue it or --overwrite to start afresh")
+        return
+    try:
+        _, config, _, _ = read_checkpoint(ckpt)
+    except CheckpointError as err:
+        raise UsageError(f"--resume: {err}") from None
+    saved = config.get("run")
+    if not isinstance(saved, dict):
+        return  # a checkpoint without the run's settings: nothing to compare
+    changed = _changed_settings(saved, run_settings(args))
+    if changed and not args.allow_changed:
+        raise UsageError(f"--resume: the run's settings changed: {', '.join(changed)}; "
+                         f"pass --allow-changed to resume anyway")
+    if changed:
+        print(f"jaxnet: warning: resuming with changed settings: {', '.join(changed)}", file=sys.stderr)
 
 
 def build_model(name: str, num_classes: int, impl: str):
@@ -96,54 +211,138 @@ def build_model(name: str, num_classes: int, impl: str):
     return get_model(name, num_classes=num_classes, impl=impl)
 
 
+def _is_out_of_memory(err: BaseException) -> bool:
+    text = str(err)
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+def _memory_advice(info, batch_size: int) -> str:
+    from jaxnet.nn.summary import format_bytes
+    s, avail = info
+    per = f"about {format_bytes(s.activation_bytes_per_example)} of activations per example"
+    if avail is None:
+        return per
+    fits = s.largest_batch(avail)
+    fit_text = f"about --batch-size {fits} would fit" if fits >= 1 else "not even a batch of 1 fits"
+    return f"{per}; {fit_text} in the {format_bytes(avail)} available"
+
+
+def _memory_check(model, args, input_shape, devices: int):
+    """The model summary (nothing runs) and the memory available; warns (one line) when the
+    estimate of a training step exceeds it. Returns ``(summary, available bytes or None)``."""
+    from jaxnet.nn import summary as model_summary
+    from jaxnet.nn.summary import available_memory, format_bytes
+    per_device = max(args.batch_size // max(devices, 1), 1)
+    s = model_summary(model, (per_device,) + tuple(input_shape))
+    avail = available_memory()
+    need = s.training_bytes()
+    if avail is not None and need > avail:
+        print(f"jaxnet: warning: a training step at --batch-size {args.batch_size} needs about "
+              f"{format_bytes(need)} ({format_bytes(s.total_activation_bytes)} of activations), more than the "
+              f"{format_bytes(avail)} available; {_memory_advice((s, avail), args.batch_size)}", file=sys.stderr)
+    return s, avail
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Python warnings raised while training printed as ``jaxnet: warning: ...`` (one line)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"jaxnet: warning: {one_line(message)}", file=sys.stderr if file is None else file)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
 def run_train(args) -> int:
-    from jaxnet.cli import UsageError
     _validate(args)
     import jax
+
+    _validate_devices(args)
+    out = _make_out(args)
+
+    from jaxnet.train.runfiles import FolderInUseError, hold_folder
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(hold_folder(out))
+        except FolderInUseError as err:
+            raise FaultError(f"--out {args.out!r} is in use by another jaxnet run (pid {err.pid}; lock file "
+                             f"{err.path}); wait for it to finish or choose another --out") from None
+        except OSError as err:
+            raise UsageError(f"--out {args.out!r} is not writable ({err.strerror or err})") from None
+        with _one_line_warnings():
+            return _run_locked(args, out, jax)
+
+
+def _run_locked(args, out: Path, jax) -> int:
+    _check_out_contents(args, out)
 
     from jaxnet import enable_compilation_cache
 
     enable_compilation_cache()  # a second run reuses the compiled steps ($JAXNET_COMPILATION_CACHE=0: off)
 
-    from jaxnet.nn import summary as model_summary
     from jaxnet.optim import make_optimizer
     from jaxnet.optim.schedules import make_schedule
     from jaxnet.train import CheckpointError, evaluate, fit
+    from jaxnet.train.fit import CheckpointWriteError, NonFiniteError, TrainingInterrupted
+    from jaxnet.train.runfiles import atomic_write_text
 
     try:
         ds = load_dataset(args.data, args.data_dir, seed=args.seed)
-    except FileNotFoundError as err:
-        raise UsageError(str(err).splitlines()[0]) from None
+    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    except OSError as err:
+        raise FaultError(f"cannot read the {args.data} data: {err}") from None
     n_train = ds.x_train.shape[0]
     if args.batch_size > n_train:
         raise UsageError(f"--batch-size {args.batch_size} is larger than the training set ({n_train} examples)")
 
-    model = build_model(args.model, ds.num_classes, args.impl)
+    impl = IMPLS[args.impl]
+    model = build_model(args.model, ds.num_classes, impl)
     steps = args.epochs * math.ceil(n_train / args.batch_size)
     optimizer = make_optimizer(args.optimizer, make_schedule(args.schedule, args.lr, total_steps=steps),
                                weight_decay=args.weight_decay, clip_norm=args.clip_norm)
     augment = None
     if args.augment:
         augment = {"crop_padding": 4 if ds.input_shape[0] >= 32 else 1, "flip": args.data != "digits"}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    devices = jax.local_device_count() if args.devices is None else args.devices
+    memory = _memory_check(model, args, ds.input_shape, devices)
     print(f"jaxnet train: {args.model} on {args.data} ({n_train} train / {ds.x_val.shape[0]} val / "
-          f"{ds.x_test.shape[0]} test, {ds.input_shape}), impl={args.impl}, devices={jax.device_count()} "
+          f"{ds.x_test.shape[0]} test, {ds.input_shape}), impl={args.impl}, devices={devices} "
           f"{jax.default_backend()}", file=sys.stderr)
     if not args.no_progress:
-        print(model_summary(model, (args.batch_size,) + tuple(ds.input_shape)), file=sys.stderr)
+        print(memory[0], file=sys.stderr)
 
     start = time.perf_counter()
     try:
         result = fit(model, ds, optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
-                     key=args.seed, impl=args.impl, augment=augment, out_dir=out,
+                     key=args.seed, impl=impl, augment=augment, out_dir=out,
                      early_stopping_patience=args.patience, resume=args.resume,
-                     progress=not args.no_progress, devices=args.devices)
-    except (CheckpointError, ValueError) as err:
+                     progress=not args.no_progress, devices=args.devices,
+                     on_nonfinite=args.on_nonfinite, run_config=run_settings(args))
+        train_seconds = time.perf_counter() - start
+        test_loss, test_acc = evaluate(model, result.best_params, result.best_state, ds.x_test, ds.y_test,
+                                       args.batch_size, impl=impl)
+    except TrainingInterrupted as err:
+        where = (f"checkpoint of epoch {err.checkpoint_epoch} in {err.path}; resume with --resume"
+                 if err.checkpoint_epoch is not None else "no epoch finished, no checkpoint written")
+        raise Interrupted(f"interrupted at epoch {err.epoch} step {err.step}; {where}") from None
+    except NonFiniteError as err:
+        raise FaultError(f"{err.what()}; {err.last_good()}; try a lower --lr, --clip-norm or "
+                         f"--on-nonfinite skip") from None
+    except CheckpointWriteError as err:
+        raise FaultError(str(err)) from None
+    except CheckpointError as err:
         raise UsageError(str(err)) from None
-    train_seconds = time.perf_counter() - start
-    test_loss, test_acc = evaluate(model, result.best_params, result.best_state, ds.x_test, ds.y_test,
-                                   args.batch_size, impl=args.impl)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    except OSError as err:
+        raise FaultError(f"{err.strerror or err}" + (f": {err.filename}" if err.filename else "")) from None
+    except Exception as err:  # noqa: BLE001 - only XLA's out-of-memory errors become one line
+        if _is_out_of_memory(err):
+            raise FaultError(f"out of memory at --batch-size {args.batch_size}: "
+                             f"{_memory_advice(memory, args.batch_size)}; lower --batch-size") from None
+        raise
     h = result.history
     ips = h["images_per_sec"][1:] or h["images_per_sec"]       # epoch 1 includes compilation
     summary = {
@@ -152,12 +351,17 @@ def run_train(args) -> int:
         "epochs": len(h["epoch"]), "train_seconds": round(train_seconds, 3),
         "images_per_second": float(sorted(ips)[len(ips) // 2]) if ips else float("nan"),
         "impl": args.impl, "model": args.model, "data": args.data, "stopped_early": result.stopped_early,
-        "devices": jax.device_count() if args.devices is None else args.devices,
-        "backend": jax.default_backend(), "args": {k: v for k, v in vars(args).items() if k != "func"},
+        "skipped_steps": int(result.skipped_steps),
+        "devices": devices, "backend": jax.default_backend(),
+        "args": {k: v for k, v in vars(args).items() if k != "func"},
     }
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "summary.json")
+    try:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    except OSError as err:
+        raise FaultError(f"cannot write {out / 'summary.json'} ({err.strerror or err})") from None
+    if result.skipped_steps:
+        print(f"jaxnet: skipped {result.skipped_steps} update(s) with a non-finite loss or gradient "
+              f"(--on-nonfinite skip)", file=sys.stderr)
     print(f"test accuracy {test_acc:.4f} (best val {result.best_val_acc:.4f} at epoch {result.best_epoch}), "
           f"{train_seconds:.1f} s, {summary['images_per_second']:.0f} images/s (median epoch) -> {out}/")
     return 0

@@ -194,7 +194,8 @@ def test_train_step_metrics_key_donation_and_augmentation(small, adam):
     assert params_before["fc1"]["w"].is_deleted()  # donated
     assert int(ts1.step) == 1 and ts1.step.dtype == jnp.int32
     assert not np.array_equal(np.asarray(ts1.key), key_before)
-    assert set(metrics) == {"loss", "accuracy", "learning_rate", "grad_norm", "count"}
+    assert set(metrics) == {"loss", "accuracy", "learning_rate", "grad_norm", "count", "finite"}
+    assert metrics["finite"].dtype == jnp.bool_ and bool(metrics["finite"])
     np.testing.assert_allclose(metrics["learning_rate"], 1e-2, rtol=1e-6)
     assert float(metrics["grad_norm"]) > 0 and 0 <= float(metrics["accuracy"]) <= 1
     ts2, metrics2 = step(ts1, x, y, m)  # fresh dropout and crops: another loss on the same batch

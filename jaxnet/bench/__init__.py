@@ -70,7 +70,7 @@ def cli(args) -> int:
     suites = tuple(args.only) if args.only else SUITES
     for s in suites:
         if s not in SUITES:
-            from jaxnet.cli import UsageError
+            from jaxnet.errors import UsageError
             raise UsageError(f"unknown benchmark {s!r}; expected one of {', '.join(SUITES)}")
     report = run(suites, quick=args.quick)
     print(json.dumps(report, indent=2) if args.json else format_report(report))

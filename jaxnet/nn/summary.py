@@ -13,7 +13,7 @@ from typing import Any
 
 import jax
 
-__all__ = ["Summary", "SummaryRow", "summary", "count_params"]
+__all__ = ["Summary", "SummaryRow", "summary", "count_params", "available_memory", "format_bytes"]
 
 FLOAT32_BYTES = 4
 
@@ -47,6 +47,24 @@ class Summary:
     def param_bytes(self) -> int:
         return self.total_params * FLOAT32_BYTES
 
+    @property
+    def activation_bytes_per_example(self) -> float:
+        """The activations of one example (float32 bytes): ``total_activation_bytes / batch``."""
+        return self.total_activation_bytes / max(self.input_shape[0], 1)
+
+    def training_bytes(self, batch_size: int | None = None) -> int:
+        """A rough lower bound on a training step's memory for ``batch_size`` (default: the
+        summary's batch): the activations twice (kept for the backward pass, and their
+        gradients) plus the parameters four times (values, gradients, two optimizer moments)."""
+        batch = self.input_shape[0] if batch_size is None else batch_size
+        return int(2 * self.activation_bytes_per_example * batch + 4 * self.param_bytes)
+
+    def largest_batch(self, available_bytes: int) -> int:
+        """The largest batch size whose :meth:`training_bytes` fits ``available_bytes`` (0 if none)."""
+        per_example = 2 * self.activation_bytes_per_example
+        room = available_bytes - 4 * self.param_bytes
+        return max(int(room // per_example), 0) if per_example > 0 else 0
+
     def __str__(self) -> str:
         header = ("layer", "type", "output shape", "params", "state", "activations")
         body = [(r.path, r.layer_type, str(r.output_shape), f"{r.params:,}", f"{r.state:,}",
@@ -65,6 +83,37 @@ class Summary:
                 f"total state (non-trained): {self.total_state:,}",
                 f"activations per batch of {self.input_shape[0]} (float32): {_bytes(self.total_activation_bytes)}"]
         return "\n".join(out)
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in B, KiB, MiB or GiB, e.g. ``"11.9 GiB"``."""
+    return _bytes(n)
+
+
+def available_memory(device=None) -> int | None:
+    """Bytes free for a new computation on ``device`` (default: the first local device), or None
+    if unknown. Accelerators: ``bytes_limit - bytes_in_use`` from ``device.memory_stats()``;
+    the CPU: ``MemAvailable`` from ``/proc/meminfo`` (Linux)."""
+    try:
+        device = device if device is not None else jax.local_devices()[0]
+    except RuntimeError:  # pragma: no cover - no backend
+        return None
+    if device.platform != "cpu":
+        try:
+            stats = device.memory_stats() or {}
+        except Exception:  # noqa: BLE001 - backends without memory statistics
+            stats = {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _bytes(n: int) -> str:

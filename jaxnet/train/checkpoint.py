@@ -21,7 +21,8 @@ and the shape or dtype mismatches.
 
 Writes go to a temporary file in the same directory, are flushed and fsync'ed, then
 ``os.replace``'d over the destination: a crash leaves either the old file or the new one,
-never a mix (a stray ``.<name>.tmp-*`` file may remain after a hard kill; it is ignored).
+never a mix. Temporary files are named ``.<name>.tmp-<pid>-*``: one left by a writer that was
+killed is ignored by readers and deleted by the next save once its pid is no longer running.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from jaxnet.train.runfiles import remove_stale_temp_files, temp_prefix
 from jaxnet.train.state import TrainState
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_checkpoint", "FORMAT_VERSION"]
@@ -136,7 +138,8 @@ def save_checkpoint(
     ).encode()
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), hashlib.sha256(header).digest())
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
+    remove_stale_temp_files(path)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             _write(f, prefix)

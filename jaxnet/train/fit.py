@@ -1,16 +1,25 @@
 """The training loop: ``fit`` (epochs of jitted steps, validation, best model, early stopping,
-an optional EMA of the params, metrics, curves, checkpoints, exact resume) and ``evaluate``."""
+an optional EMA of the params, metrics, curves, checkpoints, exact resume) and ``evaluate``.
+
+``fit`` checks its inputs, then runs :func:`_fit_loop`, built from small pieces:
+:func:`_train_epoch` (the step loop), :func:`_run_eval` (the evaluation), :func:`_end_epoch`
+(history, best model, patience) and ``_Record`` (everything checkpointed besides the train
+state). It stops with one-line errors on a non-finite step (:class:`NonFiniteError`), a
+failed checkpoint write (:class:`CheckpointWriteError`) and Ctrl-C
+(:class:`TrainingInterrupted`, after saving the last finished epoch)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import math
 import os
+import re
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
 import jax
@@ -18,13 +27,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxnet.errors import FaultError
 from jaxnet.train.averaging import ema_update
 from jaxnet.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from jaxnet.train.parallel import check_batch_divisible, make_mesh, replicate, resolve_devices
+from jaxnet.train.runfiles import atomic_write_text, hold_folder
 from jaxnet.train.state import TrainState, as_key, create_train_state
 from jaxnet.train.step import batches, make_eval_step, make_train_step, num_batches
 
-__all__ = ["FitResult", "fit", "evaluate", "HISTORY_KEYS", "CHECKPOINT_NAME", "METRICS_NAME", "CURVES_NAME"]
+__all__ = [
+    "FitResult", "fit", "evaluate", "check_labels", "HISTORY_KEYS", "CHECKPOINT_NAME", "METRICS_NAME",
+    "CURVES_NAME", "TrainingInterrupted", "NonFiniteError", "CheckpointWriteError", "DivergenceWarning",
+]
 
 HISTORY_KEYS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_sec", "epoch_time",
@@ -50,6 +64,7 @@ class FitResult:
     best_epoch: that epoch (1-based; 0 if no epoch ran). best_val_acc: its accuracy.
     train_state: the final :class:`TrainState` (after the last epoch run).
     stopped_early: whether early stopping ended the run.
+    skipped_steps: with ``on_nonfinite="skip"``: how many updates were skipped (non-finite).
     ema_params: with ``fit(..., ema_decay=d)``: the exponential moving average of the params
       after the last update (warmup variant, :func:`jaxnet.train.averaging.ema_update` with
       ``step``); evaluate it with the final state, ``train_state.state``. None otherwise.
@@ -63,6 +78,7 @@ class FitResult:
     train_state: TrainState
     stopped_early: bool = False
     ema_params: Any = None
+    skipped_steps: int = 0
 
 
 def _run_eval(eval_step: Callable, params, state, x, y, batch_size: int) -> tuple[float, float]:
@@ -160,15 +176,272 @@ def _json_value(v: Any) -> Any:
     return v
 
 
-def _write_metrics_line(f, row: dict) -> None:
-    f.write(json.dumps({k: _json_value(v) for k, v in row.items()}) + "\n")
-    f.flush()
+def _metrics_line(row: dict) -> str:
+    return json.dumps({k: _json_value(v) for k, v in row.items()}) + "\n"
 
 
 def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_labels(data: Any, splits: Sequence[str] = ("train", "val")) -> None:
+    """Raise ValueError (one line, naming the split and the first bad label) unless every label
+    of ``data.y_<split>`` is an integer in ``[0, data.num_classes)`` (only ``>= 0`` when the data
+    set has no ``num_classes``) and each split has as many labels as examples."""
+    num_classes = getattr(data, "num_classes", None)
+    for split in splits:
+        x, y = getattr(data, f"x_{split}", None), getattr(data, f"y_{split}", None)
+        if y is None:
+            continue
+        y = np.asarray(y)
+        if x is not None and len(x) != len(y):
+            raise ValueError(f"fit: the {split} split has {len(x)} examples but {len(y)} labels")
+        if y.size == 0:
+            continue
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(
+                f"fit: the {split} labels must be a 1-D array of integer class indices, "
+                f"got dtype {y.dtype} and shape {y.shape}"
+            )
+        bad = (y < 0) | (y >= num_classes) if num_classes is not None else (y < 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            allowed = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+            raise ValueError(
+                f"fit: bad label {int(y[i])} at index {i} of the {split} split "
+                f"({int(bad.sum())} bad in all); labels must be integers in {allowed}"
+            )
+
+
+_IMPL_IN_REPR = re.compile(r"impl='(?:auto|manual)'")
+
+
+def _model_key(model_repr: str) -> str:
+    """A model's repr without its backward-path choice: both paths compute the same gradients,
+    so a checkpoint of one resumes with the other."""
+    return _IMPL_IN_REPR.sub("impl=*", model_repr)
+
+
+def _first_difference(a: str, b: str, context: int = 30) -> str:
+    i = next((k for k, (p, q) in enumerate(zip(a, b)) if p != q), min(len(a), len(b)))
+    lo = max(0, i - context)
+    return f"...{a[lo:i + context]}... vs ...{b[lo:i + context]}..."
+
+
+def _check_resume_config(saved: dict, config: dict, path: str) -> None:
+    """The settings a checkpoint's train state depends on must match (keys the checkpoint does
+    not record, e.g. one written by :func:`save_checkpoint` alone, are not compared)."""
+    for name in ("model", "batch_size", "n_train", "input_shape"):
+        if name not in saved:
+            continue
+        old, new = saved[name], config[name]
+        if name == "model":
+            if _model_key(str(old)) != _model_key(str(new)):
+                raise CheckpointError(
+                    f"checkpoint {path!r} was written for another model "
+                    f"({_first_difference(str(old), str(new))}); resume with the same model"
+                )
+        elif old != new:
+            raise CheckpointError(
+                f"checkpoint {path!r} was written for {name}={old!r}, "
+                f"this run has {name}={new!r}; resume with the same settings"
+            )
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """``fit`` was interrupted (Ctrl-C). The last finished epoch was saved first (with an
+    ``out_dir``). Attributes: ``epoch`` (1-based, the epoch running), ``step`` (training steps
+    of it done), ``checkpoint_epoch`` (the epoch in the checkpoint, None if there is none),
+    ``path`` (the checkpoint, None without ``out_dir``)."""
+
+    def __init__(self, epoch: int, step: int, checkpoint_epoch: Optional[int], path: Optional[str]):
+        self.epoch, self.step, self.checkpoint_epoch, self.path = epoch, step, checkpoint_epoch, path
+        if path is None:
+            where = "nothing saved (no out_dir)"
+        elif checkpoint_epoch is None:
+            where = "no epoch finished, no checkpoint written"
+        else:
+            where = f"checkpoint of epoch {checkpoint_epoch} in {path}"
+        super().__init__(f"interrupted at epoch {epoch} step {step}; {where}")
+
+
+class NonFiniteError(FaultError):
+    """A training step produced a non-finite loss or gradient and ``fit`` stopped.
+    Attributes: ``epoch`` (1-based), ``step`` (1-based within the epoch), ``checkpoint_epoch``
+    (the last good checkpoint's epoch, None if there is none), ``path``, ``all_skipped``
+    (True: ``on_nonfinite="skip"`` skipped every step of the epoch)."""
+
+    def __init__(self, epoch: int, step: int, checkpoint_epoch: Optional[int], path: Optional[str],
+                 all_skipped: bool = False):
+        self.epoch, self.step, self.checkpoint_epoch, self.path = epoch, step, checkpoint_epoch, path
+        self.all_skipped = all_skipped
+        super().__init__(
+            f"{self.what()}; {self.last_good()}; try a lower learning rate, gradient clipping "
+            f"or fit(..., on_nonfinite='skip')"
+        )
+
+    def what(self) -> str:
+        if self.all_skipped:
+            return f"every step of epoch {self.epoch} had a non-finite loss or gradient (all skipped)"
+        return f"non-finite loss or gradient at epoch {self.epoch} step {self.step}: the run diverged"
+
+    def last_good(self) -> str:
+        if self.path is None:
+            return "nothing saved (no out_dir)"
+        if self.checkpoint_epoch is None:
+            return "no checkpoint was written"
+        return f"the last good checkpoint is epoch {self.checkpoint_epoch} in {self.path}"
+
+
+class CheckpointWriteError(FaultError):
+    """Writing a checkpoint failed (e.g. a full disk); the previous checkpoint is intact."""
+
+
+class DivergenceWarning(RuntimeWarning):
+    """The training loss of an epoch rose above 3x its initial value."""
+
+
+# ----------------------------------------------------------------------------- bookkeeping
+
+#: what a checkpoint written by ``fit`` holds besides the train state
+FIT_EXTRA_KEYS = ("epoch", "history", "best_params", "best_state", "best_epoch", "best_metric",
+                  "bad_epochs", "stopped_early", "data_key")
+EXPLODING_FACTOR = 3.0
+
+
+@dataclasses.dataclass
+class _Record:
+    """Everything ``fit`` tracks across epochs besides the train state (checkpointed with it)."""
+
+    history: dict
+    best_params: Any
+    best_state: Any
+    best_epoch: int = 0
+    best_metric: float = -math.inf
+    bad_epochs: int = 0
+    epoch: int = 0                   # epochs finished
+    stopped_early: bool = False
+    initial_loss: float = math.nan   # the first training step's loss
+    skipped_steps: int = 0           # steps skipped with on_nonfinite="skip"
+
+    def extra(self, data_key: jax.Array, ema_params: Any) -> dict:
+        return {
+            "epoch": self.epoch, "history": self.history,
+            "best_params": _flat(self.best_params), "best_state": _flat(self.best_state),
+            "best_epoch": self.best_epoch, "best_metric": self.best_metric,
+            "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
+            "initial_loss": self.initial_loss, "skipped_steps": self.skipped_steps,
+            "data_key": _key_bits(data_key),
+            **({"ema_params": _flat(ema_params)} if ema_params is not None else {}),
+        }
+
+    @classmethod
+    def restore(cls, extra: dict, ts: TrainState, path: str) -> "_Record":
+        return cls(
+            history={k: list(extra["history"][k]) for k in HISTORY_KEYS},
+            best_params=_unflat(extra["best_params"], ts.params, "params", path),
+            best_state=_unflat(extra["best_state"], ts.state, "state", path),
+            best_epoch=int(extra["best_epoch"]), best_metric=float(extra["best_metric"]),
+            bad_epochs=int(extra["bad_epochs"]), epoch=int(extra["epoch"]),
+            stopped_early=bool(extra["stopped_early"]),
+            initial_loss=float(extra.get("initial_loss", math.nan)),
+            skipped_steps=int(extra.get("skipped_steps", 0)),
+        )
+
+
+@dataclasses.dataclass
+class _Position:
+    epoch: int = 0        # 1-based epoch running
+    step: int = 0         # its training steps done
+    phase: str = "steps"  # "steps" | "end" (ts and the record describe the same finished epoch)
+
+
+@jax.jit
+def _tree_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _callback_methods(callbacks: Optional[Sequence[Any]], name: str) -> list[Callable]:
+    methods = []
+    for cb in callbacks or ():
+        m = getattr(cb, name, None)
+        if m is not None and callable(m):
+            methods.append(m)
+    return methods
+
+
+def _epoch_summary(fetched: list[dict]) -> tuple[float, float, float, np.ndarray]:
+    """(train loss, train accuracy, last learning rate, indices of non-finite steps) of one
+    epoch's fetched step metrics; the means are weighted by real examples, finite steps only."""
+    finite = np.array([bool(m.get("finite", True)) for m in fetched])
+    counts = np.array([m["count"] for m in fetched], np.float64) * finite
+    total = counts.sum()
+    if total > 0:
+        loss = float(np.dot(np.where(finite, [m["loss"] for m in fetched], 0.0), counts) / total)
+        acc = float(np.dot(np.where(finite, [m["accuracy"] for m in fetched], 0.0), counts) / total)
+    else:
+        loss = acc = float("nan")
+    return loss, acc, float(fetched[-1]["learning_rate"]), np.flatnonzero(~finite)
+
+
+def _train_epoch(train_step, ema_step, ts, ema_params, data, batch_size, key, pos: _Position,
+                 first_global_step: int, on_step: list, bar, stop_on_nonfinite: bool):
+    """One pass of training steps. Returns ``(ts, ema_params, fetched step metrics, seconds)``.
+
+    The step metrics stay on the device until the epoch's end (one fetch), except for the
+    progress bar's every ``_POSTFIX_EVERY`` steps, which also checks the finite flag early.
+    """
+    t0 = time.perf_counter()
+    step_metrics = []
+    seen = 0
+    for i, (xb, yb, mb) in enumerate(batches(data.x_train, data.y_train, batch_size, key=key)):
+        ts, m = train_step(ts, xb, yb, mb)
+        if ema_step is not None:
+            ema_params = ema_step(ema_params, ts.params, ts.step)
+        step_metrics.append(m)
+        pos.step = i + 1
+        for cb in on_step:
+            cb({"epoch": pos.epoch, "step": i + 1, "global_step": first_global_step + i + 1, "metrics": m})
+        if bar is not None:
+            seen += batch_size
+            bar.update(1)
+            if (i + 1) % _POSTFIX_EVERY == 0:
+                last = jax.device_get(m)
+                if stop_on_nonfinite and not bool(last["finite"]):
+                    break  # the caller finds the first non-finite step in what ran
+                bar.set_postfix({
+                    "loss": f"{last['loss']:.4f}", "acc": f"{last['accuracy']:.3f}",
+                    "lr": f"{last['learning_rate']:.3g}",
+                    "img/s": f"{seen / (time.perf_counter() - t0):.0f}",
+                }, refresh=False)
+    fetched = jax.device_get(step_metrics)
+    return ts, ema_params, fetched, time.perf_counter() - t0
+
+
+def _end_epoch(rec: _Record, row: dict, ts: TrainState, has_val: bool,
+               patience: Optional[int]) -> _Record:
+    """The record after an epoch: history, best model (never a non-finite one), patience."""
+    history = {k: rec.history[k] + [row[k]] for k in HISTORY_KEYS}
+    new = dataclasses.replace(rec, history=history, epoch=row["epoch"])
+    metric = row["val_acc"] if has_val else row["train_acc"]
+    if metric > rec.best_metric and bool(_tree_finite(ts.params)):
+        new.best_metric, new.best_epoch, new.bad_epochs = metric, row["epoch"], 0
+        new.best_params, new.best_state = _copy(ts.params), _copy(ts.state)
+    else:
+        new.bad_epochs = rec.bad_epochs + 1
+    if patience is not None and new.bad_epochs >= patience:
+        new.stopped_early = True
+    return new
+
+
+# ----------------------------------------------------------------------------- fit
 
 
 def fit(
@@ -189,13 +462,17 @@ def fit(
     devices: Any = None,
     loss_fn: Optional[Callable] = None,
     ema_decay: Optional[float] = None,
+    on_nonfinite: str = "stop",
+    callbacks: Optional[Sequence[Any]] = None,
+    run_config: Optional[dict] = None,
     _trace_hook: Optional[Callable[[Callable], Callable]] = None,
 ) -> FitResult:
     """Train ``model`` on ``data.x_train``/``data.y_train``, validating on ``data.x_val`` each epoch.
 
     Args:
       model: the model protocol (``init``/``apply``), hashable.
-      data: a :class:`jaxnet.data.Dataset` (x float32 NHWC, y int32).
+      data: a :class:`jaxnet.data.Dataset` (x float32 NHWC, y integer labels in
+        ``[0, num_classes)``, checked on the host before anything runs).
       optimizer: optax transformation, e.g. ``jaxnet.optim.make_optimizer("adam", 1e-3)``.
       epochs: total number of epochs (a resumed run continues up to it).
       batch_size: examples per step, at most the training-set size; each epoch samples a fresh
@@ -207,10 +484,14 @@ def fit(
         callable ``(key, x) -> x``; applied inside the train step.
       out_dir: if given: ``metrics.jsonl`` (one JSON line per epoch, flushed), ``curves.png``
         (at the end) and ``checkpoint`` (every ``checkpoint_every`` epochs and at the end).
+        The folder is locked while ``fit`` runs (:func:`jaxnet.train.runfiles.hold_folder`):
+        a second run into it raises :class:`~jaxnet.train.runfiles.FolderInUseError`.
       early_stopping_patience: stop after this many epochs without a new best validation accuracy.
-      resume: continue from ``out_dir/checkpoint`` if it exists (same model and batch size),
-        reproducing the uninterrupted run exactly (data order, dropout keys, optimizer state,
-        history, best model and early-stopping counter all come from the checkpoint).
+      resume: continue from ``out_dir/checkpoint`` if it exists (same model and batch size;
+        the backward path may differ), reproducing the uninterrupted run exactly (data order,
+        dropout keys, optimizer state, history, best model and early-stopping counter all
+        come from the checkpoint). A checkpoint written by :func:`save_checkpoint` without
+        fit's history continues from its train state with a fresh history (a warning says so).
       progress: a tqdm bar with loss/acc/lr/img/s (refreshed every 20 steps).
       devices: data parallelism over these devices (None: all local devices, an int: the first
         n, or a list); the batch size must be divisible by their number.
@@ -220,6 +501,22 @@ def fit(
         (k = 1, 2, ...) uses decay ``min(ema_decay, k / (9 + k))`` (the warmup variant of
         :func:`jaxnet.train.averaging.ema_update`). Returned as ``FitResult.ema_params``,
         saved in the checkpoint and restored on resume. It does not change training.
+      on_nonfinite: what a step with a non-finite loss or gradient does. ``"stop"``: raise
+        :class:`NonFiniteError` naming the epoch and step and the last good checkpoint; the
+        diverged model is neither saved nor kept as best. ``"skip"``: the optimizer is wrapped
+        in ``optax.apply_if_finite``, so such updates are not applied; their number is
+        ``FitResult.skipped_steps`` (an epoch whose every step is skipped raises
+        :class:`NonFiniteError`). The steps' ``finite`` flags are fetched with the other step
+        metrics (once per epoch, and every 20 steps with the progress bar): no extra sync.
+        Either way, one :class:`DivergenceWarning` is issued when an epoch's training loss
+        exceeds 3x the first step's loss.
+      callbacks: objects with optional methods ``on_step(info)`` (after each training step;
+        info: ``epoch``, ``step`` (1-based in the epoch), ``global_step`` and ``metrics``, the
+        step's metrics still on the device) and ``on_epoch(info)`` (after each epoch's
+        bookkeeping; info: the epoch's history row plus ``best_epoch``, ``stopped_early``,
+        ``skipped_steps``).
+      run_config: a JSON-serialisable dict stored in the checkpoint's config as ``"run"``
+        (e.g. the command line's settings, to compare when resuming).
       _trace_hook: testing hook passed to :func:`make_train_step`/:func:`make_eval_step`.
 
     Returns:
@@ -227,8 +524,14 @@ def fit(
 
     Raises:
       ValueError: bad epochs/batch size (e.g. larger than the training set), batch size not
-        divisible by the device count, ``resume`` without ``out_dir``, ``ema_decay`` outside [0, 1).
+        divisible by the device count, ``resume`` without ``out_dir``, ``ema_decay`` outside
+        [0, 1), bad labels, an unknown ``on_nonfinite``.
       CheckpointError: the checkpoint to resume from is corrupted or from a different model.
+      CheckpointWriteError: a checkpoint could not be written (e.g. a full disk); the previous
+        one is intact.
+      NonFiniteError: see ``on_nonfinite``.
+      TrainingInterrupted: a ``KeyboardInterrupt`` arrived; the last finished epoch was
+        checkpointed first (with ``out_dir``).
     """
     epochs = _check_positive_int("epochs", epochs, minimum=0)
     batch_size = _check_positive_int("batch_size", batch_size)
@@ -245,7 +548,12 @@ def fit(
                 or not 0.0 <= float(ema_decay) < 1.0:
             raise ValueError(f"fit: ema_decay must be None or a float in [0, 1), got {ema_decay!r}")
         ema_decay = float(ema_decay)
+    if on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"fit: on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
+    check_labels(data)
     has_val = len(data.x_val) > 0
+    if on_nonfinite == "skip":
+        optimizer = optax.apply_if_finite(optimizer, max_consecutive_errors=2**31 - 1)
 
     mesh = make_mesh(resolve_devices(devices))
     check_batch_divisible(batch_size, mesh)
@@ -270,49 +578,73 @@ def fit(
         "impl": impl,
         "augment": repr(augment),
         "ema_decay": ema_decay,
+        "on_nonfinite": on_nonfinite,
+        **({"run": run_config} if run_config is not None else {}),
     }
 
-    history: dict[str, list] = {k: [] for k in HISTORY_KEYS}
-    best_params, best_state = _copy(ts.params), _copy(ts.state)
-    best_epoch, best_metric, bad_epochs, start_epoch, stopped_early = 0, -math.inf, 0, 0, False
-    ema_params = None
-    ckpt_path = metrics_path = None
-    if out_dir is not None:
-        out_dir = os.fspath(out_dir)
-        os.makedirs(out_dir, exist_ok=True)
-        ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
-        metrics_path = os.path.join(out_dir, METRICS_NAME)
+    with contextlib.ExitStack() as stack:
+        ckpt_path = metrics_path = None
+        if out_dir is not None:
+            out_dir = os.fspath(out_dir)
+            os.makedirs(out_dir, exist_ok=True)
+            stack.enter_context(hold_folder(out_dir))
+            ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
+            metrics_path = os.path.join(out_dir, METRICS_NAME)
+        return _fit_loop(
+            model=model, data=data, ts=ts, root=root, data_key=data_key, config=config,
+            train_step=train_step, eval_step=eval_step, epochs=epochs, batch_size=batch_size,
+            mesh=mesh, has_val=has_val, ckpt_path=ckpt_path, metrics_path=metrics_path,
+            out_dir=out_dir, checkpoint_every=checkpoint_every, resume=resume,
+            patience=early_stopping_patience, progress=progress, ema_decay=ema_decay,
+            on_nonfinite=on_nonfinite, callbacks=callbacks,
+        )
 
-    if resume and os.path.exists(ckpt_path):
-        ts, saved_config, extra = load_checkpoint(ckpt_path, ts)
-        for name in ("model", "batch_size", "n_train", "input_shape"):
-            if saved_config.get(name) != config[name]:
-                raise CheckpointError(
-                    f"checkpoint {ckpt_path!r} was written for {name}={saved_config.get(name)!r}, "
-                    f"this run has {name}={config[name]!r}; resume with the same settings"
-                )
-        saved_key = np.asarray(extra["data_key"], np.uint32)
-        if not np.array_equal(saved_key, _key_bits(data_key)):
-            warnings.warn(
-                f"resuming {ckpt_path!r}: `key` differs from the run that wrote it; the data "
-                f"order continues from the checkpoint's key", stacklevel=2,
+
+def _restore(ckpt_path: str, ts: TrainState, root: jax.Array, data_key: jax.Array, config: dict,
+             ema_decay: Optional[float]):
+    """``(ts, record, data_key, ema_params, saved_epoch)`` from a checkpoint to resume."""
+    ts, saved_config, extra = load_checkpoint(ckpt_path, ts)
+    _check_resume_config(saved_config, config, ckpt_path)
+    missing = [k for k in FIT_EXTRA_KEYS if k not in extra]
+    if missing:
+        warnings.warn(
+            f"checkpoint {ckpt_path!r} holds no training history (written by save_checkpoint, not "
+            f"fit; missing {', '.join(missing)}): training continues from its train state "
+            f"(step {int(ts.step)}) with a fresh history", stacklevel=3,
+        )
+        rec = _Record(history={k: [] for k in HISTORY_KEYS}, best_params=_copy(ts.params),
+                      best_state=_copy(ts.state))
+        return ts, rec, data_key, None, None
+    saved_key = np.asarray(extra["data_key"], np.uint32)
+    if not np.array_equal(saved_key, _key_bits(data_key)):
+        warnings.warn(
+            f"resuming {ckpt_path!r}: `key` differs from the run that wrote it; the data "
+            f"order continues from the checkpoint's key", stacklevel=3,
+        )
+    data_key = jnp.asarray(saved_key)
+    if jnp.issubdtype(root.dtype, jax.dtypes.prng_key):
+        data_key = jax.random.wrap_key_data(data_key, impl=jax.random.key_impl(root))
+    rec = _Record.restore(extra, ts, ckpt_path)
+    ema_params = None
+    if ema_decay is not None:
+        if "ema_params" not in extra:
+            raise CheckpointError(
+                f"checkpoint {ckpt_path!r} has no EMA of the params (written without ema_decay); "
+                f"resume with the same settings"
             )
-        data_key = jnp.asarray(saved_key)
-        if jnp.issubdtype(root.dtype, jax.dtypes.prng_key):
-            data_key = jax.random.wrap_key_data(data_key, impl=jax.random.key_impl(root))
-        history = {k: list(extra["history"][k]) for k in HISTORY_KEYS}
-        best_params = _unflat(extra["best_params"], ts.params, "params", ckpt_path)
-        best_state = _unflat(extra["best_state"], ts.state, "state", ckpt_path)
-        best_epoch, best_metric = int(extra["best_epoch"]), float(extra["best_metric"])
-        bad_epochs, start_epoch = int(extra["bad_epochs"]), int(extra["epoch"])
-        stopped_early = bool(extra["stopped_early"])
-        if ema_decay is not None:
-            if "ema_params" not in extra:
-                raise CheckpointError(
-                    f"checkpoint {ckpt_path!r} has no EMA of the params (written without ema_decay); "
-                    f"resume with the same settings"
-                )
-            ema_params = _unflat(extra["ema_params"], ts.params, "EMA params", ckpt_path)
+        ema_params = _unflat(extra["ema_params"], ts.params, "EMA params", ckpt_path)
+    return ts, rec, data_key, ema_params, rec.epoch
+
+
+def _fit_loop(*, model, data, ts, root, data_key, config, train_step, eval_step, epochs, batch_size,
+              mesh, has_val, ckpt_path, metrics_path, out_dir, checkpoint_every, resume, patience,
+              progress, ema_decay, on_nonfinite, callbacks) -> FitResult:
+    rec = _Record(history={k: [] for k in HISTORY_KEYS}, best_params=_copy(ts.params),
+                  best_state=_copy(ts.state))
+    ema_params = None
+    saved_epoch: Optional[int] = None  # the epoch in the checkpoint file (None: no checkpoint)
+    if resume and os.path.exists(ckpt_path):
+        ts, rec, data_key, ema_params, saved_epoch = _restore(ckpt_path, ts, root, data_key, config, ema_decay)
     ts = replicate(ts, mesh)
     ema_step = None
     if ema_decay is not None:
@@ -321,111 +653,114 @@ def fit(
         ema_params = replicate(ema_params, mesh)
         ema_step = _cached_ema_step(ema_decay)
 
-    if metrics_path is not None:  # rewrite: exactly the epochs of the state we continue from
-        with open(metrics_path, "w") as f:
-            for i in range(len(history["epoch"])):
-                _write_metrics_line(f, {k: history[k][i] for k in HISTORY_KEYS})
+    if metrics_path is not None:  # exactly the epochs of the state we continue from, replaced atomically
+        atomic_write_text(metrics_path, "".join(
+            _metrics_line({k: rec.history[k][i] for k in HISTORY_KEYS}) for i in range(len(rec.history["epoch"]))
+        ))
 
-    def save(epoch: int) -> None:
-        save_checkpoint(
-            ckpt_path, ts, config=config,
-            extra={
-                "epoch": epoch,
-                "history": history,
-                "best_params": _flat(best_params),
-                "best_state": _flat(best_state),
-                "best_epoch": best_epoch,
-                "best_metric": best_metric,
-                "bad_epochs": bad_epochs,
-                "stopped_early": stopped_early,
-                "data_key": _key_bits(data_key),
-                **({"ema_params": _flat(ema_params)} if ema_params is not None else {}),
-            },
-        )
+    def save(epoch_ts: TrainState, epoch_rec: _Record, epoch_ema: Any) -> None:
+        nonlocal saved_epoch
+        try:
+            save_checkpoint(ckpt_path, epoch_ts, config=config, extra=epoch_rec.extra(data_key, epoch_ema))
+        except OSError as e:
+            kept = f"the checkpoint of epoch {saved_epoch} is intact" if saved_epoch is not None \
+                else "no earlier checkpoint"
+            raise CheckpointWriteError(
+                f"cannot write the checkpoint {ckpt_path!r} for epoch {epoch_rec.epoch} "
+                f"({e.strerror or e}); {kept}"
+            ) from e
+        saved_epoch = epoch_rec.epoch
 
-    steps_per_epoch = num_batches(n_train, batch_size)
+    on_step, on_epoch = _callback_methods(callbacks, "on_step"), _callback_methods(callbacks, "on_epoch")
+    steps_per_epoch = num_batches(len(data.x_train), batch_size)
     bar = None
-    if progress and not stopped_early and start_epoch < epochs:
+    if progress and not rec.stopped_early and rec.epoch < epochs:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+        bar = tqdm(total=epochs * steps_per_epoch, initial=rec.epoch * steps_per_epoch,
                    unit="step", dynamic_ncols=True, leave=True)
+    pos = _Position(epoch=rec.epoch, step=0, phase="end")
+    snapshot = None  # (ts, record, ema) of the last finished epoch when it was not checkpointed
+    warned = False
     metrics_file = open(metrics_path, "a") if metrics_path is not None else None
     try:
-        epoch = start_epoch
-        while epoch < epochs and not stopped_early:
+        while rec.epoch < epochs and not rec.stopped_early:
+            epoch = rec.epoch  # 0-based index of the epoch to run
             if bar is not None:
                 bar.set_description(f"epoch {epoch + 1}/{epochs}")
+            pos.epoch, pos.step, pos.phase = epoch + 1, 0, "steps"
             t0 = time.perf_counter()
-            step_metrics = []
-            seen = 0
-            for i, (xb, yb, mb) in enumerate(
-                batches(data.x_train, data.y_train, batch_size, key=jax.random.fold_in(data_key, epoch))
-            ):
-                ts, m = train_step(ts, xb, yb, mb)
-                if ema_step is not None:
-                    ema_params = ema_step(ema_params, ts.params, ts.step)
-                step_metrics.append(m)
-                if bar is not None:
-                    seen += batch_size
-                    bar.update(1)
-                    if (i + 1) % _POSTFIX_EVERY == 0:
-                        last = jax.device_get(m)
-                        bar.set_postfix({
-                            "loss": f"{last['loss']:.4f}", "acc": f"{last['accuracy']:.3f}",
-                            "lr": f"{last['learning_rate']:.3g}",
-                            "img/s": f"{seen / (time.perf_counter() - t0):.0f}",
-                        }, refresh=False)
-            fetched = jax.device_get(step_metrics)
-            train_time = time.perf_counter() - t0
-            counts = np.array([m["count"] for m in fetched], np.float64)
-            train_loss = float(np.dot([m["loss"] for m in fetched], counts) / counts.sum())
-            train_acc = float(np.dot([m["accuracy"] for m in fetched], counts) / counts.sum())
-            lr = float(fetched[-1]["learning_rate"])
-            val_loss, val_acc = _run_eval(
-                eval_step, ts.params, ts.state, data.x_val, data.y_val, batch_size
+            ts, ema_params, fetched, train_time = _train_epoch(
+                train_step, ema_step, ts, ema_params, data, batch_size,
+                jax.random.fold_in(data_key, epoch), pos, epoch * steps_per_epoch, on_step, bar,
+                stop_on_nonfinite=on_nonfinite == "stop",
             )
+            train_loss, train_acc, lr, bad = _epoch_summary(fetched)
+            if on_nonfinite == "stop" and bad.size:
+                raise NonFiniteError(epoch + 1, int(bad[0]) + 1, saved_epoch, ckpt_path)
+            if bad.size == len(fetched):
+                raise NonFiniteError(epoch + 1, len(fetched), saved_epoch, ckpt_path, all_skipped=True)
+            skipped = rec.skipped_steps + int(bad.size)
+            initial_loss = rec.initial_loss
+            if not math.isfinite(initial_loss):
+                initial_loss = next(float(m["loss"]) for m in fetched if bool(m.get("finite", True)))
+            val_loss, val_acc = _run_eval(eval_step, ts.params, ts.state, data.x_val, data.y_val, batch_size)
             row = {
                 "epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                 "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
-                "images_per_sec": n_train / train_time, "epoch_time": time.perf_counter() - t0,
+                "images_per_sec": len(data.x_train) / train_time, "epoch_time": time.perf_counter() - t0,
             }
-            for k in HISTORY_KEYS:
-                history[k].append(row[k])
+            new_rec = _end_epoch(rec, row, ts, has_val, patience)
+            new_rec.initial_loss, new_rec.skipped_steps = initial_loss, skipped
             if metrics_file is not None:
-                _write_metrics_line(metrics_file, row)
-
-            metric = val_acc if has_val else train_acc
-            if metric > best_metric:
-                best_metric, best_epoch, bad_epochs = metric, epoch + 1, 0
-                best_params, best_state = _copy(ts.params), _copy(ts.state)
-            else:
-                bad_epochs += 1
-            if early_stopping_patience is not None and bad_epochs >= early_stopping_patience:
-                stopped_early = True
-            epoch += 1
+                metrics_file.write(_metrics_line(row))
+                metrics_file.flush()
+            rec = new_rec
+            pos.phase = "end"
+            if not warned and train_loss > EXPLODING_FACTOR * initial_loss > 0:
+                warned = True
+                warnings.warn(DivergenceWarning(
+                    f"epoch {epoch + 1}: the training loss {train_loss:.4g} is more than "
+                    f"{EXPLODING_FACTOR:g}x its initial {initial_loss:.4g}; the run looks like it is "
+                    f"diverging (try a lower learning rate)"), stacklevel=3)
             if bar is not None:
                 bar.set_postfix({
                     "loss": f"{train_loss:.4f}", "acc": f"{train_acc:.3f}",
                     "val_acc": f"{val_acc:.3f}", "lr": f"{lr:.3g}",
                     "img/s": f"{row['images_per_sec']:.0f}",
                 })
-            if ckpt_path is not None and (
-                epoch % checkpoint_every == 0 or epoch == epochs or stopped_early
-            ):
-                save(epoch)
+            if ckpt_path is not None:
+                if rec.epoch % checkpoint_every == 0 or rec.epoch == epochs or rec.stopped_early:
+                    save(ts, rec, ema_params)
+                    snapshot = None
+                else:  # kept to be saved if the next epoch is interrupted
+                    snapshot = (_copy(ts), rec, None if ema_params is None else _copy(ema_params))
+            for cb in on_epoch:
+                cb({**row, "best_epoch": rec.best_epoch, "stopped_early": rec.stopped_early,
+                    "skipped_steps": rec.skipped_steps})
+    except KeyboardInterrupt as err:
+        if isinstance(err, TrainingInterrupted) or ckpt_path is None:
+            raise TrainingInterrupted(pos.epoch, pos.step, saved_epoch, ckpt_path) from None
+        if saved_epoch != rec.epoch and rec.epoch > 0:  # save the last finished epoch
+            with contextlib.suppress(CheckpointWriteError):
+                if pos.phase == "end":
+                    save(ts, rec, ema_params)
+                elif snapshot is not None and snapshot[1].epoch == rec.epoch:
+                    save(*snapshot)
+        raise TrainingInterrupted(pos.epoch, pos.step, saved_epoch, ckpt_path) from None
     finally:
         if bar is not None:
             bar.close()
         if metrics_file is not None:
             metrics_file.close()
 
-    if out_dir is not None and history["epoch"]:
+    if out_dir is not None and rec.history["epoch"]:
         from jaxnet.viz.curves import plot_history
 
-        plot_history(history, os.path.join(out_dir, CURVES_NAME))
+        plot_history(rec.history, os.path.join(out_dir, CURVES_NAME))
     return FitResult(
-        history=history, best_params=best_params, best_state=best_state, best_epoch=best_epoch,
-        best_val_acc=best_metric if best_epoch else float("nan"), train_state=ts,
-        stopped_early=stopped_early, ema_params=ema_params,
+        history=rec.history, best_params=rec.best_params, best_state=rec.best_state,
+        best_epoch=rec.best_epoch, best_val_acc=rec.best_metric if rec.best_epoch else float("nan"),
+        train_state=ts, stopped_early=rec.stopped_early, ema_params=ema_params,
+        skipped_steps=rec.skipped_steps,
     )

@@ -90,12 +90,15 @@ def step_core(forward: Callable, optimizer: optax.GradientTransformation, loss_f
     updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
     params = optax.apply_updates(ts.params, updates)
     correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
+    grad_norm = optax.tree.norm(grads).astype(jnp.float32)
     metrics = {
         "loss": loss.astype(jnp.float32),
         "accuracy": masked_mean(correct, mask),
         "learning_rate": _learning_rate(opt_state),
-        "grad_norm": optax.tree.norm(grads).astype(jnp.float32),
+        "grad_norm": grad_norm,
         "count": jnp.sum(mask),
+        # one fused scalar test on values the step computes anyway: no extra pass over the grads
+        "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
     }
     new_ts = ts.replace(step=ts.step + 1, params=params, state=new_state, opt_state=opt_state, key=next_key)
     return new_ts, metrics, grads, aux
@@ -119,7 +122,7 @@ def make_train_step(
       optimizer: optax transformation; ``update(grads, opt_state, params)``.
       loss_fn: ``loss_fn(scores (B, C), labels (B,)) -> scalar batch mean``; default
         :func:`default_loss` (softmax cross-entropy). The step uses its masked mean.
-      impl: ``"auto" | "manual"``: the default backward path of every op traced in the step
+      impl: ``"auto" | "manual"`` (autodiff or hand-written): the default backward path of every op traced in the step
         (``jaxnet.use_impl``); None keeps the current default.
       augment_fn: ``augment_fn(key, x) -> x`` applied to the batch inside the step
         (e.g. ``jaxnet.data.augment``), with a fresh key each step.
@@ -135,7 +138,9 @@ def make_train_step(
     metrics: float32 scalars ``loss`` (masked mean), ``accuracy`` (masked), ``learning_rate``
     (the rate this update applied, :func:`jaxnet.optim.current_learning_rate`; NaN when the
     optimizer does not expose it), ``grad_norm`` (global L2 norm of the gradient), ``count``
-    (real examples in the batch).
+    (real examples in the batch), and the bool scalar ``finite``: the loss and the gradient's
+    norm are finite (False when any gradient entry is NaN or inf, or the norm overflows).
+    The metrics stay on the device; :func:`jaxnet.train.fit` fetches them once per epoch.
     """
     loss_fn = default_loss if loss_fn is None else loss_fn
 
