@@ -27,10 +27,11 @@ def test_audit_case_passes(spec, case):
 
 
 def test_registry_covers_every_op():
-    assert set(registry.REGISTRY) == set(ops.OP_NAMES)
+    assert tuple(registry.REGISTRY) == ops.OP_NAMES
     for spec in registry.SPECS:
         assert spec.cases, spec.name
         assert spec.reference is not spec.manual
+    assert {"softplus", "gelu"} <= set(ops.OP_NAMES)
 
 
 def test_registry_sweeps_batch_size_one_and_conv_configs():
@@ -70,6 +71,17 @@ def test_cli_json_fields_and_exit_code():
         assert {"op", "config", "forward_rel_error", "manual_vs_autodiff_rel_error",
                 "manual_vs_numeric_rel_error", "autodiff_vs_numeric_rel_error", "passed"} <= set(row)
         assert row["op"] == "sigmoid" and row["passed"] is True
+
+
+def test_cli_json_has_dtype_and_differentiated_arguments(capsys):
+    from jaxnet.cli import main
+    assert main(["gradcheck", "--op", "affine", "--json", "--quiet"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["config"] for r in rows] == [c.label for c in registry.get("affine").cases]
+    for row in rows:
+        assert row["dtype"] == "float64" and row["passed"] is True
+    # the bias-free case differentiates x and w only
+    assert [r["differentiated"] for r in rows] == [["x", "w", "b"]] * 3 + [["x", "w"]]
 
 
 def test_cli_unknown_op_is_one_line_error():

@@ -159,7 +159,7 @@ def all_cases(names=None) -> Iterator[tuple[OpSpec, Case]]:
 
 def _summary(fn) -> str:
     doc = inspect.getdoc(fn) or ""
-    return doc.strip().splitlines()[0].strip() if doc.strip() else ""
+    return doc.strip().splitlines()[0].strip().rstrip(".") if doc.strip() else ""
 
 
 def op_table() -> str:
@@ -174,6 +174,6 @@ def op_table() -> str:
         diff = ", ".join(f"`{n}`" for n in spec.arg_names(spec.diff_argnums))
         if spec.argnums is not None:
             diff += f" (narrowed: {spec.argnums_reason})"
-        backward = "; ".join(_summary(b) for b in spec.backward)
+        backward = " / ".join(_summary(b) for b in spec.backward)
         lines.append(f"| `{spec.name}` | {spec.family} | {cell(diff)} | {cell(backward)} | {cell(spec.note)} |")
     return "\n".join(lines)

@@ -182,7 +182,7 @@ def _elu_fwd(x, alpha):
 
 
 def _elu_bwd(alpha, res, dy):
-    """dx = dy where x > 0, dy · (y + alpha) elsewhere (there y + alpha = alpha e^x).
+    """dx = dy where x > 0, dy · (y + α) elsewhere (there y + α = α·eˣ).
 
     Residuals: the input x and the output y (both the shape of x).  dy, dx: the shape of x.
     """
@@ -231,7 +231,7 @@ def _prelu_fwd(x, alpha):
 
 
 def _prelu_bwd(res, dy):
-    """dx = dy or alpha · dy; dalpha = Σ x · dy over the entries with x <= 0.
+    """dx = dy or α·dy; dα = Σ x·dy over the entries with x ≤ 0 (summed to the shape of α).
 
     Residuals: the inputs x (..., C) and alpha () or (C,).  dy, dx: (..., C);
     dalpha sums over every axis alpha broadcasts along: the shape of alpha.
@@ -342,8 +342,9 @@ def _softplus_bwd(x, dy):
     """dx = dy · sigmoid(x).
 
     d/dx log(1 + e^x) = e^x / (1 + e^x) = sigmoid(x).  Residual: the input x
-    (any shape; sigmoid(x) is recomputed, exactly, rather than from the
-    output as 1 - e^-y, which loses digits for negative x).  dy, dx: the shape of x.
+    (any shape).  sigmoid(x) is computed from x, not from the output y as
+    1 - e^-y, which cancels catastrophically for large negative x.
+    dy, dx: the shape of x.
     """
     return (dy * jax.nn.sigmoid(x),)
 
@@ -390,7 +391,7 @@ def _gelu_fwd(x, approximate):
 
 
 def _gelu_bwd(approximate, res, dy):
-    """dx = dy · (Phi(x) + x Phi'(x)), Phi' = the normal density or the tanh form's derivative.
+    """dx = dy · (Φ(x) + x·Φ'(x)), Φ' the normal density (exact) or the tanh form's derivative.
 
     Exact: Phi(x) = (1 + erf(x / sqrt 2)) / 2 and Phi'(x) = exp(-x^2 / 2) / sqrt(2 pi).
     Tanh approximation: Phi(x) = (1 + t) / 2 with t = tanh(u), u = sqrt(2 / pi) (x + 0.044715 x^3),

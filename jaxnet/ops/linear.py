@@ -50,7 +50,7 @@ def _affine_fwd(x, w, b):
 def _affine_bwd(res, dout):
     """dx = dout·Wᵀ, dW = xᵀ·dout, db = Σ_n dout.
 
-    res: the inputs (x, w, b): x (N, d1, ..., dk), w (D, M), b (M,) or None.
+    Residuals: the inputs x (N, d1, ..., dk), w (D, M) and b (M,) or None.
     dout: (N, M).  Returns dx like x (dout·Wᵀ reshaped back), dw (D, M) with x
     flattened to (N, D), and db (M,) (None when b is None).
     """

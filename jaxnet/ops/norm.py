@@ -147,7 +147,7 @@ def _normalize_fwd(x, gamma, beta, axes, eps):
 
 
 def _normalize_bwd(axes, eps, res, cts):
-    """dx = (1/m)·σ⁻¹·(m·dx̂ − Σdx̂ − x̂·Σ(dx̂·x̂)), dγ = Σ dy·x̂, dβ = Σ dy (statistics over `axes`).
+    """dx = (1/m)·σ⁻¹·(m·dx̂ − Σdx̂ − x̂·Σ(dx̂·x̂)) with dx̂ = dy·γ, dγ = Σ dy·x̂, dβ = Σ dy.
 
     Residuals: the input x, its mean and 1/sqrt(var + eps) over ``axes``
     (keepdims: size 1 along ``axes``) and gamma (the trailing axes of x);
@@ -193,7 +193,7 @@ def _batch_norm_eval_fwd(x, gamma, beta, running_mean, running_var, eps):
 
 
 def _batch_norm_eval_bwd(eps, res, dy):
-    """Eval mode, s = 1/sqrt(rv + eps): dx = dy·γ·s, dγ = Σ dy·(x − rm)·s, dβ = Σ dy, drm = −Σ dx, drv = −½·γ·s³·Σ dy·(x − rm).
+    """Eval mode, s = (rv + eps)^-½: dx = dy·γ·s, dγ = Σ dy·(x − rm)·s, dβ = Σ dy, drm = −Σ dx, drv = −½·γ·s³·Σ dy·(x − rm).
 
     Residuals: the inputs x (N, C) or (N, H, W, C), gamma, running_mean (rm)
     and running_var (rv), each (C,).  dy: like x.  Returns dx like x and

@@ -1,0 +1,148 @@
+"""The op table is the one place an op is defined: everything else is derived from it."""
+import ast
+import dataclasses
+import inspect
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxnet
+from jaxnet import functional as F
+from jaxnet import manual, ops, registry
+from jaxnet.gradcheck import audit_case
+from jaxnet.ops import activations, norm
+from jaxnet.ops._registry import OpSpec, case, register
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_namespaces_are_derived_from_the_table():
+    assert ops.OP_NAMES == tuple(registry.REGISTRY)
+    assert [s.name for s in registry.SPECS] == list(ops.OP_NAMES)
+    for name, spec in registry.REGISTRY.items():
+        assert getattr(ops, name) is spec.reference
+        assert getattr(manual, name) is spec.manual
+        assert spec.reference is not spec.manual
+        assert spec.reference.__module__ == spec.manual.__module__ == f"jaxnet.ops.{spec.family}"
+    assert set(manual.__all__) == set(ops.OP_NAMES)
+    assert ops.conv_output_size(7, 3, stride=2) == 3
+
+
+def test_functional_defines_exactly_the_op_names_explicitly():
+    tree = ast.parse((ROOT / "jaxnet" / "functional.py").read_text())
+    assigned = [t.id for node in tree.body if isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Call) and getattr(node.value.func, "id", "") == "_dispatch"
+                for t in node.targets]
+    assert assigned == list(ops.OP_NAMES)
+    dispatched = {n for n, v in vars(F).items() if hasattr(v, "reference") and hasattr(v, "manual")}
+    assert dispatched == set(ops.OP_NAMES)
+    assert F.__all__ == list(ops.OP_NAMES)
+    for name, spec in registry.REGISTRY.items():
+        fn = getattr(F, name)
+        assert fn.reference is spec.reference and fn.manual is spec.manual, name
+        assert fn.__name__ == name
+
+
+def test_every_op_has_a_named_documented_hand_backward():
+    for spec in registry.SPECS:
+        assert spec.backward, spec.name
+        for bwd in spec.backward:
+            assert bwd.__name__.startswith("_") and bwd.__name__.endswith("_bwd"), (spec.name, bwd.__name__)
+            assert bwd.__module__ == f"jaxnet.ops.{spec.family}"
+            doc = inspect.getdoc(bwd) or ""
+            assert "Residual" in doc or "residual" in doc, (spec.name, bwd.__name__)
+
+
+def test_every_floating_argument_is_differentiated_by_default():
+    names = {s.name: s.arg_names(s.diff_argnums) for s in registry.SPECS}
+    assert names["batch_norm"] == ["x", "gamma", "beta", "running_mean", "running_var"]
+    assert names["spatial_batch_norm"] == ["x", "gamma", "beta", "running_mean", "running_var"]
+    assert names["affine"] == ["x", "w", "b"]
+    assert names["softmax_cross_entropy"] == ["scores"]       # integer labels left out
+    assert names["svm_hinge"] == ["scores"]
+    assert names["dropout"] == ["x"]                          # the PRNG key left out
+    assert names["sigmoid_cross_entropy"] == ["logits", "targets"]
+    typed_key = (jnp.ones(3), jax.random.key(0))
+    assert registry.get("dropout").differentiated(typed_key) == (0,)
+    assert registry.get("affine").differentiated((jnp.ones((2, 3)), jnp.ones((3, 4)), None)) == (0, 1)
+
+
+def test_narrowing_needs_a_reason_and_names_register_once():
+    spec = registry.get("relu")
+    with pytest.raises(ValueError, match="argnums_reason"):
+        dataclasses.replace(spec, argnums=(0,))
+    narrowed = dataclasses.replace(spec, name="x", argnums=(), argnums_reason="a test")
+    assert narrowed.differentiated((jnp.ones(2),)) == ()
+    with pytest.raises(ValueError, match="already registered"):
+        register(spec)
+    with pytest.raises(KeyError, match="registered ops"):
+        registry.get("nope")
+
+
+def test_eval_mode_batch_norm_audits_the_running_statistics(monkeypatch):
+    """Multiplying the hand running-var gradient by 7 must fail the audit, on running_var alone."""
+    spec = registry.get("batch_norm")
+    (eval_case,) = [c for c in spec.cases if c.kwargs.get("train") is False]
+    good = audit_case(spec, eval_case)
+    assert good.passed and "running_var" in good.differentiated and "running_mean" in good.differentiated
+
+    original = norm._batch_norm_eval.bwd
+
+    def wrong(eps, res, dy):
+        dx, dgamma, dbeta, drm, drv = original(eps, res, dy)
+        return dx, dgamma, dbeta, drm, 7 * drv
+
+    monkeypatch.setattr(norm._batch_norm_eval, "bwd", wrong)
+    bad = audit_case(spec, eval_case)
+    assert not bad.passed
+    manual_vs_autodiff = {a.name: a.max_rel_error for a in bad.comparisons[0].args}
+    assert manual_vs_autodiff["running_var"] > 0.5
+    assert max(v for k, v in manual_vs_autodiff.items() if k != "running_var") < 1e-9
+    assert bad.autodiff_vs_numeric_rel_error < 1e-6          # the reference is still right
+
+
+def test_softplus_and_gelu_match_jax_nn(x64):
+    x = jnp.linspace(-30.0, 30.0, 121)
+    np.testing.assert_allclose(ops.softplus(x), jax.nn.softplus(x), rtol=1e-14, atol=1e-300)
+    np.testing.assert_allclose(manual.softplus(x), jax.nn.softplus(x), rtol=1e-14, atol=1e-300)
+    assert float(ops.softplus(jnp.float64(800.0))) == 800.0           # no overflow
+    for approximate in (False, True):
+        want = jax.nn.gelu(x, approximate=approximate)
+        np.testing.assert_allclose(ops.gelu(x, approximate=approximate), want, rtol=1e-12, atol=1e-15)
+        g = jax.grad(lambda v: jnp.sum(jnp.sin(v) * manual.gelu(v, approximate=approximate)))(x)
+        g_ref = jax.grad(lambda v: jnp.sum(jnp.sin(v) * jax.nn.gelu(v, approximate=approximate)))(x)
+        np.testing.assert_allclose(g, g_ref, rtol=1e-10, atol=1e-12)
+    g = jax.grad(lambda v: jnp.sum(manual.softplus(v)))(x)
+    np.testing.assert_allclose(g, jax.nn.sigmoid(x), rtol=1e-14)
+    assert F.gelu(x, approximate=True, impl="autodiff").shape == x.shape
+
+
+def test_manual_ops_reuse_the_reference_forward():
+    """Where the course's forward is the reference's computation, the custom_vjp forward calls it."""
+    from jaxnet.ops import linear, losses, pool, regularization
+    calls = {activations._relu_fwd: "relu(x)", activations._sigmoid_fwd: "sigmoid(x)",
+             activations._softplus_fwd: "softplus(x)", linear._affine_fwd: "affine(x, w, b)",
+             losses._sigmoid_cross_entropy_fwd: "sigmoid_cross_entropy(logits, targets)",
+             losses._l2_loss_fwd: "l2_loss(pred, target)", pool._global_avg_pool_fwd: "global_avg_pool(x)",
+             regularization._dropout_fwd: "scale_kept(x, keep, rate)"}
+    for fwd, call in calls.items():
+        assert call in inspect.getsource(fwd), fwd.__name__
+
+
+def test_docs_page_has_the_generated_op_table():
+    table = registry.op_table()
+    assert table.count("\n") == len(registry.SPECS) + 1
+    assert "`running_mean`, `running_var`" in table
+    page = (ROOT / "docs" / "ops.md").read_text()
+    assert table in page, "docs/ops.md is stale: paste the output of `python -m jaxnet.registry`"
+    for fn in (activations.softplus, activations.softplus_manual, activations._softplus_bwd):   # the worked example
+        assert inspect.getsource(fn) in page, fn.__name__
+
+
+def test_impl_names():
+    assert jaxnet.IMPLS == ("autodiff", "manual")
+    y = F.relu(jnp.array([-1.0, 2.0]), impl="auto")
+    assert y.tolist() == [0.0, 2.0]
