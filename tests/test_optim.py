@@ -275,42 +275,233 @@ def test_adam_bias_correction_first_step():
     np.testing.assert_allclose(up0, want, rtol=1e-12)
 
 
+# ------------------------------------------------- the scale_by_* pieces
+
+
+def _piece_reference(piece, us, **hp):
+    """A piece's equations in NumPy on one leaf: its outputs for inputs ``us``."""
+    v = np.zeros_like(us[0])
+    m = np.zeros_like(us[0])
+    cache = np.zeros_like(us[0])
+    outs = []
+    for t, u in enumerate(us, start=1):
+        if piece == "momentum":
+            v = hp["mu"] * v + u
+            out = v
+        elif piece == "nesterov":
+            v_prev = v
+            v = hp["mu"] * v + u
+            out = -hp["mu"] * v_prev + (1 + hp["mu"]) * v
+        elif piece == "adagrad":
+            cache = cache + u**2
+            out = u / (np.sqrt(cache) + hp["eps"])
+        elif piece == "rmsprop":
+            cache = hp["decay"] * cache + (1 - hp["decay"]) * u**2
+            out = u / (np.sqrt(cache) + hp["eps"])
+        elif piece == "adam":
+            b1, b2 = hp["b1"], hp["b2"]
+            m = b1 * m + (1 - b1) * u
+            v = b2 * v + (1 - b2) * u**2
+            if hp.get("bias_correction", True):
+                mt, vt = m / (1 - b1**t), v / (1 - b2**t)
+            else:
+                mt, vt = m, v
+            out = mt / (np.sqrt(vt) + hp["eps"])
+        outs.append(out)
+    return np.stack(outs)
+
+
+PIECE_CASES = [
+    ("momentum", lambda: rules.scale_by_momentum(0.9), {"mu": 0.9}),
+    ("nesterov", lambda: rules.scale_by_nesterov(0.8), {"mu": 0.8}),
+    ("adagrad", lambda: rules.scale_by_adagrad(1e-7), {"eps": 1e-7}),
+    ("rmsprop", lambda: rules.scale_by_rmsprop(0.9, 1e-3), {"decay": 0.9, "eps": 1e-3}),
+    ("adam", lambda: rules.scale_by_adam(0.8, 0.99, 1e-6), {"b1": 0.8, "b2": 0.99, "eps": 1e-6}),
+    (
+        "adam",
+        lambda: rules.scale_by_adam(bias_correction=False),
+        {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "bias_correction": False},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "piece,make,hp", PIECE_CASES, ids=[c[0] + str(i) for i, c in enumerate(PIECE_CASES)]
+)
+def test_pieces_match_their_equations(piece, make, hp):
+    """Each piece alone (no learning rate, no sign) on a pytree of inputs,
+    against its docstring's equations leaf by leaf."""
+    rng = np.random.default_rng(3)
+    shapes = {"w": (3, 2), "b": (2,)}
+    steps = 12
+    us = {k: rng.normal(size=(steps, *s)) for k, s in shapes.items()}
+    tx = make()
+    state = tx.init({k: jnp.zeros(s) for k, s in shapes.items()})
+    outs = {k: [] for k in shapes}
+    for t in range(steps):
+        out, state = tx.update({k: jnp.asarray(u[t]) for k, u in us.items()}, state)
+        for k in shapes:
+            outs[k].append(np.asarray(out[k]))
+    for k in shapes:
+        np.testing.assert_allclose(
+            np.stack(outs[k]), _piece_reference(piece, us[k], **hp), rtol=1e-12, atol=1e-14
+        )
+
+
+def test_pieces_first_output_has_the_gradient_direction():
+    """No learning rate and no sign inside the pieces: the first output for a
+    gradient g is a positive multiple of g (per coordinate)."""
+    g = jnp.array([1e-3, 0.5, -3.0])
+    first = lambda tx: tx.update(g, tx.init(g))[0]  # noqa: E731
+    np.testing.assert_array_equal(first(rules.scale_by_momentum(0.9)), g)
+    np.testing.assert_allclose(first(rules.scale_by_nesterov(0.9)), 1.9 * g, rtol=1e-15)
+    np.testing.assert_allclose(first(rules.scale_by_adagrad(1e-8)), g / (jnp.abs(g) + 1e-8), rtol=1e-15)
+    np.testing.assert_allclose(
+        first(rules.scale_by_rmsprop(0.99, 1e-8)), g / (0.1 * jnp.abs(g) + 1e-8), rtol=1e-12
+    )
+    np.testing.assert_allclose(first(rules.scale_by_adam()), g / (jnp.abs(g) + 1e-8), rtol=1e-12)
+
+
+@pytest.mark.parametrize("lr", [LR, SCHED], ids=["const", "schedule"])
+def test_rules_are_chains_of_pieces(lr):
+    """Each rule is its pieces chained with optax.scale_by_learning_rate."""
+    sbl = optax.scale_by_learning_rate
+    pairs = [
+        (rules.sgd(lr), sbl(lr)),
+        (rules.momentum(lr, mu=0.8), optax.chain(sbl(lr), rules.scale_by_momentum(0.8))),
+        (rules.momentum(lr, mu=0.8, form="lr_outside"),
+         optax.chain(rules.scale_by_momentum(0.8), sbl(lr))),
+        (rules.nesterov(lr, mu=0.8), optax.chain(sbl(lr), rules.scale_by_nesterov(0.8))),
+        (rules.adagrad(lr, eps=1e-7), optax.chain(rules.scale_by_adagrad(1e-7), sbl(lr))),
+        (rules.rmsprop(lr, decay=0.9), optax.chain(rules.scale_by_rmsprop(0.9), sbl(lr))),
+        (rules.adam(lr, b1=0.8), optax.chain(rules.scale_by_adam(b1=0.8), sbl(lr))),
+    ]
+    for rule, chain in pairs:
+        t1, t2 = trajectory(rule, steps=10), trajectory(chain, steps=10)
+        for l1, l2 in zip(t1, t2):
+            np.testing.assert_array_equal(l1, l2)
+
+
+def test_nesterov_lr_outside_order_equals_optax_under_schedule():
+    """With the learning rate after the Nesterov piece the chain is optax's
+    ``sgd(nesterov=True)``, schedules included."""
+    for mu in (0.5, 0.9):
+        assert_same(
+            trajectory(optax.chain(rules.scale_by_nesterov(mu), optax.scale_by_learning_rate(SCHED))),
+            trajectory(optax.sgd(SCHED, momentum=mu, nesterov=True)),
+        )
+
+
+@pytest.mark.parametrize("lr", [LR, SCHED], ids=["const", "schedule"])
+def test_rmsprop_with_momentum_composes(lr):
+    """chain(scale_by_rmsprop, scale_by_momentum, scale_by_learning_rate) is
+    the two equations one after the other, written out here for 3 steps."""
+    decay, eps, mu = 0.9, 1e-3, 0.7
+    tx = optax.chain(
+        rules.scale_by_rmsprop(decay, eps),
+        rules.scale_by_momentum(mu),
+        optax.scale_by_learning_rate(lr),
+    )
+    lr_fn = sched_np if callable(lr) else (lambda t: LR)
+    steps = 3
+    got = trajectory(tx, steps=steps)
+
+    x0, a, noise = _problem()
+    want = []
+    for x, A, N in zip(jax.tree.leaves(x0), jax.tree.leaves(a), jax.tree.leaves(noise)):
+        x = x.copy()
+        cache = np.zeros_like(x)
+        v = np.zeros_like(x)
+        hist = []
+        for t in range(steps):
+            dx = A * x + N[t]
+            cache = decay * cache + (1 - decay) * dx**2
+            step = dx / (np.sqrt(cache) + eps)
+            v = mu * v + step
+            x = x - lr_fn(t) * v
+            hist.append(x.copy())
+        want.append(np.stack(hist))
+    assert_same(got, want)
+    # and it is neither plain RMSProp nor plain momentum
+    assert max_rel_diff(got, trajectory(rules.rmsprop(lr, decay=decay, eps=eps), steps=steps)) > 1e-3
+    assert max_rel_diff(got, trajectory(rules.momentum(lr, mu=mu, form="lr_outside"), steps=steps)) > 1e-3
+
+
+def test_piece_validation():
+    with pytest.raises(ValueError, match="mu"):
+        rules.scale_by_momentum(1.0)
+    with pytest.raises(ValueError, match="mu"):
+        rules.scale_by_nesterov(-0.1)
+    with pytest.raises(ValueError, match="eps"):
+        rules.scale_by_adagrad(-1.0)
+    with pytest.raises(ValueError, match="decay"):
+        rules.scale_by_rmsprop(1.0)
+    with pytest.raises(ValueError, match="b2"):
+        rules.scale_by_adam(b2=1.0)
+
+
 # ----------------------------------------------------- state, jit, dtypes
 
+ALL_RULE_LR = {
+    "sgd": 0.1,
+    "momentum": 0.1,
+    "momentum_lr_outside": 0.1,
+    "nesterov": 0.1,
+    "adagrad": 0.5,
+    "rmsprop": 0.01,
+    "adam": 0.05,
+}
 ALL_RULES = {
-    "sgd": lambda: rules.sgd(0.1),
-    "momentum": lambda: rules.momentum(0.1),
-    "momentum_lr_outside": lambda: rules.momentum(0.1, form="lr_outside"),
-    "nesterov": lambda: rules.nesterov(0.1),
-    "adagrad": lambda: rules.adagrad(0.5),
-    "rmsprop": lambda: rules.rmsprop(0.01),
-    "adam": lambda: rules.adam(0.05),
+    "sgd": lambda lr=0.1: rules.sgd(lr),
+    "momentum": lambda lr=0.1: rules.momentum(lr),
+    "momentum_lr_outside": lambda lr=0.1: rules.momentum(lr, form="lr_outside"),
+    "nesterov": lambda lr=0.1: rules.nesterov(lr),
+    "adagrad": lambda lr=0.5: rules.adagrad(lr),
+    "rmsprop": lambda lr=0.01: rules.rmsprop(lr),
+    "adam": lambda lr=0.05: rules.adam(lr),
 }
 
 
+@pytest.mark.parametrize("lr_kind", ["const", "schedule"])
 @pytest.mark.parametrize("name", list(ALL_RULES))
-def test_rule_state_dtypes_and_descent(name):
-    """States are NamedTuples with an int32 count; updates keep float32; the
-    rules decrease a quadratic (noise-free)."""
-    opt = ALL_RULES[name]()
+def test_rule_state_dtypes_and_descent(name, lr_kind):
+    """States hold int32 scalar counts and float32 arrays that keep their types
+    (a jitted step compiles once); updates keep float32; the rules decrease a
+    quadratic (noise-free)."""
+    if lr_kind == "schedule":
+        lr0 = ALL_RULE_LR[name]
+        opt = ALL_RULES[name](schedules.exponential_decay(lr0, k=1e-3))
+    else:
+        opt = ALL_RULES[name]()
     with jax.enable_x64(False):
-        params = {"layer": {"w": jnp.ones((2, 3)), "b": jnp.full((3,), -2.0)}, "c": jnp.array(4.0)}
+        # strongly typed params, as create_train_state makes them (a weakly typed
+        # leaf would turn strong after the first step and retrace, whatever the rule)
+        params = {"layer": {"w": jnp.ones((2, 3)), "b": jnp.full((3,), -2.0, jnp.float32)},
+                  "c": jnp.array(4.0, jnp.float32)}
         state = opt.init(params)
-        assert isinstance(state, tuple) and hasattr(state, "_fields")
-        assert state.count.dtype == jnp.int32 and state.count.shape == ()
+        state_types = [(l.shape, l.dtype, getattr(l, "weak_type", False)) for l in jax.tree.leaves(state)]
+        for shape, dtype, weak in state_types:
+            assert not weak
+            assert dtype == jnp.float32 or (dtype == jnp.int32 and shape == ())
         loss = lambda p: sum(jnp.sum(l**2) for l in jax.tree.leaves(p))
+        traces = []
 
         @jax.jit
         def step(p, s):
+            traces.append(1)
             u, s = opt.update(jax.grad(loss)(p), s, p)
             return optax.apply_updates(p, u), s
 
         p = params
         for _ in range(30):
             p, state = step(p, state)
+        assert len(traces) == 1
+        assert [(l.shape, l.dtype, getattr(l, "weak_type", False)) for l in jax.tree.leaves(state)] == state_types
+        counts = [int(l) for l in jax.tree.leaves(state) if l.dtype == jnp.int32]
+        assert counts == [30] * len(counts)
+        assert len(counts) == (lr_kind == "schedule") + (name == "adam")
         assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(p))
         assert jax.tree.structure(p) == jax.tree.structure(params)
-        assert int(state.count) == 30
         assert float(loss(p)) < 0.5 * float(loss(params))
 
 
@@ -530,6 +721,28 @@ def test_current_learning_rate_follows_schedule():
     assert float(optim.current_learning_rate(opt.init(params))) == pytest.approx(0.3)
     with pytest.raises(ValueError, match="learning_rate"):
         optim.current_learning_rate(optax.sgd(0.1).init(params))
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"])
+def test_current_learning_rate_with_schedule_for_every_rule(name):
+    """The injected rate is the schedule's, whichever side of the chain the
+    rule puts scale_by_learning_rate, and it is the rate the update applied."""
+    sched = schedules.make_schedule("step", 0.2, total_steps=8)  # halves every 2 steps
+    params = {"fc": {"w": jnp.full((2, 2), 1.5), "b": jnp.zeros(2)}}
+    opt = optim.make_optimizer(name, sched)
+    bare = {"sgd": rules.sgd, "momentum": rules.momentum, "nesterov": rules.nesterov,
+            "adagrad": rules.adagrad, "rmsprop": rules.rmsprop, "adam": rules.adam}[name](sched)
+    state, bare_state = opt.init(params), bare.init(params)
+    assert float(optim.current_learning_rate(state)) == pytest.approx(0.2, rel=1e-12)
+    update = jax.jit(opt.update)
+    grads = jax.tree.map(jnp.ones_like, params)
+    for n in range(1, 9):
+        u, state = update(grads, state, params)
+        bu, bare_state = bare.update(grads, bare_state, params)
+        assert_same(jax.tree.leaves(u), jax.tree.leaves(bu))
+        assert float(optim.current_learning_rate(state)) == pytest.approx(
+            float(sched(n - 1)), rel=1e-12
+        ), n
 
 
 def test_make_optimizer_numerics_unchanged_by_wrapping():

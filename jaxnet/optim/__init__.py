@@ -1,8 +1,12 @@
 """Optimizers: the course's update rules as optax transformations, schedules, glue.
 
-* :mod:`jaxnet.optim.rules`: ``sgd``, ``momentum``, ``nesterov``, ``adagrad``,
-  ``rmsprop``, ``adam`` written from scratch as ``optax.GradientTransformation``
-  (its docstring has the table of every difference from optax's versions).
+* :mod:`jaxnet.optim.rules`: the pieces ``scale_by_momentum``,
+  ``scale_by_nesterov``, ``scale_by_adagrad``, ``scale_by_rmsprop``,
+  ``scale_by_adam`` (each an ``optax.GradientTransformation`` that transforms
+  the update without a learning rate) and the rules ``sgd``, ``momentum``,
+  ``nesterov``, ``adagrad``, ``rmsprop``, ``adam``, each a chain of pieces
+  with ``optax.scale_by_learning_rate`` (its docstring has the equations and
+  every difference from optax's versions).
 * :mod:`jaxnet.optim.schedules`: ``step_decay``, ``exponential_decay``,
   ``inverse_time``, ``cosine``, ``warmup``, ``make_schedule``.
 * Here: :func:`make_optimizer` (what the training loop uses),
@@ -37,13 +41,17 @@ from .rules import (
     NesterovState,
     RMSPropState,
     ScalarOrSchedule,
-    SgdState,
     adagrad,
     adam,
     check_learning_rate,
     momentum,
     nesterov,
     rmsprop,
+    scale_by_adagrad,
+    scale_by_adam,
+    scale_by_momentum,
+    scale_by_nesterov,
+    scale_by_rmsprop,
     sgd,
 )
 from .schedules import (
@@ -61,6 +69,12 @@ from .schedules import (
 __all__ = [
     "rules",
     "schedules",
+    # pieces
+    "scale_by_momentum",
+    "scale_by_nesterov",
+    "scale_by_adagrad",
+    "scale_by_rmsprop",
+    "scale_by_adam",
     # rules
     "sgd",
     "momentum",
@@ -68,7 +82,6 @@ __all__ = [
     "adagrad",
     "rmsprop",
     "adam",
-    "SgdState",
     "MomentumState",
     "NesterovState",
     "AdagradState",
@@ -171,8 +184,11 @@ def make_optimizer(
 
     Returns:
       ``chain(clip_by_global_norm?, add_decayed_weights?, rule)`` where the
-      rule is wrapped in ``optax.inject_hyperparams`` so that
-      :func:`current_learning_rate` can read the rate from the state. Call
+      rule (for the course's names a chain of ``scale_by_*`` pieces and
+      ``optax.scale_by_learning_rate``) is wrapped in
+      ``optax.inject_hyperparams`` so that :func:`current_learning_rate` can
+      read the rate from the state: the wrapper evaluates a schedule and
+      builds the rule with that step's rate as a constant. Call
       ``update(grads, state, params)`` with params when ``weight_decay > 0``.
 
     Raises:
