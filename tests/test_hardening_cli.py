@@ -82,6 +82,12 @@ def model():
     return get_model("two_layer", num_classes=10, impl="manual")
 
 
+@pytest.fixture(scope="module")
+def sgd():
+    """One optimizer object for the module: fit reuses the compiled steps of (model, optimizer)."""
+    return make_optimizer("sgd", 0.1)
+
+
 # ----------------------------------------------------------------------------- usage errors, table
 
 
@@ -263,7 +269,7 @@ def _args(argv):
 def test_resume_with_changed_settings_is_refused_in_one_short_line(capsys, tmp_path):
     out = tmp_path / "run"
     ts = create_train_state(get_model("two_layer", num_classes=10), optax.sgd(0.1), 0, (2, 8, 8, 1))
-    saved = train_cli.run_settings(_args(["--out", str(out), "--lr", "0.003"]))
+    saved = train_cli.run_settings(_args(["--out", str(out), "--model", "two_layer", "--lr", "0.003"]))
     save_checkpoint(out / "checkpoint", ts, config={"run": saved})
     code, err = _run(["train", *FAST, "--out", str(out), "--resume", "--lr", "0.01", "--schedule", "constant"],
                      capsys)
@@ -289,8 +295,8 @@ def test_a_model_differing_only_in_impl_resumes_and_other_models_say_so_briefly(
     assert "written for another model" in str(exc.value) and len(str(exc.value)) < 250
 
 
-def test_resume_from_a_plain_save_checkpoint_file(tiny, model, tmp_path):
-    opt = make_optimizer("sgd", 0.1)
+def test_resume_from_a_plain_save_checkpoint_file(tiny, model, sgd, tmp_path):
+    opt = sgd
     ts = create_train_state(model, opt, 3, (32, 8, 8, 1))
     save_checkpoint(tmp_path / "checkpoint", ts)               # no fit extras, no config
     with pytest.warns(UserWarning, match="holds no training history"):
@@ -304,8 +310,8 @@ def test_resume_from_a_plain_save_checkpoint_file(tiny, model, tmp_path):
 # ----------------------------------------------------------------------------- crashes and Ctrl-C
 
 
-def test_a_kill_while_resuming_never_empties_the_metrics(tiny, model, tmp_path, monkeypatch):
-    opt = make_optimizer("sgd", 0.1)
+def test_a_kill_while_resuming_never_empties_the_metrics(tiny, model, sgd, tmp_path, monkeypatch):
+    opt = sgd
     kw = dict(optimizer=opt, batch_size=32, key=0, out_dir=tmp_path, progress=False)
     fit(model, tiny, epochs=2, **kw)
     before = (tmp_path / "metrics.jsonl").read_text()
@@ -320,8 +326,8 @@ def test_a_kill_while_resuming_never_empties_the_metrics(tiny, model, tmp_path, 
     assert (tmp_path / "metrics.jsonl").read_text() == before
 
 
-def test_interrupt_saves_the_last_finished_epoch_even_between_checkpoints(tiny, model, tmp_path):
-    opt = make_optimizer("sgd", 0.1)
+def test_interrupt_saves_the_last_finished_epoch_even_between_checkpoints(tiny, model, sgd, tmp_path):
+    opt = sgd
 
     class StopAt:
         def on_step(self, info):
@@ -409,9 +415,9 @@ def _with_nan_example(ds, index=5):
 
 
 @pytest.mark.parametrize("mode", ["stop", "skip"])
-def test_on_nonfinite_stop_and_skip(tiny, model, mode, tmp_path):
+def test_on_nonfinite_stop_and_skip(tiny, model, sgd, mode, tmp_path):
     data = _with_nan_example(tiny)
-    opt = make_optimizer("adam", 1e-2)
+    opt = sgd
     kw = dict(optimizer=opt, epochs=2, batch_size=32, key=0, progress=False, on_nonfinite=mode,
               out_dir=tmp_path)
     if mode == "stop":

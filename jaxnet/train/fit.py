@@ -95,6 +95,14 @@ def _cached_eval_step(model, loss_fn, impl):
 
 
 @functools.lru_cache(maxsize=8)
+def _cached_steps(model, optimizer, loss_fn, impl, augment_fn, mesh, trace_hook):
+    train_step = make_train_step(model, optimizer, loss_fn=loss_fn, impl=impl, augment_fn=augment_fn,
+                                 mesh=mesh, _trace_hook=trace_hook)
+    eval_step = make_eval_step(model, loss_fn=loss_fn, impl=impl, mesh=mesh, _trace_hook=trace_hook)
+    return train_step, eval_step
+
+
+@functools.lru_cache(maxsize=8)
 def _cached_ema_step(decay: float) -> Callable:
     """Jitted ``(ema, params, step) -> ema`` (ema donated); ``step`` = updates applied so far (>= 1)."""
 
@@ -558,11 +566,11 @@ def fit(
     mesh = make_mesh(resolve_devices(devices))
     check_batch_divisible(batch_size, mesh)
     augment_fn = _resolve_augment(augment)
-    train_step = make_train_step(
-        model, optimizer, loss_fn=loss_fn, impl=impl, augment_fn=augment_fn, mesh=mesh,
-        _trace_hook=_trace_hook,
-    )
-    eval_step = make_eval_step(model, loss_fn=loss_fn, impl=impl, mesh=mesh, _trace_hook=_trace_hook)
+    try:  # the same model and optimizer objects in a later fit reuse the compiled steps
+        train_step, eval_step = _cached_steps(model, optimizer, loss_fn, impl, augment_fn, mesh, _trace_hook)
+    except TypeError:  # something unhashable
+        train_step, eval_step = _cached_steps.__wrapped__(
+            model, optimizer, loss_fn, impl, augment_fn, mesh, _trace_hook)
 
     root = as_key(key)
     init_key, data_key = jax.random.split(root)
