@@ -328,8 +328,9 @@ def _run_locked(args, out: Path, jax) -> int:
                  if err.checkpoint_epoch is not None else "no epoch finished, no checkpoint written")
         raise Interrupted(f"interrupted at epoch {err.epoch} step {err.step}; {where}") from None
     except NonFiniteError as err:
-        raise FaultError(f"{err.what()}; {err.last_good()}; try a lower --lr, --clip-norm or "
-                         f"--on-nonfinite skip") from None
+        advice = "a lower --lr or --clip-norm" if err.all_skipped else \
+            "a lower --lr, --clip-norm or --on-nonfinite skip"
+        raise FaultError(f"{err.what()}; {err.last_good()}; try {advice}") from None
     except CheckpointWriteError as err:
         raise FaultError(str(err)) from None
     except CheckpointError as err:
