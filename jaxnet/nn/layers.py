@@ -8,7 +8,10 @@ The protocol (every layer, combinators and models included):
 * ``apply(params, state, x, *, train, key=None) -> (y, state)``; stateless
   layers return ``state`` unchanged; ``train`` must be a Python bool (static
   under ``jit``).
-* ``output_shape(input_shape) -> tuple``, by arithmetic, nothing runs.
+* ``output_shape(input_shape) -> tuple``, nothing computed: a layer that wraps
+  an op traces its own ``apply`` abstractly (``jax.eval_shape`` on the
+  parameter shapes ``init`` would make), so the shape and every error about a
+  bad input come from the op itself.
 
 Params and state are nested dicts: affine/conv ``{"w", "b"}``, norms
 ``{"gamma", "beta"}``, batch-norm state ``{"mean", "var"}``, PReLU
@@ -40,6 +43,7 @@ the keep probability in one year: ``Dropout(rate=0.2)`` keeps 80%.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Optional, Union
 
@@ -48,9 +52,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnet import functional as F
+from jaxnet._checks import check_rank
 from jaxnet._impl import resolve_impl
 from jaxnet.nn.init import get_initializer
-from jaxnet.ops._geometry import as_pair, window_geometry
+from jaxnet.ops._geometry import as_pair
+from jaxnet.ops.regularization import check_rate
 
 __all__ = [
     "Layer", "with_impl", "Affine", "Conv2D", "ConvTranspose2D", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
@@ -79,12 +85,6 @@ def _name(layer) -> str:
     return type(layer).__name__
 
 
-def _check_rank(layer, shape, ranks, what):
-    if len(shape) not in ranks:
-        raise ValueError(f"{_name(layer)} expects input of rank {' or '.join(map(str, ranks))} {what}, "
-                         f"got shape {tuple(shape)}")
-
-
 def _check_train(layer, train):
     if not isinstance(train, (bool, np.bool_)):
         raise TypeError(f"{_name(layer)}: `train` must be a Python bool (bind it statically under jit), "
@@ -104,8 +104,9 @@ class Layer:
     """Base class of every layer. Subclasses are frozen dataclasses.
 
     ``output_shape`` here is the generic fallback (``jax.eval_shape`` of
-    ``init`` + ``apply`` in eval mode); built-in layers override it with
-    arithmetic.
+    ``init`` + ``apply`` in eval mode); the built-in layers that wrap an op
+    trace ``apply`` alone on their parameter shapes, the combinators combine
+    their children's shapes.
     """
 
     def init(self, key, input_shape) -> tuple[dict, dict]:  # pragma: no cover - abstract
@@ -157,15 +158,85 @@ def with_impl(layer, impl: Optional[str]):
     return dataclasses.replace(layer, **changes) if changes else layer
 
 
+# ----------------------------------------------------------------------------- layers that wrap an op
+
+def _abstract(specs, dtype):
+    return {name: jax.ShapeDtypeStruct(shape, dtype) for name, (shape, _) in specs.items()}
+
+
+def _trace_output_shape(layer, shape, dtype):
+    """The shape ``layer.apply`` returns for an input of ``shape`` (eval mode), traced, not run.
+
+    The layer is traced on the reference path (``impl="autodiff"``): the manual
+    ops share the reference's checks and geometry, and tracing them costs more.
+    """
+    ref = layer if layer.impl == "autodiff" else dataclasses.replace(layer, impl="autodiff")
+    params, state = ref._specs(shape)
+
+    def run(x, params, state):
+        return ref.apply(params, state, x, train=False)[0]
+
+    out = jax.eval_shape(run, jax.ShapeDtypeStruct(shape, dtype), _abstract(params, dtype), _abstract(state, dtype))
+    return tuple(int(d) for d in out.shape)
+
+
+_cached_output_shape = functools.lru_cache(maxsize=4096)(_trace_output_shape)
+
+
+class _OpLayer(Layer):
+    """A layer whose ``apply`` calls an op: shapes and input checks come from that op.
+
+    Subclasses define ``_specs(input_shape) -> (params, state)``, each a dict
+    ``{name: (shape, fill)}`` where ``fill`` is ``"w"`` (the layer's
+    ``w_init``) or a number (a constant). ``init`` fills those shapes;
+    ``output_shape`` traces ``apply`` on them with ``jax.eval_shape``, so a bad
+    input raises the op's own error, at ``init`` as at ``apply``. ``_specs``
+    must not fail on an input of the wrong rank: the op reports that.
+    """
+
+    def _specs(self, shape) -> tuple[dict, dict]:
+        return {}, {}
+
+    def output_shape(self, input_shape):
+        shape = _shape(self, input_shape)
+        dtype = jnp.dtype(_float())
+        try:
+            hash(self)
+        except TypeError:                    # an unhashable field (e.g. an array hyperparameter)
+            return _trace_output_shape(self, shape, dtype)
+        return _cached_output_shape(self, shape, dtype)
+
+    def init(self, key, input_shape):
+        shape = _shape(self, input_shape)
+        self.output_shape(shape)
+        params, state = self._specs(shape)
+        return _fill(self, key, params), _fill(self, key, state)
+
+
+def _fill(layer, key, specs):
+    out = {}
+    for name, (shape, fill) in specs.items():
+        if isinstance(fill, str):
+            out[name] = get_initializer(layer.w_init)(key, shape, dtype=_float())
+        else:
+            out[name] = jnp.full(shape, fill, _float())
+    return out
+
+
+def _bias(layer, features):
+    return {"b": ((features,), 0.0)} if layer.bias else {}
+
+
+def _divide(c, groups):
+    """``c // groups`` for a valid ``groups``; ``c`` otherwise, so the op reports the bad value."""
+    ok = isinstance(groups, int) and not isinstance(groups, bool) and groups >= 1
+    return c // groups if ok else c
+
+
 # ----------------------------------------------------------------------------- affine & conv
 
-def _weight(layer, key, shape):
-    init = get_initializer(layer.w_init)
-    return init(key, shape, dtype=_float())
-
-
 @dataclasses.dataclass(frozen=True)
-class Affine(Layer):
+class Affine(_OpLayer):
     """Fully connected: ``x.reshape(N, D) @ w + b``. Input (N, ...) -> (N, features).
 
     params: ``w`` (D, features), ``b`` (features,) (no ``b`` when bias=False).
@@ -175,27 +246,15 @@ class Affine(Layer):
     bias: bool = True
     impl: Optional[str] = None
 
-    def output_shape(self, input_shape):
-        shape = _shape(self, input_shape)
-        if len(shape) < 2:
-            raise ValueError(f"Affine expects input (N, d1, ...), got shape {shape}")
-        return (shape[0], self.features)
-
-    def init(self, key, input_shape):
-        shape = _shape(self, input_shape)
-        self.output_shape(shape)
-        d = math.prod(shape[1:])
-        params = {"w": _weight(self, key, (d, self.features))}
-        if self.bias:
-            params["b"] = jnp.zeros((self.features,), _float())
-        return params, {}
+    def _specs(self, shape):
+        return {"w": ((math.prod(shape[1:]), self.features), "w"), **_bias(self, self.features)}, {}
 
     def apply(self, params, state, x, *, train, key=None):
         return F.affine(x, params["w"], params.get("b"), impl=self.impl), state
 
 
 @dataclasses.dataclass(frozen=True)
-class Conv2D(Layer):
+class Conv2D(_OpLayer):
     """2-D convolution, NHWC input, HWIO weight. (N, H, W, C) -> (N, Ho, Wo, features).
 
     padding: int, pair, ((top, bottom), (left, right)), "SAME" or "VALID".
@@ -211,25 +270,10 @@ class Conv2D(Layer):
     bias: bool = True
     impl: Optional[str] = None
 
-    def output_shape(self, input_shape):
-        shape = _shape(self, input_shape)
-        _check_rank(self, shape, (4,), "(N, H, W, C)")
-        c = shape[3]
-        if c % self.groups or self.features % self.groups:
-            raise ValueError(f"Conv2D: groups={self.groups} must divide the input channels {c} "
-                             f"(input {shape}) and features={self.features}")
-        g = window_geometry("Conv2D", shape, self.kernel, stride=self.stride, padding=self.padding,
-                            dilation=self.dilation)
-        return (shape[0],) + g.out_hw + (self.features,)
-
-    def init(self, key, input_shape):
-        shape = _shape(self, input_shape)
-        self.output_shape(shape)
+    def _specs(self, shape):
         kh, kw = as_pair("Conv2D", "kernel", self.kernel)
-        params = {"w": _weight(self, key, (kh, kw, shape[3] // self.groups, self.features))}
-        if self.bias:
-            params["b"] = jnp.zeros((self.features,), _float())
-        return params, {}
+        w = (kh, kw, _divide(shape[-1], self.groups), self.features)
+        return {"w": (w, "w"), **_bias(self, self.features)}, {}
 
     def apply(self, params, state, x, *, train, key=None):
         y = F.conv2d(x, params["w"], params.get("b"), stride=self.stride, padding=self.padding,
@@ -238,7 +282,7 @@ class Conv2D(Layer):
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvTranspose2D(Layer):
+class ConvTranspose2D(_OpLayer):
     """Transposed convolution. (N, H, W, C) -> (N, (H-1)S + KH - 2P, (W-1)S + KW - 2P, features).
 
     params: ``w`` (KH, KW, C, features), ``b`` (features,).
@@ -251,27 +295,9 @@ class ConvTranspose2D(Layer):
     bias: bool = True
     impl: Optional[str] = None
 
-    def output_shape(self, input_shape):
-        shape = _shape(self, input_shape)
-        _check_rank(self, shape, (4,), "(N, H, W, C)")
-        k = as_pair("ConvTranspose2D", "kernel", self.kernel)
-        s = as_pair("ConvTranspose2D", "stride", self.stride)
-        p = self.padding
-        if not isinstance(p, int) or isinstance(p, bool) or p < 0:
-            raise ValueError(f"ConvTranspose2D: `padding` must be a non-negative int, got {p!r}")
-        out = tuple((n - 1) * si + ki - 2 * p for n, si, ki in zip(shape[1:3], s, k))
-        if min(out) < 1:
-            raise ValueError(f"ConvTranspose2D: padding {p} crops everything for input {shape}: output {out}")
-        return (shape[0],) + out + (self.features,)
-
-    def init(self, key, input_shape):
-        shape = _shape(self, input_shape)
-        self.output_shape(shape)
+    def _specs(self, shape):
         kh, kw = as_pair("ConvTranspose2D", "kernel", self.kernel)
-        params = {"w": _weight(self, key, (kh, kw, shape[3], self.features))}
-        if self.bias:
-            params["b"] = jnp.zeros((self.features,), _float())
-        return params, {}
+        return {"w": ((kh, kw, shape[-1], self.features), "w"), **_bias(self, self.features)}, {}
 
     def apply(self, params, state, x, *, train, key=None):
         y = F.conv2d_transpose(x, params["w"], params.get("b"), stride=self.stride, padding=self.padding,
@@ -281,15 +307,8 @@ class ConvTranspose2D(Layer):
 
 # ----------------------------------------------------------------------------- activations
 
-class _Elementwise(Layer):
-    """Stateless, shape-preserving, no params."""
-
-    def output_shape(self, input_shape):
-        return _shape(self, input_shape)
-
-    def init(self, key, input_shape):
-        _shape(self, input_shape)
-        return {}, {}
+class _Elementwise(_OpLayer):
+    """No params; ``_f`` is the op."""
 
     def apply(self, params, state, x, *, train, key=None):
         return self._f(x), state
@@ -343,26 +362,21 @@ class ELU(_Elementwise):
 
 
 @dataclasses.dataclass(frozen=True)
-class PReLU(Layer):
+class PReLU(_OpLayer):
     """Parametric ReLU with a learnable slope; params ``alpha``: (C,) (last axis) or () if not per_channel."""
     init_alpha: float = 0.25
     per_channel: bool = True
     impl: Optional[str] = None
 
-    def output_shape(self, input_shape):
-        return _shape(self, input_shape)
-
-    def init(self, key, input_shape):
-        shape = _shape(self, input_shape)
-        alpha_shape = (shape[-1],) if self.per_channel else ()
-        return {"alpha": jnp.full(alpha_shape, self.init_alpha, _float())}, {}
+    def _specs(self, shape):
+        return {"alpha": ((shape[-1],) if self.per_channel else (), self.init_alpha)}, {}
 
     def apply(self, params, state, x, *, train, key=None):
         return F.prelu(x, params["alpha"], impl=self.impl), state
 
 
 @dataclasses.dataclass(frozen=True)
-class Maxout(Layer):
+class Maxout(_Elementwise):
     """Max over ``pieces`` consecutive groups of the last axis: (..., D * pieces) -> (..., D).
 
     Put ``Affine(D * pieces)`` in front for the course's ``max(w1.x + b1, w2.x + b2)``.
@@ -370,38 +384,14 @@ class Maxout(Layer):
     pieces: int = 2
     impl: Optional[str] = None
 
-    def output_shape(self, input_shape):
-        shape = _shape(self, input_shape)
-        if not isinstance(self.pieces, int) or self.pieces < 1 or shape[-1] % self.pieces:
-            raise ValueError(f"Maxout: the last axis of the input {shape} must split into pieces="
-                             f"{self.pieces!r} equal groups")
-        return shape[:-1] + (shape[-1] // self.pieces,)
-
-    def init(self, key, input_shape):
-        self.output_shape(input_shape)
-        return {}, {}
-
-    def apply(self, params, state, x, *, train, key=None):
-        return F.maxout(x, pieces=self.pieces, impl=self.impl), state
+    def _f(self, x):
+        return F.maxout(x, pieces=self.pieces, impl=self.impl)
 
 
 # ----------------------------------------------------------------------------- pooling & reshaping
 
-class _Pool(Layer):
-    def output_shape(self, input_shape):
-        shape = _shape(self, input_shape)
-        _check_rank(self, shape, (4,), "(N, H, W, C)")
-        g = window_geometry(_name(self), shape, self.window,
-                            stride=self.window if self.stride is None else self.stride, padding=self.padding)
-        return (shape[0],) + g.out_hw + (shape[3],)
-
-    def init(self, key, input_shape):
-        self.output_shape(input_shape)
-        return {}, {}
-
-
 @dataclasses.dataclass(frozen=True)
-class MaxPool2D(_Pool):
+class MaxPool2D(_OpLayer):
     """Max pooling; ``stride=None`` means ``stride=window``; padding int, pair, "SAME" or "VALID".
 
     With an int padding the windows must fit exactly (the course's rule);
@@ -418,7 +408,7 @@ class MaxPool2D(_Pool):
 
 
 @dataclasses.dataclass(frozen=True)
-class AvgPool2D(_Pool):
+class AvgPool2D(_OpLayer):
     """Average pooling (padded zeros count); same geometry as :class:`MaxPool2D`."""
     window: Any = 2
     stride: Any = None
@@ -430,21 +420,8 @@ class AvgPool2D(_Pool):
                             impl=self.impl), state
 
 
-class _GlobalPool(Layer):
-    """(N, H, W, C) -> (N, C): the shape arithmetic of the global pools."""
-
-    def output_shape(self, input_shape):
-        shape = _shape(self, input_shape)
-        _check_rank(self, shape, (4,), "(N, H, W, C)")
-        return (shape[0], shape[3])
-
-    def init(self, key, input_shape):
-        self.output_shape(input_shape)
-        return {}, {}
-
-
 @dataclasses.dataclass(frozen=True)
-class GlobalAvgPool(_GlobalPool):
+class GlobalAvgPool(_OpLayer):
     """Mean over H and W: (N, H, W, C) -> (N, C)."""
     impl: Optional[str] = None
 
@@ -453,14 +430,13 @@ class GlobalAvgPool(_GlobalPool):
 
 
 @dataclasses.dataclass(frozen=True)
-class GlobalMaxPool(_GlobalPool):
+class GlobalMaxPool(_OpLayer):
     """Max over H and W: (N, H, W, C) -> (N, C); a max pool whose window is the whole image
     (the same audited op as :class:`MaxPool2D`)."""
     impl: Optional[str] = None
 
     def apply(self, params, state, x, *, train, key=None):
-        if x.ndim != 4:
-            raise ValueError(f"GlobalMaxPool: expected (N, H, W, C), got {tuple(x.shape)}")
+        check_rank("GlobalMaxPool", "x", x, 4, "(N, H, W, C)")
         hw = (int(x.shape[1]), int(x.shape[2]))
         y = F.max_pool2d(x, window=hw, stride=hw, padding=0, impl=self.impl)
         return jnp.reshape(y, (x.shape[0], x.shape[3])), state
@@ -484,8 +460,13 @@ class Flatten(Layer):
 
 # ----------------------------------------------------------------------------- normalization
 
+def _gamma_beta(shape):
+    c = (shape[-1],)
+    return {"gamma": (c, 1.0), "beta": (c, 0.0)}
+
+
 @dataclasses.dataclass(frozen=True)
-class BatchNorm(Layer):
+class BatchNorm(_OpLayer):
     """Batch norm over every axis but the last: (N, D) or spatial (N, H, W, C).
 
     params ``gamma`` (C,) = 1, ``beta`` (C,) = 0; state ``mean`` (C,) = 0, ``var`` (C,) = 1.
@@ -497,15 +478,9 @@ class BatchNorm(Layer):
     eps: float = 1e-5
     impl: Optional[str] = None
 
-    def output_shape(self, input_shape):
-        shape = _shape(self, input_shape)
-        _check_rank(self, shape, (2, 4), "(N, D) or (N, H, W, C)")
-        return shape
-
-    def init(self, key, input_shape):
-        c = self.output_shape(input_shape)[-1]
-        return ({"gamma": jnp.ones((c,), _float()), "beta": jnp.zeros((c,), _float())},
-                {"mean": jnp.zeros((c,), _float()), "var": jnp.ones((c,), _float())})
+    def _specs(self, shape):
+        c = (shape[-1],)
+        return _gamma_beta(shape), {"mean": (c, 0.0), "var": (c, 1.0)}
 
     def apply(self, params, state, x, *, train, key=None):
         _check_train(self, train)
@@ -517,7 +492,7 @@ class BatchNorm(Layer):
 
 
 @dataclasses.dataclass(frozen=True)
-class LayerNorm(Layer):
+class LayerNorm(_OpLayer):
     """Normalise each example over its last axis (features / channels); same at train and eval.
 
     params ``gamma``, ``beta``: (C,) with C the last axis.
@@ -525,19 +500,15 @@ class LayerNorm(Layer):
     eps: float = 1e-5
     impl: Optional[str] = None
 
-    def output_shape(self, input_shape):
-        return _shape(self, input_shape)
-
-    def init(self, key, input_shape):
-        c = _shape(self, input_shape)[-1]
-        return {"gamma": jnp.ones((c,), _float()), "beta": jnp.zeros((c,), _float())}, {}
+    def _specs(self, shape):
+        return _gamma_beta(shape), {}
 
     def apply(self, params, state, x, *, train, key=None):
         return F.layer_norm(x, params["gamma"], params["beta"], eps=self.eps, impl=self.impl), state
 
 
 @dataclasses.dataclass(frozen=True)
-class GroupNorm(Layer):
+class GroupNorm(_OpLayer):
     """Group norm on (N, H, W, C): per example, statistics over H, W and the channels of a group.
 
     params ``gamma``, ``beta``: (C,). ``groups`` must divide C.
@@ -546,17 +517,8 @@ class GroupNorm(Layer):
     eps: float = 1e-5
     impl: Optional[str] = None
 
-    def output_shape(self, input_shape):
-        shape = _shape(self, input_shape)
-        _check_rank(self, shape, (4,), "(N, H, W, C)")
-        if not isinstance(self.groups, int) or self.groups < 1 or shape[3] % self.groups:
-            raise ValueError(f"GroupNorm: groups={self.groups!r} must divide the channels {shape[3]} "
-                             f"of the input {shape}")
-        return shape
-
-    def init(self, key, input_shape):
-        c = self.output_shape(input_shape)[-1]
-        return {"gamma": jnp.ones((c,), _float()), "beta": jnp.zeros((c,), _float())}, {}
+    def _specs(self, shape):
+        return _gamma_beta(shape), {}
 
     def apply(self, params, state, x, *, train, key=None):
         return F.group_norm(x, params["gamma"], params["beta"], groups=self.groups, eps=self.eps,
@@ -577,10 +539,7 @@ class Dropout(Layer):
 
     def __post_init__(self):
         super().__post_init__()
-        r = self.rate
-        if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0.0 <= r < 1.0:
-            raise ValueError(f"Dropout: `rate` is the probability of DROPPING a unit and must be in [0, 1), "
-                             f"got {r!r}")
+        check_rate("Dropout", self.rate)
 
     def output_shape(self, input_shape):
         return _shape(self, input_shape)
