@@ -35,8 +35,8 @@ def _tree_model():
 
 
 def _numpy_init(model, seed=0):
-    """params/state with model.init's shapes filled from numpy (no threefry compile: the tests
-    stay fast on a busy 2-core CPU); state (batch-norm mean/var) = 1."""
+    """params/state with model.init's shapes filled from numpy (no threefry compile);
+    state (batch-norm mean/var) = 1."""
     rng = np.random.default_rng(seed)
     shapes = jax.eval_shape(lambda k: model.init(k, (B,) + IN), jax.random.PRNGKey(0))
     params = jax.tree.map(lambda a: jnp.asarray(0.5 * rng.standard_normal(a.shape), jnp.float32), shapes[0])

@@ -5,10 +5,11 @@
 >>> logits, state = model.apply(params, state, x, train=True, key=jax.random.key(1))
 
 See :mod:`jaxnet.nn.layers` for the protocol and the batch-norm / dropout conventions;
-:mod:`jaxnet.nn.inspect` for every layer's output (:func:`intermediates`) and activation statistics.
+:mod:`jaxnet.nn.inspect` for every layer's output (:func:`intermediates`) and activation statistics,
+built on the combinators' output hook (:func:`apply_tapped`).
 """
 from jaxnet.nn import init
-from jaxnet.nn.combinators import Parallel, Residual, Sequential
+from jaxnet.nn.combinators import Parallel, Residual, Sequential, apply_tapped
 from jaxnet.nn.init import fans, get_initializer
 from jaxnet.nn.inspect import activation_stats, forward_with_intermediates, intermediates
 from jaxnet.nn.layers import (ELU, Affine, AvgPool2D, BatchNorm, Conv2D, ConvTranspose2D, Dropout, Flatten,
@@ -24,7 +25,7 @@ __all__ = [
     "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "ELU", "PReLU", "Maxout",
     "MaxPool2D", "AvgPool2D", "GlobalAvgPool", "GlobalMaxPool", "Flatten",
     "BatchNorm", "LayerNorm", "GroupNorm", "Dropout",
-    "Sequential", "Residual", "Parallel",
+    "Sequential", "Residual", "Parallel", "apply_tapped",
     "init", "fans", "get_initializer",
     "two_layer_net", "fully_connected_net", "three_layer_convnet", "small_convnet", "fast_convnet", "get_model",
     "MODELS",

@@ -10,22 +10,111 @@
 Randomness: child ``i`` gets ``jax.random.fold_in(key, i)`` (for ``init`` and
 for ``apply``); a ``key=None`` is passed on as ``None``, so a stochastic child
 in train mode raises its own clear error.
+
+The output hook: :func:`apply_tapped` runs ``layer.apply`` and reports
+``on_output(path, y)`` for the output of every leaf layer and of every
+``Residual`` / ``Parallel`` (the sum / merge), in execution order. Paths join
+child names with ``"/"`` (``"block1/conv1"``); ``""`` is the layer passed in.
+A leaf is any layer but these three combinators (their class attribute
+``reports_children``): its own ``apply`` runs with the hook off, and its
+output is one entry. The hook is a context variable read while ``apply`` is
+traced: with it off, each child costs one ``ContextVar.get`` and the traced
+computation is unchanged.
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
-from typing import Optional
+from collections.abc import Mapping
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
 from jaxnet.nn.layers import Layer, _shape
 
-__all__ = ["Sequential", "Residual", "Parallel"]
+__all__ = ["Sequential", "Residual", "Parallel", "apply_tapped"]
 
 
 def _child_key(key, i):
     return None if key is None else jax.random.fold_in(key, i)
+
+
+# ----------------------------------------------------------------------------- the output hook
+
+class _Tap(NamedTuple):
+    on_output: Callable[[str, Any], None]
+    path: str            # the path of the combinator now applying its children
+
+
+_TAP: contextvars.ContextVar[Optional[_Tap]] = contextvars.ContextVar("jaxnet_nn_tap", default=None)
+
+
+class _MissingEntry(ValueError):
+    """params/state without the entry a combinator's child needs; ``detail`` is the message without the owner."""
+
+    def __init__(self, owner: str, detail: str):
+        super().__init__(f"{owner}: {detail}")
+        self.detail = detail
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}/{name}" if path else name
+
+
+def _entry(owner, tree, name, what, tap):
+    if isinstance(tree, Mapping) and name in tree:
+        return tree[name]
+    have = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
+    where = name if tap is None else _join(tap.path, name)
+    raise _MissingEntry(type(owner).__name__, f"{what} has no entry {name!r} for layer {where!r} (found {have}); "
+                                              f"were params/state made by this model's init?")
+
+
+def _apply_as(on_output, path, layer, params, state, x, train, key):
+    """Apply ``layer`` at ``path`` with the hook on: walk it if it reports its children, else report its output."""
+    walk = getattr(layer, "reports_children", False)
+    token = _TAP.set(_Tap(on_output, path) if walk else None)
+    try:
+        y, new_state = layer.apply(params, state, x, train=train, key=key)
+    finally:
+        _TAP.reset(token)
+    if not walk:
+        on_output(path, y)
+    return y, new_state
+
+
+def _apply_child(owner, name, layer, params, state, x, train, key):
+    """``layer.apply`` on ``params[name]`` / ``state[name]``, through the hook when it is on."""
+    tap = _TAP.get()
+    p, s = _entry(owner, params, name, "params", tap), _entry(owner, state, name, "state", tap)
+    if tap is None:
+        return layer.apply(p, s, x, train=train, key=key)
+    return _apply_as(tap.on_output, _join(tap.path, name), layer, p, s, x, train, key)
+
+
+def _report(y):
+    """A merging combinator's own output, at its own path (when the hook is on)."""
+    tap = _TAP.get()
+    if tap is not None:
+        tap.on_output(tap.path, y)
+    return y
+
+
+def apply_tapped(layer, params, state, x, *, train: bool, key=None,
+                 on_output: Callable[[str, Any], None]):
+    """``layer.apply(params, state, x, train=train, key=key)``, reporting outputs to ``on_output``.
+
+    ``on_output(path, y)`` is called, in execution order, with the output of
+    every leaf layer and of every ``Residual`` / ``Parallel`` (after the add /
+    merge); ``path`` joins the child names from ``layer`` down with ``"/"``,
+    and is ``""`` for ``layer`` itself (reported when ``layer`` is a leaf or a
+    ``Residual`` / ``Parallel``). The result is exactly ``layer.apply``'s:
+    the same ops and the same keys. Under ``jit`` the calls happen at trace
+    time with traced arrays, so return what ``on_output`` collects from the
+    jitted function.
+    """
+    return _apply_as(on_output, "", layer, params, state, x, train, key)
 
 
 def _context(owner, name, layer, shape, e):
@@ -58,6 +147,7 @@ class Sequential(Layer):
     """
     layers: tuple
     names: Optional[tuple] = None
+    reports_children = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -99,7 +189,7 @@ class Sequential(Layer):
     def apply(self, params, state, x, *, train, key=None):
         new_state = {}
         for i, (name, layer) in enumerate(zip(self.names, self.layers)):
-            x, new_state[name] = layer.apply(params[name], state[name], x, train=train, key=_child_key(key, i))
+            x, new_state[name] = _apply_child(self, name, layer, params, state, x, train, _child_key(key, i))
         return x, new_state
 
     def __len__(self):
@@ -127,6 +217,7 @@ class Residual(Layer):
     """
     body: Layer
     shortcut: Optional[Layer] = None
+    reports_children = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -170,17 +261,16 @@ class Residual(Layer):
 
     def apply(self, params, state, x, *, train, key=None):
         new_state = {}
-        y, new_state["body"] = self.body.apply(params["body"], state["body"], x, train=train,
-                                               key=_child_key(key, 0))
+        y, new_state["body"] = _apply_child(self, "body", self.body, params, state, x, train, _child_key(key, 0))
         if self.shortcut is None:
             s = x
         else:
-            s, new_state["shortcut"] = self.shortcut.apply(params["shortcut"], state["shortcut"], x,
-                                                           train=train, key=_child_key(key, 1))
+            s, new_state["shortcut"] = _apply_child(self, "shortcut", self.shortcut, params, state, x, train,
+                                                    _child_key(key, 1))
         if y.shape != s.shape:
             raise ValueError(f"Residual: body output shape {tuple(y.shape)} does not match the shortcut "
                              f"{tuple(s.shape)} for input {tuple(x.shape)}")
-        return y + s, new_state
+        return _report(y + s), new_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +283,7 @@ class Parallel(Layer):
     branches: tuple
     combine: str = "concat"
     names: Optional[tuple] = None
+    reports_children = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -240,12 +331,13 @@ class Parallel(Layer):
     def apply(self, params, state, x, *, train, key=None):
         outs, new_state = [], {}
         for i, (name, b) in enumerate(zip(self.names, self.branches)):
-            y, new_state[name] = b.apply(params[name], state[name], x, train=train, key=_child_key(key, i))
+            y, new_state[name] = _apply_child(self, name, b, params, state, x, train, _child_key(key, i))
             outs.append(y)
         self._combined([y.shape for y in outs], x.shape)
         if self.combine == "sum":
             y = outs[0]
             for o in outs[1:]:
                 y = y + o
-            return y, new_state
-        return jnp.concatenate(outs, axis=-1), new_state
+        else:
+            y = jnp.concatenate(outs, axis=-1)
+        return _report(y), new_state

@@ -3,9 +3,9 @@
 * :func:`intermediates`: the output of every leaf layer, keyed by its path in the
   model tree (``"block1/conv1"``, ``"fc1"``), plus one entry per ``Residual`` add /
   ``Parallel`` merge keyed by the combinator's own path (the rows of
-  :func:`jaxnet.nn.summary`, in the same order). The walk applies each leaf with the
-  key ``Sequential`` / ``Residual`` / ``Parallel`` would give it (``fold_in(key, i)``),
-  so the last entry *is* ``model.apply``'s output, dropout masks included.
+  :func:`jaxnet.nn.summary`, in the same order). It runs ``model.apply`` itself with
+  the combinators' output hook (:func:`jaxnet.nn.combinators.apply_tapped`), so the
+  last entry *is* ``model.apply``'s output, dropout masks included.
 * :func:`activation_stats`: per entry ``mean``, ``std`` and ``frac_zero`` (fraction of
   exact zeros: dead ReLUs, dropped units), float32 scalars; jittable.
 
@@ -26,70 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnet.nn.combinators import Parallel, Residual, Sequential, _child_key
+from jaxnet.nn.combinators import _MissingEntry, apply_tapped
 
 __all__ = ["intermediates", "forward_with_intermediates", "activation_stats"]
 
 Array = jax.Array
-
-
-def _sub(tree: Any, name: str, what: str, path: str) -> Any:
-    if not isinstance(tree, Mapping) or name not in tree:
-        have = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
-        where = f"{path}/{name}" if path else name
-        raise ValueError(f"intermediates: {what} has no entry {name!r} for layer {where!r} (found {have}); "
-                         f"were params/state made by this model's init?")
-    return tree[name]
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}/{name}" if path else name
-
-
-def _walk(layer, params, state, x, train, key, path, out):
-    """Apply ``layer`` like its own ``apply`` does, recording leaf (and merge) outputs in ``out``."""
-    if isinstance(layer, Sequential):
-        new_state = {}
-        for i, (name, child) in enumerate(zip(layer.names, layer.layers)):
-            x, new_state[name] = _walk(child, _sub(params, name, "params", path), _sub(state, name, "state", path),
-                                       x, train, _child_key(key, i), _join(path, name), out)
-        return x, new_state
-    if isinstance(layer, Residual):
-        new_state = {}
-        y, new_state["body"] = _walk(layer.body, _sub(params, "body", "params", path),
-                                     _sub(state, "body", "state", path), x, train, _child_key(key, 0),
-                                     _join(path, "body"), out)
-        if layer.shortcut is None:
-            s = x
-        else:
-            s, new_state["shortcut"] = _walk(layer.shortcut, _sub(params, "shortcut", "params", path),
-                                             _sub(state, "shortcut", "state", path), x, train, _child_key(key, 1),
-                                             _join(path, "shortcut"), out)
-        if y.shape != s.shape:
-            raise ValueError(f"intermediates: Residual {path or '(model)'!r}: body output shape {tuple(y.shape)} "
-                             f"does not match the shortcut {tuple(s.shape)} for input {tuple(x.shape)}")
-        y = y + s
-        out[path or type(layer).__name__] = y
-        return y, new_state
-    if isinstance(layer, Parallel):
-        outs, new_state = [], {}
-        for i, (name, branch) in enumerate(zip(layer.names, layer.branches)):
-            y, new_state[name] = _walk(branch, _sub(params, name, "params", path), _sub(state, name, "state", path),
-                                       x, train, _child_key(key, i), _join(path, name), out)
-            outs.append(y)
-        layer._combined([o.shape for o in outs], x.shape)
-        if layer.combine == "sum":
-            y = outs[0]
-            for o in outs[1:]:
-                y = y + o
-        else:
-            y = jnp.concatenate(outs, axis=-1)
-        out[path or type(layer).__name__] = y
-        return y, new_state
-    # a leaf (or a combinator we do not know: treated as one layer, its own apply decides)
-    y, new_state = layer.apply(params, state, x, train=train, key=key)
-    out[path or type(layer).__name__] = y
-    return y, new_state
 
 
 def _check_inputs(fn: str, model, x, train) -> None:
@@ -112,11 +53,15 @@ def forward_with_intermediates(model, params, state, x, *, train: bool = False,
     """
     _check_inputs("forward_with_intermediates", model, x, train)
     acts: dict[str, Array] = OrderedDict()  # keeps execution order through jit (a plain dict is sorted)
+
+    def record(path, y):
+        acts[path or type(model).__name__] = y
+
     try:
-        y, new_state = _walk(model, params, state, jnp.asarray(x), train, key, "", acts)
+        y, new_state = apply_tapped(model, params, state, jnp.asarray(x), train=train, key=key, on_output=record)
+    except _MissingEntry as e:
+        raise ValueError(f"intermediates: {e.detail}") from None
     except ValueError as e:
-        if str(e).startswith("intermediates:"):
-            raise
         raise ValueError(f"intermediates: {type(model).__name__} on input {tuple(x.shape)}: {e}") from None
     return y, new_state, acts
 
