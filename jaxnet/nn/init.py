@@ -1,10 +1,10 @@
-"""Weight initializers from the course (seeds catalog section 9).
+"""Weight initializers from the course.
 
 Every initializer has the signature
 ``init(key, shape, fan_in=None, fan_out=None, *, dtype=None) -> array``;
 fans left as ``None`` are computed from ``shape`` by :func:`fans`.
 ``dtype=None`` is the default float type (float32, or float64 under
-``jax.enable_x64``). Biases always start at zero (section 9.7).
+``jax.enable_x64``). Biases always start at zero.
 
 =================  ==========================================  ===============================
 name               distribution                                course form
@@ -13,7 +13,7 @@ name               distribution                                course form
 ``xavier``         ``N(0, 1) / sqrt(fan_in)``                   ``randn(fan_in, fan_out) / sqrt(fan_in)``
 ``glorot_normal``  ``N(0, 1) * sqrt(2 / (fan_in + fan_out))``   Glorot & Bengio's average form
 ``he``             ``N(0, 1) * sqrt(2 / fan_in)``               ``randn(n) * sqrt(2.0 / n)`` ("Xavier/2")
-``zeros``          all zeros (breaks nothing: symmetry, 9.1)    ``W = 0``
+``zeros``          all zeros (the symmetry pitfall)             ``W = 0``
 =================  ==========================================  ===============================
 
 Note the course's "Xavier" is ``1 / sqrt(fan_in)`` (what other libraries

@@ -177,12 +177,11 @@ def _norm_layer(model, norm, groups, channels):
 
 def fast_convnet(stem: int = 16, widths: Sequence[int] = (32, 64, 128), num_classes: int = 10, *,
                  norm: str = "batchnorm", groups: int = 8, init="he", impl: Optional[str] = None):
-    """A compact VGG-style convnet that trains to ~0.9 on CIFAR-10 in minutes on a CPU.
+    """A compact VGG-style convnet for 32x32 images.
 
     stem: conv3x3(``stem``) - norm - relu at full resolution; then one block per
     entry of ``widths``: conv3x3(c) - 2x2 max pool - norm - relu - conv3x3(c) - norm - relu
-    (pooling right after the first conv makes the second conv 4x cheaper, the layout of
-    Keller Jordan's airbench); then a max pool over what is left of H x W (4x4 for 32x32
+    (pooling right after the first conv makes the second conv 4x cheaper); then a max pool over what is left of H x W (4x4 for 32x32
     inputs), flatten, affine.  Input (N, H, W, C) with H, W divisible by 2**len(widths).
     norm: "batchnorm" (spatial batch norm) or "groupnorm" (``groups`` divides every width).
     Convs have no bias (the norm's beta plays that role).  Names: ``stem`` = Sequential(conv,
