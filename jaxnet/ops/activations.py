@@ -2,8 +2,8 @@
 
 All take ``x`` of any shape and return the same shape (maxout shrinks the last
 axis by ``pieces``).  Each manual op's forward is the reference itself, except
-maxout's, which also records the winning piece.  Local gradients (course
-notes): relu 1[x > 0]; leaky relu 1 or slope; sigmoid s(1 - s); tanh 1 - y^2;
+maxout's, which also records the winning piece.  Local gradients:
+relu 1[x > 0]; leaky relu 1 or slope; sigmoid s(1 - s); tanh 1 - y^2;
 ELU 1 or y + alpha; PReLU 1 or alpha, and dalpha = sum x dy over x <= 0;
 maxout routes dy to the winning piece; softplus sigmoid(x); GELU
 Phi(x) + x phi(x) (or the tanh approximation's derivative).

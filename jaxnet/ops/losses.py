@@ -4,7 +4,7 @@ Classification losses take ``scores`` (N, C) and integer ``labels`` (N,) and
 return the mean over the batch of the per-example loss, as in the course.
 Regression losses sum over the non-batch axes and average over the batch.
 
-Hand gradients (course): softmax dL/ds = (p - onehot(y)) / N; SVM +1 for every
+Hand gradients: softmax dL/ds = (p - onehot(y)) / N; SVM +1 for every
 violating class, minus their count for the true class, over N; sigmoid CE
 (s(z) - t) / N; L2 2 (p - t) / N; L1 sign(p - t) / N; penalties 2w and
 sign(w).  Integer labels get no cotangent (``None``).

@@ -8,8 +8,8 @@ Conventions (the course's assignment values are the defaults):
 The manual ops share one core, :func:`_normalize`, for batch, spatial batch,
 layer and group norm: they differ only in which axes the statistics run over.
 With ``xhat = (x - mu) / sqrt(var + eps)`` over m values and
-``dxhat = dy * gamma``, the simplified backward (``batchnorm_backward_alt`` in
-the course) is
+``dxhat = dy * gamma``, the simplified backward (the sums of the chain rule
+through mu and var collapsed into two reductions) is
 
     dx     = (1/m) / sqrt(var + eps) * (m dxhat - sum(dxhat) - xhat sum(dxhat xhat))
     dgamma = sum(dy xhat),   dbeta = sum(dy)
