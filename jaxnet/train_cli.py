@@ -23,8 +23,7 @@ from jaxnet.errors import FaultError, Interrupted, UsageError, one_line
 DATASETS = ("digits", "cifar10")
 IMPLS = {"manual": "manual", "autodiff": "auto", "auto": "auto"}  # flag value -> jaxnet impl
 DEFAULTS = dict(model="convnet", data="digits", epochs=15, batch_size=64, optimizer="adam", lr=3e-3,
-                schedule="cosine", weight_decay=1e-4, seed=0, out="runs/digits", impl="manual",
-                on_nonfinite="stop")
+                schedule="cosine", weight_decay=1e-4, seed=0, out="runs/digits")
 SEED_MAX = 2**32 - 1
 #: settings a resumed run must share with the run that wrote the checkpoint (--allow-changed
 #: overrides); --epochs, --impl, --devices, --data-dir and the output options may change
@@ -52,11 +51,11 @@ def add_train_parser(sub) -> None:
     t.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"],
                    help="L2 strength on weights (biases and norm parameters are skipped)")
     t.add_argument("--clip-norm", type=float, default=None, help="clip gradients to this global norm")
-    t.add_argument("--impl", default=DEFAULTS["impl"], metavar="{manual,autodiff}",
+    t.add_argument("--impl", default="manual", metavar="{manual,autodiff}",
                    help="backward path: hand-written (manual) or autodiff; 'auto' is an alias of autodiff")
     t.add_argument("--augment", action="store_true", help="random crop (pad 4 on 32x32, 1 on 8x8) + flip")
     t.add_argument("--patience", type=int, default=None, help="early stopping after this many epochs")
-    t.add_argument("--on-nonfinite", default=DEFAULTS["on_nonfinite"], choices=("stop", "skip"),
+    t.add_argument("--on-nonfinite", default="stop", choices=("stop", "skip"),
                    help="a step with a NaN/inf loss or gradient: stop the run (exit 1) or skip the "
                         "update (default %(default)s)")
     t.add_argument("--out", default=DEFAULTS["out"], help="output folder (default %(default)s)")
