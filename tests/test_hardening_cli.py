@@ -25,7 +25,6 @@ from jaxnet.train import checkpoint as checkpoint_module
 from jaxnet.train import create_train_state, fit, load_checkpoint, read_checkpoint, save_checkpoint
 from jaxnet.train import runfiles
 from jaxnet.train.fit import (
-    CheckpointWriteError,
     DivergenceWarning,
     NonFiniteError,
     TrainingInterrupted,
