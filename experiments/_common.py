@@ -20,8 +20,13 @@ Every script takes the same four options, writes ``results.json`` plus its figur
     The deep-net experiments' data: a CIFAR-10 subsample when a copy is given, else the
     embedded digits; float32, normalised per channel.
 
+``cifar_or_digits_uint8(args, *, val_size=0) -> (Dataset, source)``
+    The classic classifiers' data (kNN, linear, two-layer and feature experiments): CIFAR-10
+    as ``load_data`` gives it when a copy is given, else the embedded 8x8 digits with the
+    same pixel scale (uint8 0..255); ``source`` is "cifar10" or "digits".
+
 ``quick_subset(ds, *, n_train, n_test, seed) -> Dataset``
-    The smoke-test subsample of a Dataset.
+    The smoke-test subsample of a Dataset (at most the examples there are).
 
 ``write_results(out_dir, results, args=None) -> str``
     Writes ``<out_dir>/results.json`` atomically (temporary file, then ``os.replace``):
@@ -56,7 +61,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["parse_args", "load_data", "write_results", "print_table", "figure", "Timer"]
+__all__ = ["parse_args", "load_data", "cifar_or_digits", "cifar_or_digits_uint8", "digits_uint8", "quick_subset",
+           "write_results", "print_table", "figure", "Timer"]
 
 ENV_DATA = "JAXNET_CIFAR10_DIR"
 _LAST_ARGS: argparse.Namespace | None = None
@@ -235,11 +241,47 @@ class Timer:
 
 def quick_subset(ds, *, n_train: int = 4000, n_test: int = 2000, seed: int = 0):
     """The smoke-test version of a Dataset: ``n_train`` training and ``n_test`` test
-    examples drawn with ``seed`` (the validation split is kept)."""
+    examples drawn with ``seed`` (fewer when the split is smaller; the validation split is kept)."""
     from jaxnet.data import subsample
-    x_tr, y_tr = subsample(ds.x_train, ds.y_train, n_train, seed=seed)
-    x_te, y_te = subsample(ds.x_test, ds.y_test, n_test, seed=seed)
+    x_tr, y_tr = subsample(ds.x_train, ds.y_train, min(n_train, len(ds.y_train)), seed=seed)
+    x_te, y_te = subsample(ds.x_test, ds.y_test, min(n_test, len(ds.y_test)), seed=seed)
     return ds.replace(x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+
+
+def digits_uint8(seed: int = 0, *, val_size: int | None = None):
+    """The embedded 8x8 digits as CIFAR-10's loader returns its images: uint8 NHWC in 0..255
+    (the 17 grey levels 0..16 mapped to round(255 * v / 16)), one channel, split by ``seed``.
+
+    ``val_size=0`` merges the validation split into the training split (as ``load_data``
+    keeps all training images when no validation split is asked for); any other value keeps
+    the digits' own stratified split (1,257 / 270 / 270).
+    """
+    import numpy as np
+
+    from jaxnet.data import load_digits
+
+    ds = load_digits(seed=seed)
+    u8 = lambda x: np.round(np.asarray(x, np.float32) * 255.0).astype(np.uint8)  # noqa: E731
+    ds = ds.replace(x_train=u8(ds.x_train), x_val=u8(ds.x_val), x_test=u8(ds.x_test))
+    if val_size == 0:
+        ds = ds.replace(x_train=np.concatenate([ds.x_train, ds.x_val]),
+                        y_train=np.concatenate([ds.y_train, ds.y_val]),
+                        x_val=ds.x_val[:0], y_val=ds.y_val[:0])
+    return ds
+
+
+def cifar_or_digits_uint8(args: argparse.Namespace, *, val_size: int = 0):
+    """The classic classifiers' data: ``(Dataset, source)`` with uint8 NHWC images in 0..255.
+
+    With ``--data-dir`` (or ``$JAXNET_CIFAR10_DIR``): ``load_data(args, val_size=val_size)``,
+    CIFAR-10 exactly as before (a missing copy still exits with status 2). Without it: the
+    embedded digits (:func:`digits_uint8`), with a one-line note on stdout; source "digits".
+    """
+    if args.data_dir:
+        return load_data(args, val_size=val_size), "cifar10"
+    print(f"experiments.{getattr(args, 'name', 'experiment')}: no CIFAR-10 copy given (--data-dir or "
+          f"${ENV_DATA}): running on the embedded 8x8 digits", flush=True)
+    return digits_uint8(args.seed, val_size=val_size), "digits"
 
 
 def cifar_or_digits(args: argparse.Namespace, n_train: int):

@@ -2,7 +2,7 @@
 
     python -m experiments.features_net --data-dir /path/to/cifar10-jpeg.tar.gz [--quick]
 
-The "features" part of CS231n assignment 1 (seeds catalog §2.6):
+The "features" part of CS231n assignment 1:
 
 1. Per image, ``jaxnet.classic.features``: HOG on the greyscale image (8x8 cells, 9
    unsigned orientation bins, 144 numbers for 32x32) and a 10-bin histogram of the HSV hue;
@@ -16,6 +16,11 @@ The "features" part of CS231n assignment 1 (seeds catalog §2.6):
    retrained for ``--epochs`` with Adam + cosine decay and the best-validation weights are
    evaluated once on the test split.
 
+Without a CIFAR-10 copy (no ``--data-dir``, no ``$JAXNET_CIFAR10_DIR``) the same pipeline runs on
+the embedded 8x8 digits (their own 1,257 / 270 / 270 split): grey images, so no hue histogram
+(``--hsv-bins`` is ignored), and HOG with ``DIGITS_CELL_SIZE`` = 2-pixel cells (a 4 x 4 grid,
+144 numbers; an 8-pixel cell would be the whole image).
+
 Writes in ``--out``: results.json, curves.png, search.png.
 """
 from __future__ import annotations
@@ -26,21 +31,26 @@ from functools import partial
 
 import numpy as np
 
-from experiments._common import Timer, load_data, parse_args, print_table, quick_subset, write_results
+from experiments._common import Timer, cifar_or_digits_uint8, parse_args, print_table, quick_subset, write_results
 
 NAME = "features_net"
 DESCRIPTION = "HOG + HSV colour-histogram features -> linear SVM and two-layer net on CIFAR-10."
+CIFAR_CELL_SIZE = 8
+DIGITS_CELL_SIZE = 2
 
 
 def _extra(parser) -> None:
-    parser.add_argument("--epochs", type=int, default=None, help="final training epochs (default 30; quick 2)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="final training epochs (default 30; quick 2; on the digits 100; quick 20)")
     parser.add_argument("--batch-size", type=int, default=200, help="minibatch size (default: %(default)s)")
     parser.add_argument("--trials", type=int, default=None, help="net random-search trials (default 12; quick 2)")
-    parser.add_argument("--search-epochs", type=int, default=None, help="epochs per net trial (default 10; quick 1)")
+    parser.add_argument("--search-epochs", type=int, default=None,
+                        help="epochs per net trial (default 10; quick 1; on the digits 20; quick 5)")
     parser.add_argument("--svm-trials", type=int, default=None, help="linear SVM trials (default 10; quick 2)")
     parser.add_argument("--svm-iters", type=int, default=None, help="SGD iterations per SVM (default 2000; quick 200)")
     parser.add_argument("--hsv-bins", type=int, default=10, help="hue histogram bins (default: %(default)s)")
-    parser.add_argument("--cell-size", type=int, default=8, help="HOG cell size in pixels (default: %(default)s)")
+    parser.add_argument("--cell-size", type=int, default=None,
+                        help=f"HOG cell size in pixels (default: {CIFAR_CELL_SIZE}; {DIGITS_CELL_SIZE} on the digits)")
 
 
 def _model(hidden: int, dropout: float):
@@ -61,9 +71,7 @@ def _optimizer(lr: float, weight_decay: float, total_steps: int):
 def main(argv=None) -> dict:
     args = parse_args(NAME, DESCRIPTION, _extra, argv)
     quick = args.quick
-    epochs = args.epochs or (2 if quick else 30)
     trials = args.trials or (2 if quick else 12)
-    search_epochs = args.search_epochs or (1 if quick else 10)
     svm_trials = args.svm_trials or (2 if quick else 10)
     svm_iters = args.svm_iters or (200 if quick else 2000)
     bs = args.batch_size
@@ -75,17 +83,29 @@ def main(argv=None) -> dict:
     from jaxnet.viz import plot_history
 
     with Timer() as t_load:
-        ds = load_data(args, val_size=1000)
+        ds, source = cifar_or_digits_uint8(args, val_size=1000)
         if quick:  # a smoke test: small training and test splits
             ds = quick_subset(ds, n_train=4000, n_test=2000, seed=args.seed)
     print(f"data: {ds}  ({t_load.elapsed:.1f} s){'  [quick: subsampled]' if quick else ''}", flush=True)
 
-    fns = (partial(hog_features, cell_size=args.cell_size), partial(color_histogram_hsv, nbins=args.hsv_bins))
+    # the digits' 1,257 training images make 7 steps per epoch: more epochs for a comparable run
+    if source == "cifar10":
+        epochs = args.epochs or (2 if quick else 30)
+        search_epochs = args.search_epochs or (1 if quick else 10)
+    else:
+        epochs = args.epochs or (20 if quick else 100)
+        search_epochs = args.search_epochs or (5 if quick else 20)
+    if args.cell_size is None:
+        args.cell_size = CIFAR_CELL_SIZE if source == "cifar10" else DIGITS_CELL_SIZE
+    hsv_bins = args.hsv_bins if ds.x_train.shape[-1] == 3 else 0      # grey images have no hue
+    fns = (partial(hog_features, cell_size=args.cell_size),)
+    if hsv_bins:
+        fns += (partial(color_histogram_hsv, nbins=hsv_bins),)
     with Timer() as t_feat:
         fds, norm = feature_dataset(ds, fns, batch_size=1000)
     dim = fds.x_train.shape[-1]
-    n_hog = dim - args.hsv_bins
-    print(f"features: {dim} per image (HOG {n_hog} + hue histogram {args.hsv_bins}) in {t_feat.elapsed:.1f} s "
+    n_hog = dim - hsv_bins
+    print(f"features: {dim} per image (HOG {n_hog} + hue histogram {hsv_bins}) in {t_feat.elapsed:.1f} s "
           f"for {len(ds.y_train) + len(ds.y_val) + len(ds.y_test)} images", flush=True)
 
     # ---- linear SVM on the features (bias trick)
@@ -151,10 +171,11 @@ def main(argv=None) -> dict:
     results = {
         "features": {
             "hog": {"cell_size": args.cell_size, "orientations": 9, "dims": n_hog, "orientation": "unsigned, folded mod 180",
-                    "gray": "0.299 R + 0.587 G + 0.114 B"},
-            "hsv_hue_bins": args.hsv_bins, "dims": dim, "normalisation": "train mean/std",
+                    "gray": "0.299 R + 0.587 G + 0.114 B" if ds.x_train.shape[-1] == 3 else "the one channel"},
+            "hsv_hue_bins": hsv_bins, "dims": dim, "normalisation": "train mean/std",
             "extract_time_s": t_feat.elapsed,
         },
+        "data_source": source,
         "linear_svm": {"learning_rate": svm_best.params["learning_rate"], "reg": svm_best.params["reg"],
                        "num_iters": svm_iters, "batch_size": bs, "train_acc": svm_best.train_acc,
                        "val_acc": svm_best.val_acc, "test_acc": svm_test, "search_time_s": t_svm.elapsed,
@@ -184,7 +205,8 @@ def main(argv=None) -> dict:
           svm_best.train_acc, svm_best.val_acc, svm_test],
          ["two-layer net", f"hidden {hidden}, dropout {dropout}, lr {lr:.2g}, wd {wd:.2g}, {epochs} ep",
           train_acc, val_acc, test_acc]],
-        title=f"CIFAR-10, HOG + hue-histogram features ({dim} dims, {n_train} train images)",
+        title=f"CIFAR-10, HOG + hue-histogram features ({dim} dims, {n_train} train images)" if source == "cifar10"
+        else f"{ds.name}, HOG features ({args.cell_size}-pixel cells, {dim} dims, {n_train} train images)",
     )
     print(f"wrote {path}")
     return results

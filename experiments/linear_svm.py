@@ -11,6 +11,9 @@ of 3); a search over learning rate and regularisation scored on the validation s
 best setting retrained on the training split only for ``--iters`` steps; test accuracy of
 that single model. Writes results.json, templates.png, search.png and loss.png in --out.
 
+Without a CIFAR-10 copy (no ``--data-dir``, no ``$JAXNET_CIFAR10_DIR``) the same pipeline runs
+on the embedded 8x8 digits (pixels on the same 0..255 scale; their own 1,257 / 270 / 270 split).
+
 :func:`run` is shared with ``experiments.softmax`` (same pipeline, the other loss).
 """
 from __future__ import annotations
@@ -22,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments._common import Timer, load_data, parse_args, print_table, write_results
+from experiments._common import Timer, cifar_or_digits_uint8, parse_args, print_table, write_results
 from jaxnet.classic.linear import (
     accuracy, linear_features, plot_loss_curve, plot_templates, softmax_loss_naive, softmax_loss_vectorized,
     svm_loss_naive, svm_loss_vectorized, train_linear,
@@ -37,6 +40,8 @@ LOSS_FNS = {
 
 # Settings per loss: full run and --quick. Ranges are for 0..255 pixels (mean-image subtracted);
 # lr and reg move together with the pixel scale, so other --normalize modes get their own.
+# The digits (65 columns instead of 3,073, same 0..255 scale) take larger steps: ``space_digits``
+# replaces a mode's ranges on the digits where it is given.
 DEFAULTS = {
     "svm": dict(
         full=dict(search="coarse-to-fine", stages=2, trials=12, search_iters=1500, iters=5000, batch_size=500,
@@ -46,6 +51,7 @@ DEFAULTS = {
         space={"mean_image": {"learning_rate": (1e-8, 1e-6, "log"), "reg": (1e1, 1e5, "log")},
                "channel": {"learning_rate": (1e-5, 1e-2, "log"), "reg": (1e-3, 1e1, "log")},
                "feature": {"learning_rate": (1e-5, 1e-2, "log"), "reg": (1e-3, 1e1, "log")}},
+        space_digits={"mean_image": {"learning_rate": (1e-6, 1e-4, "log"), "reg": (1e-2, 1e3, "log")}},
         expected_initial=9.0,
     ),
     "softmax": dict(
@@ -56,6 +62,7 @@ DEFAULTS = {
         space={"mean_image": {"learning_rate": (1e-8, 1e-5, "log"), "reg": (1e0, 1e5, "log")},
                "channel": {"learning_rate": (1e-5, 1e-1, "log"), "reg": (1e-4, 1e1, "log")},
                "feature": {"learning_rate": (1e-5, 1e-1, "log"), "reg": (1e-4, 1e1, "log")}},
+        space_digits={"mean_image": {"learning_rate": (1e-5, 1e-3, "log"), "reg": (1e-2, 1e3, "log")}},
         expected_initial=float(np.log(10.0)),
     ),
 }
@@ -124,16 +131,18 @@ def run(loss: str, name: str, description: str, argv=None) -> dict:
     for key in ("search", "trials", "stages", "search_iters", "iters", "batch_size", "lr_decay"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
-    space = DEFAULTS[loss]["space"][args.normalize]
 
     with Timer() as t_load:
-        ds = load_data(args, val_size=1000)
-        if cfg.get("train_subset"):
+        ds, source = cifar_or_digits_uint8(args, val_size=1000)
+        if cfg.get("train_subset") and cfg["train_subset"] < len(ds.y_train):
             rng = np.random.default_rng(args.seed)
             keep = np.sort(rng.permutation(len(ds.y_train))[:cfg["train_subset"]])
             ds = ds.replace(x_train=ds.x_train[keep], y_train=ds.y_train[keep])
         X_train, X_val, X_test, prep = linear_features(ds, normalize=args.normalize)
         y_train, y_val, y_test = ds.y_train, ds.y_val, ds.y_test
+    space = DEFAULTS[loss]["space"][args.normalize]
+    if source == "digits":
+        space = DEFAULTS[loss]["space_digits"].get(args.normalize, space)
     print(f"{name}: {ds!r}; features {prep} ({t_load.elapsed:.1f} s)", flush=True)
 
     # ---- sanity checks on a 500-row dev set
@@ -181,9 +190,11 @@ def run(loss: str, name: str, description: str, argv=None) -> dict:
         final = {"train_acc": accuracy(W, Xtr, ytr), "val_acc": accuracy(W, Xva, yva),
                  "test_acc": accuracy(W, X_test, y_test)}
 
-    title = f"{loss} on CIFAR-10 (JPEG copy)"
+    title = f"{loss} on CIFAR-10 (JPEG copy)" if source == "cifar10" else f"{loss} on {ds.name} (embedded, 8x8)"
+    image_shape = tuple(ds.x_train.shape[1:])
     figures = {
-        "templates": plot_templates(W, ds.classes, f"{args.out}/templates.png", title=f"{title}: class templates"),
+        "templates": plot_templates(W, ds.classes, f"{args.out}/templates.png", image_shape=image_shape,
+                                    title=f"{title}: class templates"),
         "loss_curve": plot_loss_curve(history, f"{args.out}/loss.png",
                                       title=f"{title}: lr {best['learning_rate']:.3g}, reg {best['reg']:.3g}"),
     }
@@ -193,6 +204,7 @@ def run(loss: str, name: str, description: str, argv=None) -> dict:
     out = {
         "loss": loss,
         "data": {"name": ds.name, "train": len(y_train), "val": len(y_val), "test": len(y_test)},
+        "data_source": source,
         "preprocessing": prep,
         "initial_loss": {"value": initial, "W_init": "1e-4 * randn(D, C)", "value_W_1e-7": initial_tiny,
                          "expected": expected, "reg": 0.0, "rows": 500},
@@ -200,7 +212,7 @@ def run(loss: str, name: str, description: str, argv=None) -> dict:
         "speed": speed,
         "search": {"method": "fixed" if not results else cfg["search"], "space": space, "stages": stages,
                    "iters_per_trial": cfg["search_iters"], "batch_size": cfg["batch_size"],
-                   "lr_decay_per_epoch": cfg["lr_decay"], "scored_on": "val (1,000 held-out training images)",
+                   "lr_decay_per_epoch": cfg["lr_decay"], "scored_on": f"val ({len(y_val):,} held-out training images)",
                    "n_trials": len(results),
                    "trials": [{**t.params, "val_acc": t.val_acc, "train_acc": t.train_acc} for t in results]},
         "best": {**best, "search_val_acc": results[0].val_acc if results else None},

@@ -6,6 +6,7 @@ The same pipeline as ``experiments.linear_svm`` (see its docstring) with the sof
 initial loss ~ ln 10 = 2.303, naive-vs-vectorised check and speed, learning-rate x
 regularisation search on the validation split, the best retrained on the training split,
 test accuracy reported. Writes results.json, templates.png, search.png and loss.png in --out.
+Without a CIFAR-10 copy it runs on the embedded 8x8 digits, as ``experiments.linear_svm`` does.
 """
 from __future__ import annotations
 
