@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Each `make train` is a fresh run into its --out (runs/digits) unless ARGS asks to --resume.
 train: $(STAMP)   ## the main job: train the default convnet on the embedded digits
-	$(BIN)/jaxnet train $(ARGS)
+	$(BIN)/jaxnet train $(if $(findstring --resume,$(ARGS)),,--overwrite) $(ARGS)
 
 test: $(STAMP)    ## the test suite (slow end-to-end runs are opt-in: make test-slow)
 	$(BIN)/python -m pytest -q -n $(JOBS) $(ARGS)
