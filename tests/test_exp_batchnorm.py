@@ -109,10 +109,16 @@ def test_impl_manual_and_auto_agree(quick_run):
         np.testing.assert_allclose(part["steps"][impl]["epoch_means"], part["fit"][impl]["history"]["train_loss"],
                                    rtol=1e-6)
         assert part["fit"][impl]["fit_params_vs_loop_max_abs"] < 1e-6
-    # float64: the two backward passes give the same training run to ~1e-12
+    # float64: the two backward passes give the same training run. Measured on the quick run:
+    # gradients at init 1.5e-16 (global) and 6.9e-16 (worst leaf), every loss identical, final
+    # weights 7.6e-13 apart after the training steps; bounds ~100x above those
     d64 = part["float64"]["diff"]
-    assert d64["init_gradients"]["global_rel_error"] < 1e-12
-    assert d64["final_params_max_rel"] < 1e-9 and d64["step_loss"]["max_rel"] < 1e-6
+    assert d64["init_gradients"]["global_rel_error"] < 1e-14
+    assert d64["init_gradients"]["max_rel_error_per_leaf"] < 1e-13
+    assert d64["final_params_max_rel"] < 1e-10
+    for key in ("step_loss", "train_loss_epoch", "val_loss_epoch"):
+        assert d64[key]["max_rel"] < 1e-12, key
+    assert d64["val_acc_epoch_max_abs"] == 0
 
 
 def test_fixed_std_and_build_net():
