@@ -469,11 +469,20 @@ def test_vmap_per_example_gradients_equal_single_example_gradients():
 
 # --------------------------------------------------------------------------- summary & registry
 
-@pytest.mark.parametrize("name,kwargs,shape", MODEL_CASES[:5])
-def test_summary_totals_equal_true_parameter_count(name, kwargs, shape):
+# Parameter counts by hand from each architecture (weights + biases + norm gamma/beta), with 5 classes.
+HAND_COUNTS = [
+    64 * 7 + 7 + 7 * 5 + 5,                                        # two_layer: 8x8x1 -> 7 -> 5
+    (35 * 6 + 6 + 2 * 6) + (6 * 5 + 5 + 2 * 5) + (5 * 5 + 5),     # fc: 35 -> 6 (BN) -> 5 (BN) -> 5
+    (13 * 4 + 4 + 2 * 4) + (4 * 5 + 5),                            # fc: 13 -> 4 (LN) -> 5
+    (3 * 3 * 3 * 4 + 4) + (3 * 3 * 4 * 6 + 6) + (6 * 5 + 5),     # conv 3x3x3->4, 2x2 pool: 3x3x4 -> 6 -> 5
+]
+
+
+@pytest.mark.parametrize("case,true_params", list(zip(MODEL_CASES, HAND_COUNTS)))
+def test_summary_totals_equal_true_parameter_count(case, true_params):
+    name, kwargs, shape = case
     model = nn.get_model(name, num_classes=5, **kwargs)
     params, state = model.init(KEY, shape)
-    true_params = sum(a.size for a in jax.tree_util.tree_leaves(params))
     summ = nn.summary(model, shape)
     assert summ.total_params == true_params == nn.count_params(params)
     assert sum(r.params for r in summ.rows) == true_params
