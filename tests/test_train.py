@@ -289,6 +289,54 @@ def test_early_stopping(small, tmp_path):
     assert again.stopped_early and again.history["epoch"] == [1, 2, 3]
 
 
+def test_a_callback_stops_training_cleanly(small, tmp_path):
+    """StopTraining from on_step ends the epoch after that step (its row, validation and
+    checkpoint still written); from on_epoch, no further epoch runs; resuming trains no more."""
+    from jaxnet.train import StopTraining, read_checkpoint
+
+    opt = make_optimizer("sgd", 1e-2)
+    kw = dict(optimizer=opt, epochs=5, batch_size=32, key=0, progress=False)
+    steps_per_epoch = num_batches(203, 32)
+
+    class StopAtStep:
+        def __init__(self):
+            self.seen, self.epochs = [], []
+
+        def on_step(self, info):
+            self.seen.append((info["epoch"], info["step"], int(info["train_state"].step)))
+            if (info["epoch"], info["step"]) == (2, 3):
+                raise StopTraining("enough")
+
+        def on_epoch(self, info):
+            self.epochs.append((info["epoch"], info["stopped_early"], int(info["train_state"].step)))
+
+    cb = StopAtStep()
+    res = fit(MLP(), small, callbacks=[cb], out_dir=tmp_path, **kw)
+    assert res.stopped_early and res.history["epoch"] == [1, 2]
+    assert cb.seen[-1] == (2, 3, steps_per_epoch + 3) and len(cb.seen) == steps_per_epoch + 3
+    assert int(res.train_state.step) == steps_per_epoch + 3
+    assert cb.epochs == [(1, False, steps_per_epoch), (2, True, steps_per_epoch + 3)]
+    assert np.isfinite(res.history["val_acc"][1]) and res.best_epoch in (1, 2)
+    _, _, extra, _ = read_checkpoint(tmp_path / "checkpoint")
+    assert extra["epoch"] == 2 and extra["stopped_early"]
+    again = fit(MLP(), small, resume=True, out_dir=tmp_path, **kw)
+    assert again.stopped_early and again.history["epoch"] == [1, 2]
+    assert int(again.train_state.step) == steps_per_epoch + 3
+
+    class StopAfterEpoch:
+        def on_epoch(self, info):
+            if info["epoch"] == 3:
+                raise StopTraining
+
+    res = fit(MLP(), small, callbacks=[StopAfterEpoch()], **kw)
+    assert res.stopped_early and res.history["epoch"] == [1, 2, 3]
+    assert int(res.train_state.step) == 3 * steps_per_epoch
+    # without a stop the same run goes on to `epochs`; the first epochs are the same
+    full = fit(MLP(), small, **kw)
+    assert not full.stopped_early and full.history["epoch"] == [1, 2, 3, 4, 5]
+    assert full.history["train_loss"][:3] == res.history["train_loss"]
+
+
 def test_resume_is_bit_exact_after_a_crash(small, adam, tmp_path, monkeypatch):
     model = MLP(dropout=0.3)
     kw = dict(optimizer=adam, batch_size=16, key=7, progress=False)

@@ -2,7 +2,8 @@
 
 * :mod:`~jaxnet.train.state`: :class:`TrainState`, :func:`create_train_state`.
 * :mod:`~jaxnet.train.step`: :func:`make_train_step`, :func:`make_eval_step`, :func:`batches`.
-* :mod:`~jaxnet.train.fit`: :func:`fit` -> :class:`FitResult`, :func:`evaluate`.
+* :mod:`~jaxnet.train.fit`: :func:`fit` -> :class:`FitResult`, :func:`evaluate`; callbacks end a
+  run early by raising :class:`StopTraining`.
 * :mod:`~jaxnet.train.averaging`: :func:`ema_init`, :func:`ema_update`, :func:`polyak_average`
   (parameter averaging), :func:`ensemble_predict`, :func:`evaluate_ensemble` (model ensembles).
 * :mod:`~jaxnet.train.checkpoint`: :func:`save_checkpoint`, :func:`load_checkpoint`, :class:`CheckpointError`.
@@ -23,7 +24,7 @@ from jaxnet.train.averaging import (
     polyak_update,
 )
 from jaxnet.train.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from jaxnet.train.fit import FitResult, evaluate, fit
+from jaxnet.train.fit import FitResult, StopTraining, evaluate, fit
 from jaxnet.train.parallel import (
     check_batch_divisible,
     data_sharding,
@@ -40,7 +41,7 @@ from jaxnet.train.step import batches, make_eval_step, make_train_step, masked_m
 __all__ = [
     "TrainState", "create_train_state",
     "make_train_step", "make_eval_step", "batches", "num_batches", "masked_mean", "per_example_loss",
-    "FitResult", "fit", "evaluate",
+    "FitResult", "fit", "evaluate", "StopTraining",
     "ema_init", "ema_update", "ema_decay_at", "polyak_update", "polyak_average",
     "ensemble_predict", "ensemble_member_probs", "evaluate_ensemble",
     "CheckpointError", "save_checkpoint", "load_checkpoint", "read_checkpoint",

@@ -6,7 +6,8 @@ an optional EMA of the params, metrics, curves, checkpoints, exact resume) and `
 (history, best model, patience) and ``_Record`` (everything checkpointed besides the train
 state). It stops with one-line errors on a non-finite step (:class:`NonFiniteError`), a
 failed checkpoint write (:class:`CheckpointWriteError`) and Ctrl-C
-(:class:`TrainingInterrupted`, after saving the last finished epoch)."""
+(:class:`TrainingInterrupted`, after saving the last finished epoch); a callback ends it
+cleanly by raising :class:`StopTraining`."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from jaxnet.train.step import batches, make_eval_step, make_train_step, num_batc
 __all__ = [
     "FitResult", "fit", "evaluate", "check_labels", "HISTORY_KEYS", "CHECKPOINT_NAME", "METRICS_NAME",
     "CURVES_NAME", "TrainingInterrupted", "NonFiniteError", "CheckpointWriteError", "DivergenceWarning",
+    "StopTraining",
 ]
 
 HISTORY_KEYS = (
@@ -63,7 +65,8 @@ class FitResult:
       (training accuracy when there is no validation split); first such epoch on ties.
     best_epoch: that epoch (1-based; 0 if no epoch ran). best_val_acc: its accuracy.
     train_state: the final :class:`TrainState` (after the last epoch run).
-    stopped_early: whether early stopping ended the run.
+    stopped_early: whether the run ended before ``epochs``: early stopping (patience) or a
+      callback's :class:`StopTraining`.
     skipped_steps: with ``on_nonfinite="skip"``: how many updates were skipped (non-finite).
     ema_params: with ``fit(..., ema_decay=d)``: the exponential moving average of the params
       after the last update (warmup variant, :func:`jaxnet.train.averaging.ema_update` with
@@ -314,6 +317,16 @@ class DivergenceWarning(RuntimeWarning):
     """The training loss of an epoch rose above 3x its initial value."""
 
 
+class StopTraining(Exception):
+    """Raised by a callback's ``on_step`` or ``on_epoch`` to end :func:`fit` cleanly.
+
+    From ``on_step``: the rest of the epoch's steps are not run; the epoch is finished with
+    the steps that ran (history row, validation, best model, checkpoint, ``on_epoch``).
+    From ``on_epoch``: no further epoch runs. Either way ``fit`` returns its
+    :class:`FitResult` with ``stopped_early=True`` (also saved in the checkpoint: resuming
+    the run does not train further). The message is free text for the caller."""
+
+
 # ----------------------------------------------------------------------------- bookkeeping
 
 #: what a checkpoint written by ``fit`` holds besides the train state
@@ -401,7 +414,8 @@ def _epoch_summary(fetched: list[dict]) -> tuple[float, float, float, np.ndarray
 
 def _train_epoch(train_step, ema_step, ts, ema_params, data, batch_size, key, pos: _Position,
                  first_global_step: int, on_step: list, bar, stop_on_nonfinite: bool):
-    """One pass of training steps. Returns ``(ts, ema_params, fetched step metrics, seconds)``.
+    """One pass of training steps. Returns ``(ts, ema_params, fetched step metrics, seconds,
+    stopped)``; ``stopped``: an ``on_step`` callback raised :class:`StopTraining`.
 
     The step metrics stay on the device until the epoch's end (one fetch), except for the
     progress bar's every ``_POSTFIX_EVERY`` steps, which also checks the finite flag early.
@@ -409,14 +423,20 @@ def _train_epoch(train_step, ema_step, ts, ema_params, data, batch_size, key, po
     t0 = time.perf_counter()
     step_metrics = []
     seen = 0
+    stop = False
     for i, (xb, yb, mb) in enumerate(batches(data.x_train, data.y_train, batch_size, key=key)):
         ts, m = train_step(ts, xb, yb, mb)
         if ema_step is not None:
             ema_params = ema_step(ema_params, ts.params, ts.step)
         step_metrics.append(m)
         pos.step = i + 1
-        for cb in on_step:
-            cb({"epoch": pos.epoch, "step": i + 1, "global_step": first_global_step + i + 1, "metrics": m})
+        try:
+            for cb in on_step:
+                cb({"epoch": pos.epoch, "step": i + 1, "global_step": first_global_step + i + 1,
+                    "metrics": m, "train_state": ts})
+        except StopTraining:
+            stop = True
+            break
         if bar is not None:
             seen += batch_size
             bar.update(1)
@@ -430,7 +450,7 @@ def _train_epoch(train_step, ema_step, ts, ema_params, data, batch_size, key, po
                     "img/s": f"{seen / (time.perf_counter() - t0):.0f}",
                 }, refresh=False)
     fetched = jax.device_get(step_metrics)
-    return ts, ema_params, fetched, time.perf_counter() - t0
+    return ts, ema_params, fetched, time.perf_counter() - t0, stop
 
 
 def _end_epoch(rec: _Record, row: dict, ts: TrainState, has_val: bool,
@@ -519,10 +539,13 @@ def fit(
         Either way, one :class:`DivergenceWarning` is issued when an epoch's training loss
         exceeds 3x the first step's loss.
       callbacks: objects with optional methods ``on_step(info)`` (after each training step;
-        info: ``epoch``, ``step`` (1-based in the epoch), ``global_step`` and ``metrics``, the
-        step's metrics still on the device) and ``on_epoch(info)`` (after each epoch's
-        bookkeeping; info: the epoch's history row plus ``best_epoch``, ``stopped_early``,
-        ``skipped_steps``).
+        info: ``epoch``, ``step`` (1-based in the epoch), ``global_step``, ``metrics``, the
+        step's metrics still on the device, and ``train_state``, the state after the step)
+        and ``on_epoch(info)`` (after each epoch's bookkeeping, before its checkpoint; info:
+        the epoch's history row plus ``best_epoch``, ``stopped_early``, ``skipped_steps`` and
+        ``train_state``). The next step donates the train state's buffers: read or copy what
+        is needed before returning. Either method may raise :class:`StopTraining` to end the
+        run (see there).
       run_config: a JSON-serialisable dict stored in the checkpoint's config as ``"run"``
         (e.g. the command line's settings, to compare when resuming).
       _trace_hook: testing hook passed to :func:`make_train_step`/:func:`make_eval_step`.
@@ -698,7 +721,7 @@ def _fit_loop(*, model, data, ts, root, data_key, config, train_step, eval_step,
                 bar.set_description(f"epoch {epoch + 1}/{epochs}")
             pos.epoch, pos.step, pos.phase = epoch + 1, 0, "steps"
             t0 = time.perf_counter()
-            ts, ema_params, fetched, train_time = _train_epoch(
+            ts, ema_params, fetched, train_time, stop = _train_epoch(
                 train_step, ema_step, ts, ema_params, data, batch_size,
                 jax.random.fold_in(data_key, epoch), pos, epoch * steps_per_epoch, on_step, bar,
                 stop_on_nonfinite=on_nonfinite == "stop",
@@ -720,6 +743,7 @@ def _fit_loop(*, model, data, ts, root, data_key, config, train_step, eval_step,
             }
             new_rec = _end_epoch(rec, row, ts, has_val, patience)
             new_rec.initial_loss, new_rec.skipped_steps = initial_loss, skipped
+            new_rec.stopped_early = new_rec.stopped_early or stop
             if metrics_file is not None:
                 metrics_file.write(_metrics_line(row))
                 metrics_file.flush()
@@ -737,15 +761,18 @@ def _fit_loop(*, model, data, ts, root, data_key, config, train_step, eval_step,
                     "val_acc": f"{val_acc:.3f}", "lr": f"{lr:.3g}",
                     "img/s": f"{row['images_per_sec']:.0f}",
                 })
+            try:
+                for cb in on_epoch:
+                    cb({**row, "best_epoch": rec.best_epoch, "stopped_early": rec.stopped_early,
+                        "skipped_steps": rec.skipped_steps, "train_state": ts})
+            except StopTraining:
+                rec.stopped_early = True
             if ckpt_path is not None:
                 if rec.epoch % checkpoint_every == 0 or rec.epoch == epochs or rec.stopped_early:
                     save(ts, rec, ema_params)
                     snapshot = None
                 else:  # kept to be saved if the next epoch is interrupted
                     snapshot = (_copy(ts), rec, None if ema_params is None else _copy(ema_params))
-            for cb in on_epoch:
-                cb({**row, "best_epoch": rec.best_epoch, "stopped_early": rec.stopped_early,
-                    "skipped_steps": rec.skipped_steps})
     except KeyboardInterrupt as err:
         if isinstance(err, TrainingInterrupted) or ckpt_path is None:
             raise TrainingInterrupted(pos.epoch, pos.step, saved_epoch, ckpt_path) from None
