@@ -29,23 +29,49 @@ def _cmd_gradcheck(args) -> int:
 
     from jaxnet import registry
     from jaxnet.gradcheck import audit, failure_details, results_table
+    from jaxnet.gradcheck.audit import FORWARD_TOL, SCALE_TOL
+    from jaxnet.gradcheck.float32 import FLOAT32_TOL, audit_float32, float32_failures, float32_table
+    from jaxnet.gradcheck.oracles import ORACLE_TOL, check_oracles, oracle_failures, oracle_table
 
     names = args.op or None
     for name in names or ():
         if name not in registry.REGISTRY:
             raise UsageError(f"unknown op {name!r}; registered ops: {', '.join(registry.REGISTRY)}")
-    bar = (lambda cases: tqdm(cases, desc="gradcheck", unit="case", file=sys.stderr, leave=False)) \
-        if not args.quiet else None
-    results = audit(names, seed=args.seed, progress=bar)
-    failed = [r for r in results if not r.passed]
+
+    def bar(desc, unit):
+        return None if args.quiet else \
+            (lambda cases: tqdm(cases, desc=desc, unit=unit, file=sys.stderr, leave=False))
+
+    results = audit(names, seed=args.seed, progress=bar("gradcheck", "case"))
+    f32 = [] if args.skip_float32 else audit_float32(names, seed=args.seed, progress=bar("float32", "case"))
+    oracle = [] if args.skip_oracle else check_oracles(names, progress=bar("oracle", "input"))
+    failed = [r for r in results + f32 + oracle if not r.passed]
     if args.json:
-        print(json.dumps([r.to_json() for r in results], indent=2))
-    else:
-        print(results_table(results))
-        print(f"\n{len(results) - len(failed)}/{len(results)} cases passed "
-              f"(thresholds: forward and manual vs autodiff <= 1e-9, vs numeric <= 1e-6, float64)")
-        if failed:
-            print("\n" + failure_details(failed))
+        print(json.dumps([r.to_json() for r in results + f32 + oracle], indent=2))
+        return 1 if failed else 0
+
+    def passed(rows):
+        return f"{sum(r.passed for r in rows)}/{len(rows)}"
+
+    print(results_table(results))
+    if f32:
+        print("\nfloat32 at extreme inputs (per op; every input is a row of --json)\n" + float32_table(f32))
+    if oracle:
+        print("\nNumPy oracles (per op; every input is a row of --json)\n" + oracle_table(oracle))
+    print(f"\n{passed(results)} cases passed (thresholds: forward and manual vs autodiff <= {FORWARD_TOL:g} "
+          f"entrywise and <= {SCALE_TOL:g} of each tensor's scale, vs numeric <= 1e-6, float64)")
+    if f32:
+        print(f"{passed(f32)} float32 extreme inputs passed (finite wherever the reference is; manual vs "
+              f"reference <= {FLOAT32_TOL:g} of each tensor's scale)")
+    if oracle:
+        print(f"{passed(oracle)} oracle inputs passed (NumPy float64 forward vs both paths <= {ORACLE_TOL:g} "
+              f"of each tensor's scale)")
+    if [r for r in results if not r.passed]:
+        print("\n" + failure_details(results))
+    if [r for r in f32 if not r.passed]:
+        print("\n" + float32_failures(f32))
+    if [r for r in oracle if not r.passed]:
+        print("\n" + oracle_failures(oracle))
     return 1 if failed else 0
 
 
@@ -53,11 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jaxnet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("gradcheck", help="audit every op's hand-written backward pass (float64)")
+    g = sub.add_parser("gradcheck", help="audit every op's hand-written backward pass (float64, float32 at "
+                                         "extreme inputs, NumPy forward oracles)")
     g.add_argument("--op", action="append", metavar="NAME", help="only this op (repeatable)")
     g.add_argument("--json", action="store_true", help="print a JSON list of per-case results")
     g.add_argument("--seed", type=int, default=0, help="seed for inputs and cotangents")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--skip-float32", action="store_true", help="skip the float32 pass at extreme inputs")
+    g.add_argument("--skip-oracle", action="store_true", help="skip the NumPy forward oracles")
     g.set_defaults(func=_cmd_gradcheck)
 
     b = sub.add_parser("bench", help="time manual ops, the train step, compile and kNN side by side")

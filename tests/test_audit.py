@@ -66,6 +66,9 @@ def test_cli_json_fields_and_exit_code():
     out = subprocess.run([sys.executable, "-m", "jaxnet", "gradcheck", "--op", "sigmoid", "--json", "--quiet"],
                          capture_output=True, text=True, check=True)
     rows = json.loads(out.stdout)
+    assert {r["check"] for r in rows} == {"gradient", "float32", "oracle"}
+    assert all(r["passed"] is True and r["op"] == "sigmoid" for r in rows)
+    rows = [r for r in rows if r["check"] == "gradient"]
     assert len(rows) == len(registry.get("sigmoid").cases)
     for row in rows:
         assert {"op", "config", "forward_rel_error", "manual_vs_autodiff_rel_error",
@@ -76,12 +79,36 @@ def test_cli_json_fields_and_exit_code():
 def test_cli_json_has_dtype_and_differentiated_arguments(capsys):
     from jaxnet.cli import main
     assert main(["gradcheck", "--op", "affine", "--json", "--quiet"]) == 0
-    rows = json.loads(capsys.readouterr().out)
-    assert [r["config"] for r in rows] == [c.label for c in registry.get("affine").cases]
+    every = json.loads(capsys.readouterr().out)
+    rows = [r for r in every if r["check"] == "gradient"]
+    labels = [c.label for c in registry.get("affine").cases]
+    assert [r["config"] for r in rows] == labels
     for row in rows:
         assert row["dtype"] == "float64" and row["passed"] is True
+        assert row["forward_scale_error"] <= 1e-12 and row["manual_vs_autodiff_scale_error"] <= 1e-12
     # the bias-free case differentiates x and w only
     assert [r["differentiated"] for r in rows] == [["x", "w", "b"]] * 3 + [["x", "w"]]
+    # the float32 pass: one row per case and extreme input, the same fields
+    f32 = [r for r in every if r["check"] == "float32"]
+    assert f32 and all(r["dtype"] == "float32" and r["passed"] is True for r in f32)
+    for row in f32:
+        label = next(l for l in labels if row["config"].startswith(l + " "))
+        assert row["differentiated"] == (["x", "w"] if "bias=False" in label else ["x", "w", "b"])
+        assert {"forward_rel_error", "manual_vs_autodiff_rel_error", "manual_nonfinite", "reference_nonfinite",
+                "tol", "seconds"} <= set(row)
+    assert {r["config"].split(" scale=")[0] for r in f32} == set(labels)
+    oracle = [r for r in every if r["check"] == "oracle"]
+    assert oracle and all(r["dtype"] == "float64" and r["passed"] is True for r in oracle)
+
+
+def test_cli_skips_the_float32_pass_and_the_oracles(capsys):
+    from jaxnet.cli import main
+    assert main(["gradcheck", "--op", "relu", "--json", "--quiet", "--skip-float32", "--skip-oracle"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["check"] for r in rows} == {"gradient"}
+    assert main(["gradcheck", "--op", "relu", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "cases passed" in text and "float32 extreme inputs passed" in text and "oracle inputs passed" in text
 
 
 def test_cli_unknown_op_is_one_line_error():

@@ -30,6 +30,33 @@ def rel_error(a, b) -> float:
     return worst
 
 
+def _norm_rel(x, y) -> float:
+    scale = max(float(np.max(np.abs(x))), float(np.max(np.abs(y))))
+    return float(np.max(np.abs(x - y))) / scale if scale > 0 else 0.0
+
+
+def norm_rel_error(a, b) -> float:
+    """The largest difference relative to the tensor's scale: ``max |a - b| / max(|a|, |b|)``.
+
+    Per tensor (leaf), then the max over leaves; 0 when both tensors are all zeros.
+    It complements :func:`rel_error`: one entry off by ``r`` times the tensor's
+    largest entry reads ``r`` here wherever the entry is, while ``rel_error``
+    reads ``r / 2`` at the largest entry (``|d| / (|a| + |b|)``); entries far
+    below the scale are judged more strictly by ``rel_error``.
+    """
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    if len(la) != len(lb):
+        raise ValueError(f"norm_rel_error: the trees have {len(la)} and {len(lb)} leaves")
+    worst = 0.0
+    for x, y in zip(la, lb):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        if x.shape != y.shape:
+            raise ValueError(f"norm_rel_error: shapes differ: {x.shape} vs {y.shape}")
+        if x.size:
+            worst = max(worst, _norm_rel(x, y))
+    return worst
+
+
 def _scaled(x, y):
     mag = np.abs(x) + np.abs(y)
     return np.abs(x - y) / np.maximum(np.maximum(REL_FLOOR, SCALE_FLOOR * mag.max()), mag)
@@ -60,6 +87,7 @@ class ArgReport:
     max_abs_error: float
     worst_index: tuple
     max_scaled_error: float = 0.0
+    norm_error: float = 0.0      # norm_rel_error: max |a - b| / the tensor's scale
 
     @classmethod
     def of(cls, name, a, b) -> "ArgReport":
@@ -71,7 +99,7 @@ class ArgReport:
         rel = np.abs(a - b) / np.maximum(REL_FLOOR, np.abs(a) + np.abs(b))
         worst = np.unravel_index(int(np.argmax(rel)), a.shape)
         return cls(name, a.shape, float(rel.max()), float(np.abs(a - b).max()), tuple(int(i) for i in worst),
-                   float(_scaled(a, b).max()))
+                   float(_scaled(a, b).max()), _norm_rel(a, b))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,14 +116,19 @@ class Comparison:
     def max_scaled_error(self) -> float:
         return max((r.max_scaled_error for r in self.args), default=0.0)
 
+    @property
+    def max_norm_error(self) -> float:
+        return max((r.norm_error for r in self.args), default=0.0)
+
     def passed(self, tol: float) -> bool:
         return self.max_rel_error <= tol
 
     def table(self) -> str:
         rows = [[r.name, "x".join(map(str, r.shape)) or "scalar", f"{r.max_rel_error:.2e}",
-                 f"{r.max_scaled_error:.2e}", f"{r.max_abs_error:.2e}", str(r.worst_index)] for r in self.args]
+                 f"{r.max_scaled_error:.2e}", f"{r.norm_error:.2e}", f"{r.max_abs_error:.2e}", str(r.worst_index)]
+                for r in self.args]
         return f"{self.label}\n" + format_table(
-            ["arg", "shape", "max rel", "max scaled rel", "max abs", "worst index"], rows)
+            ["arg", "shape", "max rel", "max scaled rel", "max |d| / scale", "max abs", "worst index"], rows)
 
     __str__ = table
 

@@ -72,6 +72,11 @@ class OpSpec:
     note: how the sampler avoids kinks and ties, or anything else the audit
       table should say.
     family: the op's family; defaults to the defining module's name.
+    extremes: optional ``extremes(args, case) -> iterable of (label, args)``:
+      the float32 pass's extreme inputs derived from one float32 sample of
+      ``case`` (see ``jaxnet/gradcheck/extremes.py``).  ``None`` (the default)
+      uses the override table there, else the generic rule (every floating
+      input scaled by one factor, both signs).
     """
     name: str
     reference: Callable
@@ -85,6 +90,7 @@ class OpSpec:
     numeric_tol: float = 1e-6
     note: str = ""
     family: str = ""
+    extremes: Optional[Callable] = None
 
     def __post_init__(self):
         if not self.family:

@@ -1,0 +1,101 @@
+"""The float32 pass: every registered op at extreme inputs, both paths finite and in agreement."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from jaxnet import ops, registry
+from jaxnet.gradcheck import extremes
+from jaxnet.gradcheck.extremes import OVERRIDES, SCALES, batch_of_one, extreme_inputs, rule_for
+from jaxnet.gradcheck.float32 import (FLOAT32_TOL, audit_float32, float32_cases, float32_failures,
+                                      sample_float32)
+
+import jax
+
+
+def _sample(spec, case):
+    return sample_float32(spec, case, jax.random.PRNGKey(0))
+
+
+def test_every_registered_op_is_covered():
+    covered = {spec.name for spec, _, _ in float32_cases()}
+    assert covered == set(registry.REGISTRY) == set(ops.OP_NAMES)
+    for spec, case, label in float32_cases():
+        variants = extreme_inputs(spec, case, _sample(spec, case))
+        labels = [v for v, _ in variants]
+        assert len(labels) >= 2 * len(SCALES) and len(set(labels)) == len(labels), (spec.name, labels)
+    assert set(OVERRIDES) <= set(registry.REGISTRY)
+
+
+def test_generic_rule_reaches_plus_and_minus_100_and_1e4():
+    spec = registry.get("sigmoid")
+    case = spec.cases[0]
+    variants = dict(extreme_inputs(spec, case, _sample(spec, case)))
+    for t in (1e2, -1e2, 1e4, -1e4, 1e-4, -1e-4):
+        (x,) = variants[f"scale={t:+.0e}"]
+        assert x.dtype == np.float32
+        peak = x.flat[np.argmax(np.abs(x))]
+        assert peak == pytest.approx(t, rel=1e-6)
+
+
+def test_common_factor_keeps_sampler_guarantees():
+    # L1 loss: pred - target scaled by the same factor, so it stays away from 0
+    spec = registry.get("l1_loss")
+    for case in spec.cases:
+        pred, target = _sample(spec, case)
+        gap = np.min(np.abs(pred.astype(np.float64) - target))
+        for _, (p, t) in extreme_inputs(spec, case, (pred, target)):
+            scale = np.max(np.abs(p)) / np.max(np.abs(pred))
+            assert np.min(np.abs(p.astype(np.float64) - t)) >= 0.5 * gap * scale
+    # max pool: the scaled inputs are still distinct (no ties)
+    spec = registry.get("max_pool2d")
+    for _, (x,) in extreme_inputs(spec, spec.cases[0], _sample(spec, spec.cases[0])):
+        assert len(np.unique(x)) == x.size
+
+
+def test_norms_get_all_equal_zero_and_tiny_variances_and_a_batch_of_one():
+    spec = registry.get("batch_norm")
+    train = spec.cases[0]
+    variants = dict(extreme_inputs(spec, train, _sample(spec, train)))
+    assert {"x all 1.3", "x all -7", "running_var=0"} <= set(variants)
+    x, gamma, beta, rm, rv = variants["scale=+1e-04"]
+    assert np.max(np.abs(x)) == pytest.approx(1e-4, rel=1e-6) and np.max(rv) < 1e-7    # variance in c**2
+    assert np.all(variants["running_var=0"][4] == 0)
+    assert np.all(variants["x all 1.3"][0] == np.float32(1.3))
+    labels = [label for s, _, label in float32_cases(["batch_norm"])]
+    assert any(label.endswith("(batch of one)") for label in labels)
+    one = batch_of_one(train)
+    assert one.dims["x"] == (1,) + train.dims["x"][1:] and one.kwargs == train.kwargs
+    for name in ("layer_norm", "group_norm", "spatial_batch_norm"):
+        s = registry.get(name)
+        assert "x all 1.3" in dict(extreme_inputs(s, s.cases[0], _sample(s, s.cases[0])))
+
+
+def test_sigmoid_cross_entropy_targets_stay_in_range():
+    spec = registry.get("sigmoid_cross_entropy")
+    for _, (z, t) in extreme_inputs(spec, spec.cases[0], _sample(spec, spec.cases[0])):
+        assert set(np.unique(t)) <= {0.0, 1.0}
+
+
+def test_spec_hook_takes_precedence_over_the_table():
+    def hook(args, case):
+        return [("mine", args)]
+    spec = dataclasses.replace(registry.get("batch_norm"), name="bn_hooked", extremes=hook)
+    assert rule_for(spec) is hook
+    assert rule_for(registry.get("batch_norm")) is OVERRIDES["batch_norm"]
+    assert rule_for(registry.get("relu")) is extremes.scaled
+    assert [v for v, _ in extreme_inputs(spec, spec.cases[0], _sample(spec, spec.cases[0]))] == ["mine"]
+
+
+@pytest.mark.parametrize("name", list(registry.REGISTRY))
+def test_float32_extremes_pass(name):
+    results = audit_float32([name])
+    assert results and {r.dtype for r in results} == {"float32"}
+    detail = float32_failures(results)
+    for r in results:
+        assert r.manual_nonfinite == 0, detail
+        # the extremes stay inside the reference's float32 range: every entry is compared
+        assert r.reference_nonfinite == 0, (r.config, r.reference_nonfinite)
+        assert r.forward_rel_error <= FLOAT32_TOL and r.manual_vs_autodiff_rel_error <= FLOAT32_TOL, detail
+        assert r.passed
+    assert len({r.config for r in results}) == len(results)
