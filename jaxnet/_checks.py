@@ -5,7 +5,11 @@ find the bad call without reading a traceback into XLA.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Sequence
+
+import numpy as np
 
 
 def check_rank(op: str, name: str, x, ranks: int | Sequence[int], what: str = "") -> None:
@@ -33,10 +37,41 @@ def check_same_shape(op: str, a_name: str, a, b_name: str, b) -> None:
             f"got {tuple(a.shape)} and {tuple(b.shape)}")
 
 
+def is_int(value) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def check_positive_int(op: str, name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    """An int >= 1 (Python or NumPy integer), returned as a Python int."""
+    if not is_int(value) or value < 1:
         raise ValueError(f"{op}: `{name}` must be a positive int, got {value!r}")
-    return value
+    return int(value)
+
+
+def check_number(op: str, name: str, value, *, low=None, high=None, low_open=False, high_open=False,
+                 what: str = "") -> float:
+    """A finite real number (Python or NumPy scalar, not a bool) within the given bounds,
+    returned as a Python float; otherwise a one-line ValueError naming the op and the argument."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    v = float(value) if ok else math.nan
+    ok = ok and math.isfinite(v)
+    if ok and low is not None:
+        ok = v > low if low_open else v >= low
+    if ok and high is not None:
+        ok = v < high if high_open else v <= high
+    if not ok:
+        if low is not None and high is not None:
+            desc = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif low == 0:
+            desc = "a positive number" if low_open else "a non-negative number"
+        elif low is not None:
+            desc = f"a number {'>' if low_open else '>='} {low:g}"
+        else:
+            desc = "a number"
+        why = " (not a finite number)" if isinstance(value, numbers.Real) and not math.isfinite(float(value)) else ""
+        raise ValueError(f"{op}: `{name}`{what} must be {desc}, got {value!r}{why}")
+    return v
 
 
 def check_labels(op: str, scores, labels) -> None:
@@ -48,3 +83,8 @@ def check_labels(op: str, scores, labels) -> None:
             f"got scores {tuple(scores.shape)} and labels {tuple(labels.shape)}")
     if not (labels.dtype.kind in "iu"):
         raise ValueError(f"{op}: `labels` must be integer class indices, got dtype {labels.dtype}")
+
+
+def labels_in_range(labels, num_classes: int):
+    """Bool (N,): True where ``0 <= label < num_classes`` (works on traced arrays)."""
+    return (labels >= 0) & (labels < num_classes)

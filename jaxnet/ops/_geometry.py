@@ -4,22 +4,33 @@ Sizes follow the course: ``out = (in + pad_lo + pad_hi - eff_kernel) // stride +
 with ``eff_kernel = dilation * (kernel - 1) + 1``. With integer padding the
 stride must fit exactly (the course's "7x7 input, 3x3 filter, stride 3 does not
 fit"); ``"VALID"`` drops the remainder and ``"SAME"`` pads like TensorFlow.
+
+Shapes refused here, with an error naming the op and the shapes, before XLA
+sees them: an empty spatial axis, negative padding in any form, a window
+larger than the padded input (an empty output), a stride that does not fit
+integer padding and, for pooling, a window lying entirely in the padding.
+Integers may be Python or NumPy integers.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Union
 
+from jaxnet._checks import is_int
+
 Pair = tuple[int, int]
 Padding = Union[int, Pair, tuple[Pair, Pair], str]
 
 
 def as_pair(op: str, name: str, value) -> Pair:
-    """``3 -> (3, 3)``; ``(2, 1) -> (2, 1)``; validates positivity."""
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
+    """``3 -> (3, 3)``; ``(2, 1) -> (2, 1)``; validates positivity; returns Python ints."""
+    try:
+        pair = (value, value) if is_int(value) else tuple(value)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or not all(is_int(v) and v >= 1 for v in pair):
         raise ValueError(f"{op}: `{name}` must be a positive int or a pair of them, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return (int(pair[0]), int(pair[1]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,29 +62,38 @@ def _resolve_pads(op, padding, in_hw, eff, stride):
                 pads.append((total // 2, total - total // 2))
             return tuple(pads), False
         raise ValueError(f"{op}: `padding` string must be 'SAME' or 'VALID', got {padding!r}")
-    if isinstance(padding, int) and not isinstance(padding, bool):
+    if is_int(padding):
         if padding < 0:
             raise ValueError(f"{op}: `padding` must be >= 0, got {padding}")
-        return ((padding, padding), (padding, padding)), True
+        return ((int(padding), int(padding)), (int(padding), int(padding))), True
+    pads = None
     try:
         p = tuple(padding)
-        if len(p) == 2 and all(isinstance(v, int) for v in p):
-            return ((p[0], p[0]), (p[1], p[1])), True
-        if len(p) == 2 and all(len(tuple(v)) == 2 for v in p):
-            pads = tuple(tuple(int(a) for a in v) for v in p)
-            if min(min(v) for v in pads) < 0:
-                raise ValueError
-            return pads, True
-    except (TypeError, ValueError):
+        if len(p) == 2 and all(is_int(v) for v in p):
+            pads = ((p[0], p[0]), (p[1], p[1]))
+        elif len(p) == 2 and all(len(tuple(v)) == 2 and all(is_int(a) for a in v) for v in p):
+            pads = tuple(tuple(v) for v in p)
+    except TypeError:
         pass
-    raise ValueError(f"{op}: `padding` must be an int, (ph, pw), ((top, bottom), (left, right)), "
-                     f"'SAME' or 'VALID'; got {padding!r}")
+    if pads is None:
+        raise ValueError(f"{op}: `padding` must be an int, (ph, pw), ((top, bottom), (left, right)), "
+                         f"'SAME' or 'VALID'; got {padding!r}")
+    if min(min(v) for v in pads) < 0:
+        raise ValueError(f"{op}: `padding` must be >= 0 everywhere, got {padding!r}")
+    return tuple((int(a), int(b)) for a, b in pads), True
+
+
+def check_spatial(op: str, name: str, shape) -> None:
+    """Refuse an NHWC shape with an empty H or W axis (XLA would see an empty window)."""
+    if shape[1] < 1 or shape[2] < 1:
+        raise ValueError(f"{op}: `{name}` {tuple(shape)} has an empty spatial axis (H and W must be >= 1)")
 
 
 def window_geometry(op: str, x_shape, kernel, *, stride, padding, dilation=1,
-                    kernel_desc: str = "") -> WindowGeometry:
+                    kernel_desc: str = "", kernel_name: str = "kernel") -> WindowGeometry:
     """Resolve a window over an NHWC input of shape ``x_shape``; raise on misfit."""
-    kernel = as_pair(op, "kernel", kernel)
+    check_spatial(op, "x", x_shape)
+    kernel = as_pair(op, kernel_name, kernel)
     stride = as_pair(op, "stride", stride)
     dilation = as_pair(op, "dilation", dilation)
     in_hw = (int(x_shape[1]), int(x_shape[2]))
@@ -94,6 +114,18 @@ def window_geometry(op: str, x_shape, kernel, *, stride, padding, dilation=1,
                 f"change the stride or padding, or pass padding='VALID' to drop the remainder")
         out.append(span // s + 1)
     return WindowGeometry(kernel, stride, dilation, pads, in_hw, tuple(out))
+
+
+def check_no_padding_window(op: str, geom: WindowGeometry, x_shape, padding) -> None:
+    """Refuse a pooling geometry in which some window covers only padding (its max would
+    be -inf, its average 0)."""
+    for axis, (n, k, s, (lo, _), o) in enumerate(zip(geom.in_hw, geom.kernel, geom.stride, geom.pads,
+                                                     geom.out_hw)):
+        if lo >= k or (o - 1) * s >= lo + n:
+            raise ValueError(
+                f"{op}: padding {padding!r} leaves a window entirely in the padding along {'HW'[axis]} "
+                f"(input {tuple(x_shape)}, window {geom.kernel}, stride {geom.stride}); "
+                f"use padding smaller than the window")
 
 
 def conv_output_size(n: int, f: int, *, stride: int = 1, pad: int = 0, dilation: int = 1) -> int:

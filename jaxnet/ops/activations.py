@@ -4,9 +4,15 @@ All take ``x`` of any shape and return the same shape (maxout shrinks the last
 axis by ``pieces``).  Each manual op's forward is the reference itself, except
 maxout's, which also records the winning piece.  Local gradients:
 relu 1[x > 0]; leaky relu 1 or slope; sigmoid s(1 - s); tanh 1 - y^2;
-ELU 1 or y + alpha; PReLU 1 or alpha, and dalpha = sum x dy over x <= 0;
+ELU 1 or alpha e^x; PReLU 1 or alpha, and dalpha = sum x dy over x <= 0;
 maxout routes dy to the winning piece; softplus sigmoid(x); GELU
 Phi(x) + x phi(x) (or the tanh approximation's derivative).
+
+Kinks: both paths take the same subgradient, written into the reference's
+formula so that autodiff produces it.  At x = 0 the slope is the left one:
+relu 0, leaky relu ``slope``, PReLU ``alpha`` (and dalpha gets 0 * dy), ELU
+``alpha`` (the true derivative when alpha = 1).  At a maxout tie the first
+winning piece takes all of dy.  ``tests/test_op_kinks.py`` checks each.
 """
 from __future__ import annotations
 
@@ -16,19 +22,23 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxnet._checks import check_min_rank
+from jaxnet._checks import check_min_rank, check_number, check_positive_int
 from jaxnet.ops import _sampling as S
 from jaxnet.ops._registry import OpSpec, case, register
 
 _SHAPES = ({"x": (4, 5)}, {"x": (1, 3, 3, 2)})
-_AWAY = "inputs kept away from the kink at 0"
+_AWAY = "inputs kept away from the kink at 0; the kink itself: tests/test_op_kinks.py"
 
 
 # ----------------------------------------------------------------------------------------------- relu
 
 def relu(x):
-    """``max(0, x)``. x: any shape."""
-    return jnp.maximum(x, 0)
+    """``max(0, x)``. x: any shape.
+
+    Written as a select so that autodiff's derivative at exactly 0 is 0 (``jnp.maximum``
+    splits ties and would give 1/2); NaN passes through.
+    """
+    return jnp.where(x <= 0, 0, x)
 
 
 @jax.custom_vjp
@@ -44,9 +54,10 @@ def _relu_fwd(x):
 def _relu_bwd(x, dy):
     """dx = dy · 1[x > 0].
 
-    Residual: the input x (any shape).  dy, dx: the shape of x.
+    Residual: the input x (any shape).  dy, dx: the shape of x.  At x = 0 the
+    gradient is 0; at x = NaN dy passes, as in the reference's select.
     """
-    return (jnp.where(x > 0, dy, 0),)
+    return (jnp.where(x <= 0, 0, dy),)
 
 
 relu_manual.defvjp(_relu_fwd, _relu_bwd)
@@ -57,14 +68,17 @@ register(OpSpec("relu", relu, relu_manual, S.unary(S.away_from_zero), tuple(case
 
 # ----------------------------------------------------------------------------------------- leaky relu
 
-def check_slope(op, name, value):
-    if not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"{op}: `{name}` must be a non-negative number, got {value!r}")
+def check_slope(op, name, value) -> float:
+    """A finite number >= 0 (Python or NumPy scalar), returned as a Python float."""
+    return check_number(op, name, value, low=0.0)
 
 
 def leaky_relu(x, *, slope=0.01):
-    """``x if x > 0 else slope * x``. x: any shape; slope: float >= 0."""
-    check_slope("leaky_relu", "slope", slope)
+    """``x if x > 0 else slope * x``. x: any shape; slope: float >= 0.
+
+    The derivative at exactly 0 is ``slope`` (the select takes the second branch).
+    """
+    slope = check_slope("leaky_relu", "slope", slope)
     return jnp.where(x > 0, x, slope * x)
 
 
@@ -90,8 +104,7 @@ _leaky_relu.defvjp(_leaky_relu_fwd, _leaky_relu_bwd)
 
 def leaky_relu_manual(x, *, slope=0.01):
     """Manual twin of :func:`leaky_relu`. x: any shape."""
-    check_slope("leaky_relu", "slope", slope)
-    return _leaky_relu(x, float(slope))
+    return _leaky_relu(x, check_slope("leaky_relu", "slope", slope))
 
 
 register(OpSpec("leaky_relu", leaky_relu, leaky_relu_manual, S.unary(S.away_from_zero),
@@ -166,9 +179,22 @@ register(OpSpec("tanh", tanh, tanh_manual, S.unary(S.scaled_normal(2)),
 # ------------------------------------------------------------------------------------------------ elu
 
 def elu(x, *, alpha=1.0):
-    """``x if x > 0 else alpha * (exp(x) - 1)``. x: any shape; alpha: float >= 0."""
-    check_slope("elu", "alpha", alpha)
-    return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.minimum(x, 0)))
+    """``x if x > 0 else alpha * (exp(x) - 1)``. x: any shape; alpha: float >= 0.
+
+    The derivative is 1 for x > 0 and ``alpha * exp(x)`` for x <= 0, so ``alpha``
+    at exactly 0 (the true derivative when alpha = 1).  The formula is arranged
+    for autodiff: the negative branch's input is a select (derivative 1 at 0;
+    ``jnp.minimum`` would split the tie and give alpha / 2), and below -1 it is
+    ``exp(x) - 1``, whose derivative is ``exp(x)`` itself.  ``expm1``'s derivative
+    is formed as ``expm1(x) + 1``, which cancels to 0 once ``expm1(x)`` rounds to
+    -1 (x below about -37 in float64, -17 in float32) while ``alpha * exp(x)`` is
+    still representable; near 0, where ``exp(x) - 1`` would cancel in the value,
+    ``expm1`` is kept.
+    """
+    alpha = check_slope("elu", "alpha", alpha)
+    neg = jnp.where(x > 0, 0, x)           # 0 on the positive side: exp never overflows
+    em1 = jnp.where(neg > -1, jnp.expm1(neg), jnp.exp(neg) - 1)
+    return jnp.where(x > 0, x, alpha * em1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -177,17 +203,18 @@ def _elu(x, alpha):
 
 
 def _elu_fwd(x, alpha):
-    y = elu(x, alpha=alpha)
-    return y, (x, y)
+    return elu(x, alpha=alpha), x
 
 
-def _elu_bwd(alpha, res, dy):
-    """dx = dy where x > 0, dy · (y + α) elsewhere (there y + α = α·eˣ).
+def _elu_bwd(alpha, x, dy):
+    """dx = dy where x > 0, dy · α·eˣ elsewhere (α at x = 0).
 
-    Residuals: the input x and the output y (both the shape of x).  dy, dx: the shape of x.
+    Residual: the input x (any shape).  α·eˣ is computed from x, not as y + α
+    from the output: that sum cancels to 0 once y rounds to -α (x below about
+    -37 in float64, -17 in float32) while α·eˣ is still representable.
+    dy, dx: the shape of x.
     """
-    x, y = res
-    return (jnp.where(x > 0, dy, dy * (y + alpha)),)
+    return (jnp.where(x > 0, dy, dy * (alpha * jnp.exp(jnp.minimum(x, 0)))),)
 
 
 _elu.defvjp(_elu_fwd, _elu_bwd)
@@ -195,8 +222,7 @@ _elu.defvjp(_elu_fwd, _elu_bwd)
 
 def elu_manual(x, *, alpha=1.0):
     """Manual twin of :func:`elu`. x: any shape."""
-    check_slope("elu", "alpha", alpha)
-    return _elu(x, float(alpha))
+    return _elu(x, check_slope("elu", "alpha", alpha))
 
 
 register(OpSpec("elu", elu, elu_manual, S.unary(S.away_from_zero),
@@ -215,7 +241,8 @@ def check_prelu(op, x, alpha):
 def prelu(x, alpha):
     """Parametric ReLU: ``x if x > 0 else alpha * x`` with a learnable slope.
 
-    x: (..., C).  alpha: () or (C,), broadcast along the last axis.
+    x: (..., C).  alpha: () or (C,), broadcast along the last axis.  At exactly
+    x = 0 the derivative is alpha (and the entry adds 0 to dalpha).
     """
     check_prelu("prelu", x, alpha)
     return jnp.where(x > 0, x, alpha * x)
@@ -265,11 +292,21 @@ register(OpSpec("prelu", prelu, prelu_manual, _sample_prelu,
 
 # --------------------------------------------------------------------------------------------- maxout
 
-def check_maxout(op, x, pieces):
+def check_maxout(op, x, pieces) -> int:
+    """Validate a maxout call; returns ``pieces`` as a Python int."""
     check_min_rank(op, "x", x, 1)
-    if not isinstance(pieces, int) or pieces < 1 or x.shape[-1] % pieces:
+    pieces = check_positive_int(op, "pieces", pieces)
+    if x.shape[-1] % pieces:
         raise ValueError(f"{op}: the last axis of `x` {tuple(x.shape)} must split into `pieces`={pieces!r} "
                          f"equal groups")
+    return pieces
+
+
+def _maxout_winner(x, pieces):
+    """(value, index) of the first winning piece of each group: x (..., D * pieces) -> (..., D) twice."""
+    xr = jnp.reshape(x, x.shape[:-1] + (x.shape[-1] // pieces, pieces))
+    winner = jnp.argmax(xr, axis=-1)
+    return jnp.take_along_axis(xr, winner[..., None], axis=-1)[..., 0], winner
 
 
 def maxout(x, *, pieces=2):
@@ -277,10 +314,12 @@ def maxout(x, *, pieces=2):
 
     x: (..., D * pieces) -> (..., D), ``y[..., d] = max_k x[..., d * pieces + k]``.
     Put an affine layer with D * pieces outputs in front for the course's
-    ``max(w1.x + b1, w2.x + b2)``.
+    ``max(w1.x + b1, w2.x + b2)``.  The maximum is picked with argmax, so at a
+    tie autodiff sends all of dy to the first winning piece (``jnp.max`` would
+    split it evenly).
     """
-    check_maxout("maxout", x, pieces)
-    return jnp.max(jnp.reshape(x, x.shape[:-1] + (x.shape[-1] // pieces, pieces)), axis=-1)
+    pieces = check_maxout("maxout", x, pieces)
+    return _maxout_winner(x, pieces)[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -289,18 +328,17 @@ def _maxout(x, pieces):
 
 
 def _maxout_fwd(x, pieces):
-    # Not the reference's max: the winner is recorded here, not re-derived as x == max in
-    # the backward pass (under jit XLA may recompute x there with another rounding).
-    xr = jnp.reshape(x, x.shape[:-1] + (x.shape[-1] // pieces, pieces))
-    winner = jnp.argmax(xr, axis=-1)
-    return jnp.take_along_axis(xr, winner[..., None], axis=-1)[..., 0], winner
+    # The reference's computation, keeping the winner: it is recorded here, not re-derived
+    # as x == max in the backward pass (under jit XLA may recompute x there with another
+    # rounding).
+    return _maxout_winner(x, pieces)
 
 
 def _maxout_bwd(pieces, winner, dy):
     """dx = dy at the winning piece of each group, 0 at the others.
 
-    Residual: the index of the winning piece, int (..., D).  dy: (..., D);
-    dx: (..., D * pieces).
+    At a tie the first winning piece (argmax) takes all of dy.  Residual: the
+    index of the winning piece, int (..., D).  dy: (..., D); dx: (..., D * pieces).
     """
     onehot = winner[..., None] == jnp.arange(pieces)
     dx = jnp.where(onehot, dy[..., None], 0)
@@ -312,20 +350,25 @@ _maxout.defvjp(_maxout_fwd, _maxout_bwd)
 
 def maxout_manual(x, *, pieces=2):
     """Manual twin of :func:`maxout`. x: (..., D * pieces) -> (..., D)."""
-    check_maxout("maxout", x, pieces)
-    return _maxout(x, pieces)
+    return _maxout(x, check_maxout("maxout", x, pieces))
 
 
 register(OpSpec("maxout", maxout, maxout_manual, S.unary(S.distinct),
                 (case({"x": (4, 6)}, pieces=2), case({"x": (2, 3, 9)}, pieces=3), case({"x": (1, 4)}, pieces=4)),
-                backward=_maxout_bwd, note="inputs are distinct (no ties between pieces)"))
+                backward=_maxout_bwd,
+                note="inputs are distinct (no ties between pieces); ties: tests/test_op_kinks.py"))
 
 
 # ------------------------------------------------------------------------------------------- softplus
 
 def softplus(x):
-    """``log(1 + exp(x))``, computed stably as ``max(x, 0) + log1p(exp(-|x|))``. x: any shape."""
-    return jnp.maximum(x, 0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+    """``log(1 + exp(x))``, computed stably as ``logaddexp(x, 0)``. x: any shape.
+
+    ``jnp.logaddexp``'s derivative is ``exp(x - softplus(x)) = sigmoid(x)``,
+    exactly 1/2 at 0 (the form ``max(x, 0) + log1p(exp(-|x|))`` differentiates
+    to 0 there: its two kinks at 0 pick 1/2 and -1/2).
+    """
+    return jnp.logaddexp(x, 0)
 
 
 @jax.custom_vjp

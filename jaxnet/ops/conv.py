@@ -8,6 +8,15 @@ receptive field into a row and multiply by the filters reshaped to a matrix;
 with P the patches and dY the upstream gradient, dW = P^T dY, db = sum dY,
 dP = dY W^T and dX = col2im(dP) (overlapping windows add up).  The transposed
 convolution is the same two halves swapped.  Reverse mode only (``custom_vjp``).
+
+XLA's convolution is used only for shapes where none of the convolutions of
+the forward and backward passes has a window larger than its input
+(:func:`_xla_conv_safe`, :func:`_xla_conv_transpose_safe`): XLA's CPU
+simplifier may swap the operands of such a convolution, and for some shapes
+(a size-2 window over a 2x-dilated input on one axis, or the extra axis XLA
+adds for grouped convolutions, next to a window larger than the input on the
+other) the swapped convolution is malformed and aborts the process.  Those
+shapes are computed by im2col in both paths, which uses no convolution.
 """
 from __future__ import annotations
 
@@ -16,9 +25,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxnet._checks import check_positive_int, check_rank
+from jaxnet._checks import check_positive_int, check_rank, is_int
 from jaxnet.ops import _sampling as S
-from jaxnet.ops._geometry import WindowGeometry, as_pair, window_geometry
+from jaxnet.ops._geometry import WindowGeometry, as_pair, check_spatial, window_geometry
 from jaxnet.ops._patches import crop_hw, extract_patches, fold_patches, pad_hw
 from jaxnet.ops._registry import OpSpec, case, register
 
@@ -38,7 +47,7 @@ def conv2d_geometry(op, x, w, b, *, stride, padding, dilation, groups) -> Window
     """Validate a conv2d call and return its window geometry."""
     check_rank(op, "x", x, 4, "(N, H, W, C)")
     check_rank(op, "w", w, 4, "(KH, KW, C // groups, O)")
-    check_positive_int(op, "groups", groups)
+    groups = check_positive_int(op, "groups", groups)
     c, o = x.shape[3], w.shape[3]
     if c % groups or o % groups:
         raise ValueError(f"{op}: groups={groups} must divide the input channels {c} (x {tuple(x.shape)}) "
@@ -52,10 +61,38 @@ def conv2d_geometry(op, x, w, b, *, stride, padding, dilation, groups) -> Window
                            dilation=dilation, kernel_desc=str(tuple(w.shape)))
 
 
+def _xla_conv_safe(geom) -> bool:
+    """True when no convolution XLA sees for this geometry (forward, and dX and dW of
+    the backward pass) has a window larger than its input.
+
+    Forward: the kernel over x; dX: the kernel over dY (dilated by the stride; a
+    size-2 window there can look like one of XLA's group axes, so it is checked
+    per axis); dW: dY over x.  XLA's simplifier considers swapping the operands
+    of a convolution whose window is the larger one; for some of those shapes
+    the swapped convolution is malformed and XLA aborts the process.
+    """
+    (kh, kw), (nh, nw), (oh, ow) = geom.kernel, geom.in_hw, geom.out_hw
+    return kh * kw <= nh * nw and kh <= oh and kw <= ow and oh * ow <= nh * nw
+
+
 def _conv2d_xla(x, w, b, geom, groups):
-    """The reference computation on a resolved geometry: XLA's convolution, then the bias."""
+    """XLA's convolution on a resolved geometry, then the bias."""
     y = jax.lax.conv_general_dilated(x, w, geom.stride, geom.pads, rhs_dilation=geom.dilation,
                                      dimension_numbers=_DN, feature_group_count=groups)
+    return y if b is None else y + b
+
+
+def _conv2d_im2col(x, w, b, geom, groups):
+    """im2col on a resolved geometry: the patches times the filters, then the bias."""
+    p = _patches(x, geom, groups)
+    if groups == 1:          # one (N*Ho*Wo, KH*KW*C) x (KH*KW*C, O) matmul, the course's X_col . W_row
+        n, ho, wo = p.shape[:3]
+        kh, kw, c, o = w.shape        # explicit sizes, no -1: an empty batch must reshape too
+        y = jnp.reshape(jnp.reshape(p, (n * ho * wo, kh * kw * c)) @ jnp.reshape(w, (kh * kw * c, o)),
+                        (n, ho, wo, o))
+    else:
+        y = jnp.einsum("nhwijgc,ijcgo->nhwgo", p, _grouped(w, groups))
+        y = jnp.reshape(y, y.shape[:3] + (w.shape[3],))
     return y if b is None else y + b
 
 
@@ -66,9 +103,12 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
     stride, dilation: int or (sh, sw).  padding: int, (ph, pw),
     ((top, bottom), (left, right)), "SAME" or "VALID".
     Returns (N, Ho, Wo, O) with ``Ho = (H + 2P - D(KH - 1) - 1) / S + 1``.
+    XLA's convolution, or im2col for shapes where a window of the forward or
+    backward pass is larger than its input (see :func:`_xla_conv_safe`).
     """
+    groups = check_positive_int("conv2d", "groups", groups)
     g = conv2d_geometry("conv2d", x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
-    return _conv2d_xla(x, w, b, g, groups)
+    return (_conv2d_xla if _xla_conv_safe(g) else _conv2d_im2col)(x, w, b, g, groups)
 
 
 def _grouped(w, groups):
@@ -85,8 +125,9 @@ def _patches(x, geom, groups):
 def _native(geom, groups):
     """Plain convolutions (no dilation, no groups) use XLA's convolution for the forward
     pass and both backward products; the rest use im2col.  Chosen by measurement with
-    ``jaxnet bench``: XLA's convolution is the faster of the two for plain convolutions."""
-    return groups == 1 and geom.dilation == (1, 1)
+    ``jaxnet bench``: XLA's convolution is the faster of the two for plain convolutions.
+    Shapes that :func:`_xla_conv_safe` refuses use im2col too."""
+    return groups == 1 and geom.dilation == (1, 1) and _xla_conv_safe(geom)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -97,14 +138,7 @@ def _conv2d(x, w, b, geom, groups):
 def _conv2d_fwd(x, w, b, geom, groups):
     if _native(geom, groups):
         return _conv2d_xla(x, w, b, geom, groups), (x, w, b)
-    p = _patches(x, geom, groups)
-    if groups == 1:          # one (N*Ho*Wo, KH*KW*C) x (KH*KW*C, O) matmul, the course's X_col . W_row
-        n, ho, wo = p.shape[:3]
-        y = jnp.reshape(jnp.reshape(p, (n * ho * wo, -1)) @ jnp.reshape(w, (-1, w.shape[3])), (n, ho, wo, -1))
-    else:
-        y = jnp.einsum("nhwijgc,ijcgo->nhwgo", p, _grouped(w, groups))
-        y = jnp.reshape(y, y.shape[:3] + (-1,))
-    return (y if b is None else y + b), (x, w, b)
+    return _conv2d_im2col(x, w, b, geom, groups), (x, w, b)
 
 
 def _conv2d_native_bwd(geom, x, w, dy):
@@ -142,14 +176,15 @@ def _conv2d_bwd(geom, groups, res, dy):
         return dx, dw, (None if b is None else jnp.sum(dy, axis=(0, 1, 2)))
     p = _patches(x, geom, groups)
     if groups == 1:
-        p2, dy2 = jnp.reshape(p, (n * ho * wo, -1)), jnp.reshape(dy, (n * ho * wo, o))
+        kkc = w.shape[0] * w.shape[1] * w.shape[2]
+        p2, dy2 = jnp.reshape(p, (n * ho * wo, kkc)), jnp.reshape(dy, (n * ho * wo, o))
         dw = jnp.reshape(p2.T @ dy2, w.shape)                            # dW = X_col^T . dY
-        dp = jnp.reshape(dy2 @ jnp.reshape(w, (-1, o)).T, p.shape[:5] + (-1,))   # dX_col = dY . W_row^T
+        dp = jnp.reshape(dy2 @ jnp.reshape(w, (kkc, o)).T, p.shape[:5] + (x.shape[3],))   # dX_col = dY . W_row^T
     else:
         dyg = jnp.reshape(dy, (n, ho, wo, groups, o // groups))
         dw = jnp.reshape(jnp.einsum("nhwijgc,nhwgo->ijcgo", p, dyg), w.shape)
         dp = jnp.einsum("nhwgo,ijcgo->nhwijgc", dyg, _grouped(w, groups))
-        dp = jnp.reshape(dp, dp.shape[:5] + (-1,))
+        dp = jnp.reshape(dp, dp.shape[:5] + (x.shape[3],))
     dx = crop_hw(fold_patches(dp, geom.padded_hw, geom.stride, geom.dilation), geom.pads)   # col2im
     db = None if b is None else jnp.sum(dy, axis=(0, 1, 2))
     return dx, dw, db
@@ -164,6 +199,7 @@ def conv2d_manual(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
     x: (N, H, W, C).  w: (KH, KW, C // groups, O).  b: (O,) or None.
     Returns (N, Ho, Wo, O).
     """
+    groups = check_positive_int("conv2d", "groups", groups)
     geom = conv2d_geometry("conv2d", x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
     return _conv2d(x, w, b, geom, groups)
 
@@ -188,20 +224,36 @@ def conv2d_transpose_geometry(op, x, w, b, *, stride, padding):
     """Validate a conv2d_transpose call; return (kernel, stride, padding, output hw)."""
     check_rank(op, "x", x, 4, "(N, H, W, C)")
     check_rank(op, "w", w, 4, "(KH, KW, C, O)")
+    check_spatial(op, "x", x.shape)
     if w.shape[2] != x.shape[3]:
         raise ValueError(f"{op}: channel mismatch: x {tuple(x.shape)} has {x.shape[3]} channels "
                          f"but w {tuple(w.shape)} expects {w.shape[2]} in axis 2")
     if b is not None and tuple(b.shape) != (w.shape[3],):
         raise ValueError(f"{op}: `b` must have shape ({w.shape[3]},), got {tuple(b.shape)}")
-    k = tuple(w.shape[:2])
+    k = as_pair(op, "kernel", tuple(w.shape[:2]))
     s = as_pair(op, "stride", stride)
-    if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
+    if not is_int(padding) or padding < 0:
         raise ValueError(f"{op}: `padding` must be a non-negative int, got {padding!r}")
+    padding = int(padding)
     out = tuple((n - 1) * si + ki - 2 * padding for n, si, ki in zip(x.shape[1:3], s, k))
     if min(out) < 1:
         raise ValueError(f"{op}: padding {padding} crops everything: x {tuple(x.shape)}, w {tuple(w.shape)}, "
                          f"stride {s} give output {out}")
     return k, s, padding, out
+
+
+def _xla_conv_transpose_safe(in_hw, kernel, stride, out_hw) -> bool:
+    """True when no convolution XLA sees for this transposed convolution has a window
+    larger than its input where that can abort XLA (see :func:`_xla_conv_safe`).
+
+    Forward: the kernel over x dilated by the stride (per axis: a size-2 window
+    there can look like one of XLA's group axes); autodiff's dX: the kernel over
+    dY; its dW: dY over the dilated x, larger in every upsampling layer and
+    harmless unless dY has size 2 along a stride-2 axis (again a group-axis look-alike).
+    """
+    (kh, kw), (oh, ow) = kernel, out_hw
+    return (all(k <= n for k, n in zip(kernel, in_hw)) and kh * kw <= oh * ow
+            and not any(s == 2 and o == 2 for s, o in zip(stride, out_hw)))
 
 
 def conv2d_transpose(x, w, b=None, *, stride=1, padding=0):
@@ -212,8 +264,13 @@ def conv2d_transpose(x, w, b=None, *, stride=1, padding=0):
     ``y[n, s*h + i - p, s*w + j - p, o] += x[n, h, w, c] * w[i, j, c, o]``.
     x: (N, H, W, C).  w: (KH, KW, C, O).  b: (O,) or None.
     Returns (N, (H - 1) S + KH - 2P, (W - 1) S + KW - 2P, O).
+    XLA's dilated convolution, or the col2im form of the manual op for shapes
+    where that could abort XLA (see :func:`_xla_conv_transpose_safe`).
     """
-    k, s, p, _ = conv2d_transpose_geometry("conv2d_transpose", x, w, b, stride=stride, padding=padding)
+    k, s, p, out = conv2d_transpose_geometry("conv2d_transpose", x, w, b, stride=stride, padding=padding)
+    if not _xla_conv_transpose_safe(x.shape[1:3], k, s, out):
+        y = _paint(x, w, s, p, out)
+        return y if b is None else y + b
     pads = tuple((ki - 1 - p, ki - 1 - p) for ki in k)
     y = jax.lax.conv_general_dilated(x, jnp.flip(w, (0, 1)), (1, 1), pads, lhs_dilation=s,
                                      dimension_numbers=_DN)

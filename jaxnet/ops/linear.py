@@ -34,7 +34,7 @@ def affine(x, w, b=None):
     w: (D, M).  b: (M,) or None.  Returns (N, M).
     """
     check_affine("affine", x, w, b)
-    y = jnp.reshape(x, (x.shape[0], -1)) @ w
+    y = jnp.reshape(x, (x.shape[0], w.shape[0])) @ w      # explicit D, no -1: an empty batch reshapes too
     return y if b is None else y + b
 
 
@@ -55,7 +55,7 @@ def _affine_bwd(res, dout):
     flattened to (N, D), and db (M,) (None when b is None).
     """
     x, w, b = res
-    x2 = jnp.reshape(x, (x.shape[0], -1))
+    x2 = jnp.reshape(x, (x.shape[0], w.shape[0]))
     dx = jnp.reshape(dout @ w.T, x.shape)
     dw = x2.T @ dout
     db = None if b is None else jnp.sum(dout, axis=0)

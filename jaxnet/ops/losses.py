@@ -8,15 +8,30 @@ Hand gradients: softmax dL/ds = (p - onehot(y)) / N; SVM +1 for every
 violating class, minus their count for the true class, over N; sigmoid CE
 (s(z) - t) / N; L2 2 (p - t) / N; L1 sign(p - t) / N; penalties 2w and
 sign(w).  Integer labels get no cotangent (``None``).
+
+Kinks: both paths take the same subgradient, written into the reference's
+formula so that autodiff produces it: |x| has slope 0 at x = 0 (L1 loss and
+penalty), and a hinge exactly at its margin (s_j - s_y + margin = 0) counts as
+not violated (slope 0).
+
+Labels out of range: a label outside [0, C) (negative ones included) makes
+its example's loss NaN, so the batch loss is NaN, and its row of dscores NaN,
+on both paths, eagerly and under jit; the other rows' gradients are
+unaffected.  A jitted function cannot raise on a value; for an error instead,
+run the loss under :func:`checked` (``jax.experimental.checkify``), which
+reports the first bad label.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import checkify
 
-from jaxnet._checks import check_labels, check_min_rank, check_same_shape
+from jaxnet._checks import check_labels, check_min_rank, check_number, check_same_shape, labels_in_range
 from jaxnet.ops import _sampling as S
 from jaxnet.ops._registry import OpSpec, case, register
 
@@ -27,17 +42,82 @@ def _sample_labels(key, d, dt):
     return S.normal(k[0], (n, c), dt), jax.random.randint(k[1], (n,), 0, c)
 
 
+# ------------------------------------------------------------------------------------- label checks
+
+_LABEL_CHECKS = contextvars.ContextVar("jaxnet_label_checks", default=False)
+
+
+@contextlib.contextmanager
+def label_checks(enabled: bool = True):
+    """Within this block, tracing a classification loss adds a ``checkify.check`` that
+    every label is in [0, C).
+
+    The setting is read when a loss is traced, so a function already jitted
+    without it keeps its trace.  The checks must be functionalized by
+    ``checkify.checkify`` (``checked`` does both); an unfunctionalized check
+    under jit is an error.
+    """
+    token = _LABEL_CHECKS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _LABEL_CHECKS.reset(token)
+
+
+def checked(fn):
+    """``checkify.checkify(fn)`` with the losses' label checks on.
+
+    ``err, out = jax.jit(checked(loss_fn))(...)``; ``err.throw()`` raises
+    ``JaxRuntimeError`` naming the loss, the first out-of-range label and its
+    row; ``err.get()`` is None when every label is in range.
+    """
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with label_checks():
+            return fn(*args, **kwargs)
+    return checkify.checkify(run)
+
+
+def _check_classification(op, scores, labels):
+    """Shapes and dtype now; label values as a checkify check under :func:`label_checks`.
+    Returns the bool (N,) mask of labels in [0, C)."""
+    check_labels(op, scores, labels)
+    c = scores.shape[1]
+    valid = labels_in_range(labels, c)
+    if _LABEL_CHECKS.get():
+        row = jnp.argmin(valid)         # the first False
+        checkify.check(jnp.all(valid), f"{op}: label {{label}} at row {{row}} is outside [0, {c}) "
+                                       f"for scores of shape {tuple(scores.shape)}",
+                       label=labels[row], row=row)
+    return valid
+
+
+def _poison_rows(scores, valid):
+    """``scores`` with every row whose label is out of range multiplied by NaN: its loss and
+    its row of the autodiff gradient are NaN (a select would leave a finite gradient)."""
+    return scores * jnp.where(valid, 1, jnp.nan).astype(scores.dtype)[:, None]
+
+
+def _safe_labels(labels, valid):
+    """Labels with the out-of-range ones replaced by 0, for gathers (the row is masked anyway)."""
+    return jnp.where(valid, labels, 0)
+
+
 # ------------------------------------------------------------------------------ softmax cross-entropy
 
 def softmax_cross_entropy(scores, labels):
     """``mean_i [ -s_{i,y_i} + log sum_j exp(s_ij) ]``, numerically stable.
 
-    scores: (N, C) float.  labels: (N,) int in [0, C).  Returns a scalar.
+    scores: (N, C) float.  labels: (N,) int in [0, C).  Returns a scalar: the
+    mean over the batch (PyTorch's ``cross_entropy`` with reduction="mean").
+    A label outside [0, C) gives a NaN loss and a NaN row of dscores, eagerly
+    and under jit (see :func:`checked` for an error instead).
     """
-    check_labels("softmax_cross_entropy", scores, labels)
+    valid = _check_classification("softmax_cross_entropy", scores, labels)
+    scores = _poison_rows(scores, valid)
     shifted = scores - jax.lax.stop_gradient(jnp.max(scores, axis=1, keepdims=True))
     log_z = jnp.log(jnp.sum(jnp.exp(shifted), axis=1))
-    correct = jnp.take_along_axis(shifted, labels[:, None], axis=1)[:, 0]
+    correct = jnp.take_along_axis(shifted, _safe_labels(labels, valid)[:, None], axis=1)[:, 0]
     return jnp.mean(log_z - correct)
 
 
@@ -48,12 +128,14 @@ def _softmax_cross_entropy(scores, labels):
 
 def _softmax_cross_entropy_fwd(scores, labels):
     # The reference's computation, keeping exp and its sum: the backward pass needs the
-    # probabilities exp / z, which the reference never forms.
+    # probabilities exp / z, which the reference never forms.  Rows with an out-of-range
+    # label get a NaN loss by a select rather than the reference's NaN factor.
+    valid = labels_in_range(labels, scores.shape[1])
     shifted = scores - jnp.max(scores, axis=1, keepdims=True)     # the course's stability shift
     exp = jnp.exp(shifted)
     z = jnp.sum(exp, axis=1, keepdims=True)
-    correct = jnp.take_along_axis(shifted, labels[:, None], axis=1)[:, 0]
-    loss = jnp.mean(jnp.log(z[:, 0]) - correct)
+    correct = jnp.take_along_axis(shifted, _safe_labels(labels, valid)[:, None], axis=1)[:, 0]
+    loss = jnp.mean(jnp.where(valid, jnp.log(z[:, 0]) - correct, jnp.nan))
     return loss, (exp / z, labels)
 
 
@@ -61,11 +143,13 @@ def _softmax_cross_entropy_bwd(res, g):
     """dscores = g · (p - onehot(y)) / N.
 
     Residuals: the softmax probabilities p (N, C) and the labels (N,) int.
-    g: the scalar cotangent.  Returns dscores (N, C) and None for the labels.
+    g: the scalar cotangent.  Returns dscores (N, C), NaN in the rows whose
+    label is outside [0, C), and None for the labels.
     """
     p, labels = res
     onehot = jax.nn.one_hot(labels, p.shape[1], dtype=p.dtype)
-    return (g * (p - onehot) / p.shape[0], None)
+    valid = labels_in_range(labels, p.shape[1])
+    return (jnp.where(valid[:, None], g * (p - onehot) / p.shape[0], jnp.nan), None)
 
 
 _softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)
@@ -73,7 +157,7 @@ _softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy
 
 def softmax_cross_entropy_manual(scores, labels):
     """Manual twin of :func:`softmax_cross_entropy`. scores (N, C); labels (N,) int."""
-    check_labels("softmax_cross_entropy", scores, labels)
+    _check_classification("softmax_cross_entropy", scores, labels)
     return _softmax_cross_entropy(scores, labels)
 
 
@@ -84,50 +168,65 @@ register(OpSpec("softmax_cross_entropy", softmax_cross_entropy, softmax_cross_en
 
 # ------------------------------------------------------------------------------------------ svm hinge
 
-def check_margin(op, margin):
-    if not isinstance(margin, (int, float)) or margin < 0:
-        raise ValueError(f"{op}: `margin` must be a non-negative number, got {margin!r}")
+def check_margin(op, margin) -> float:
+    """A finite number >= 0 (Python or NumPy scalar), returned as a Python float."""
+    return check_number(op, "margin", margin, low=0.0)
 
 
-def _svm_forward(scores, labels, margin):
-    """(loss, margins (N, C) with 0 on the true class, true-class mask (N, C) bool)."""
-    is_true = jax.nn.one_hot(labels, scores.shape[1], dtype=bool)
-    correct = jnp.take_along_axis(scores, labels[:, None], axis=1)
-    margins = jnp.where(is_true, 0, jnp.maximum(0, scores - correct + margin))
-    return jnp.mean(jnp.sum(margins, axis=1)), margins, is_true
+def _svm_margins(scores, labels, valid, margin):
+    """(margins (N, C), true-class mask (N, C) bool).
+
+    margins = s_ij - s_{i,y_i} + margin where that is > 0 and j != y_i, else 0:
+    written as a select so that a hinge exactly at 0 has slope 0 under autodiff
+    (``jnp.maximum`` would split it, 1/2); NaN passes through.
+    """
+    is_true = jax.nn.one_hot(labels, scores.shape[1], dtype=bool)    # all False for an out-of-range label
+    correct = jnp.take_along_axis(scores, _safe_labels(labels, valid)[:, None], axis=1)
+    m = scores - correct + margin
+    return jnp.where(is_true | (m <= 0), 0, m), is_true
 
 
 def svm_hinge(scores, labels, *, margin=1.0):
     """Multiclass SVM loss ``mean_i sum_{j != y_i} max(0, s_ij - s_{i,y_i} + margin)``.
 
     scores: (N, C) float.  labels: (N,) int.  margin: the course's Delta (1.0).
+    Summed over the classes, averaged over the batch: C times PyTorch's
+    ``multi_margin_loss`` (which also divides by C).  A hinge exactly at 0 has
+    slope 0.  A label outside [0, C) gives a NaN loss and a NaN row of dscores,
+    eagerly and under jit (see :func:`checked` for an error instead).
     """
-    check_labels("svm_hinge", scores, labels)
-    check_margin("svm_hinge", margin)
-    return _svm_forward(scores, labels, margin)[0]
+    valid = _check_classification("svm_hinge", scores, labels)
+    margin = check_margin("svm_hinge", margin)
+    margins, _ = _svm_margins(_poison_rows(scores, valid), labels, valid, margin)
+    return jnp.mean(jnp.sum(margins, axis=1))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _svm_hinge(scores, labels, margin):
-    return _svm_forward(scores, labels, margin)[0]
+    return _svm_hinge_fwd(scores, labels, margin)[0]
 
 
 def _svm_hinge_fwd(scores, labels, margin):
-    loss, margins, is_true = _svm_forward(scores, labels, margin)
-    return loss, (margins > 0, is_true)
+    # The reference's margins; rows with an out-of-range label get a NaN loss by a select
+    # rather than the reference's NaN factor.
+    valid = labels_in_range(labels, scores.shape[1])
+    margins, is_true = _svm_margins(scores, labels, valid, margin)
+    loss = jnp.mean(jnp.where(valid, jnp.sum(margins, axis=1), jnp.nan))
+    return loss, (margins > 0, is_true, valid)
 
 
 def _svm_hinge_bwd(margin, res, g):
     """dscores = g / N · (+1 per violating class, minus their count on the true class).
 
-    Residuals: the violation mask margins > 0 (N, C) bool and the true-class
-    mask (N, C) bool.  g: the scalar cotangent.  Returns dscores (N, C) and
-    None for the labels.
+    Residuals: the violation mask margins > 0 (N, C) bool (a hinge exactly at 0
+    is not violated), the true-class mask (N, C) bool and the in-range labels
+    mask (N,) bool.  g: the scalar cotangent.  Returns dscores (N, C), NaN in
+    the rows whose label is outside [0, C), and None for the labels.
     """
-    violated, is_true = res
+    violated, is_true, valid = res
     count = jnp.sum(violated, axis=1, keepdims=True)
     ds = jnp.where(is_true, -count, violated).astype(jnp.result_type(g))
-    return (g * ds / ds.shape[0], None)
+    return (jnp.where(valid[:, None], g * ds / ds.shape[0], jnp.nan), None)
 
 
 _svm_hinge.defvjp(_svm_hinge_fwd, _svm_hinge_bwd)
@@ -135,9 +234,8 @@ _svm_hinge.defvjp(_svm_hinge_fwd, _svm_hinge_bwd)
 
 def svm_hinge_manual(scores, labels, *, margin=1.0):
     """Manual twin of :func:`svm_hinge`. scores (N, C); labels (N,) int."""
-    check_labels("svm_hinge", scores, labels)
-    check_margin("svm_hinge", margin)
-    return _svm_hinge(scores, labels, float(margin))
+    _check_classification("svm_hinge", scores, labels)
+    return _svm_hinge(scores, labels, check_margin("svm_hinge", margin))
 
 
 def _sample_svm(key, d, dt, margin=1.0):
@@ -154,7 +252,8 @@ def _sample_svm(key, d, dt, margin=1.0):
 register(OpSpec("svm_hinge", svm_hinge, svm_hinge_manual, _sample_svm,
                 (case({"x": (5, 10)}), case({"x": (1, 3)}), case({"x": (6, 4), "margin": 0.5}, margin=0.5)),
                 backward=_svm_hinge_bwd,
-                note="scores resampled until every margin is 1e-3 away from its hinge"))
+                note="scores resampled until every margin is 1e-3 away from its hinge; "
+                     "the hinge itself: tests/test_op_kinks.py"))
 
 
 # ------------------------------------------------------------------------------ sigmoid cross-entropy
@@ -162,12 +261,18 @@ register(OpSpec("svm_hinge", svm_hinge, svm_hinge_manual, _sample_svm,
 def sigmoid_cross_entropy(logits, targets):
     """Binary / multi-label cross-entropy on logits, numerically stable.
 
-    ``mean_i sum_j -[t log s(z) + (1 - t) log(1 - s(z))]`` with s the sigmoid.
+    ``mean_i sum_j -[t log s(z) + (1 - t) log(1 - s(z))]`` with s the sigmoid,
+    computed as ``softplus(z) - z t`` with ``softplus(z) = logaddexp(z, 0)``:
+    autodiff then gives ``sigmoid(z) - t`` everywhere, ``1/2 - t`` at z = 0
+    exactly (the form ``max(z, 0) - z t + log1p(exp(-|z|))`` has two kinks at 0
+    whose autodiff slopes cancel to ``-t``).  Summed over the non-batch axes,
+    averaged over the batch: PyTorch's ``binary_cross_entropy_with_logits``
+    with reduction="sum" divided by N.
     logits: (N, ...) float.  targets: same shape, in [0, 1].
     """
     check_min_rank("sigmoid_cross_entropy", "logits", logits, 1)
     check_same_shape("sigmoid_cross_entropy", "logits", logits, "targets", targets)
-    per = jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    per = jnp.logaddexp(logits, 0) - logits * targets
     return jnp.sum(per) / logits.shape[0]
 
 
@@ -215,7 +320,11 @@ register(OpSpec("sigmoid_cross_entropy", sigmoid_cross_entropy, sigmoid_cross_en
 # ------------------------------------------------------------------------------------ regression losses
 
 def l2_loss(pred, target):
-    """Squared L2 regression loss ``mean_i ||pred_i - target_i||^2``. pred, target: (N, ...)."""
+    """Squared L2 regression loss ``mean_i ||pred_i - target_i||^2``. pred, target: (N, ...).
+
+    Summed over the non-batch axes, averaged over the batch: PyTorch's ``mse_loss``
+    with reduction="sum" divided by N (no factor 1/2).
+    """
     check_min_rank("l2_loss", "pred", pred, 1)
     check_same_shape("l2_loss", "pred", pred, "target", target)
     return jnp.sum((pred - target) ** 2) / pred.shape[0]
@@ -259,11 +368,20 @@ register(OpSpec("l2_loss", l2_loss, l2_loss_manual, _sample_pair,
                 (case({"x": (4, 3)}), case({"x": (1, 2, 2)})), backward=_l2_loss_bwd))
 
 
+def _abs(x):
+    """``|x|`` with autodiff slope sign(x): 0 at x = 0 (``jnp.abs`` differentiates to +1 there)."""
+    return jnp.where(x == 0, 0, jnp.abs(x))
+
+
 def l1_loss(pred, target):
-    """L1 regression loss ``mean_i sum_j |pred_ij - target_ij|``. pred, target: (N, ...)."""
+    """L1 regression loss ``mean_i sum_j |pred_ij - target_ij|``. pred, target: (N, ...).
+
+    Summed over the non-batch axes, averaged over the batch: PyTorch's ``l1_loss``
+    with reduction="sum" divided by N.  Slope 0 where pred == target.
+    """
     check_min_rank("l1_loss", "pred", pred, 1)
     check_same_shape("l1_loss", "pred", pred, "target", target)
-    return jnp.sum(jnp.abs(pred - target)) / pred.shape[0]
+    return jnp.sum(_abs(pred - target)) / pred.shape[0]
 
 
 @jax.custom_vjp
@@ -303,7 +421,7 @@ def _sample_pair_apart(key, d, dt):
 
 register(OpSpec("l1_loss", l1_loss, l1_loss_manual, _sample_pair_apart,
                 (case({"x": (4, 3)}), case({"x": (1, 2, 2)})), backward=_l1_loss_bwd,
-                note="pred - target kept away from 0"))
+                note="pred - target kept away from 0; 0 itself: tests/test_op_kinks.py"))
 
 
 # ------------------------------------------------------------------------------------------ penalties
@@ -338,8 +456,8 @@ register(OpSpec("l2_penalty", l2_penalty, l2_penalty_manual, S.unary(S.normal),
 
 
 def l1_penalty(w):
-    """``sum(|w|)``. w: any shape."""
-    return jnp.sum(jnp.abs(w))
+    """``sum(|w|)``. w: any shape.  Slope 0 at w = 0."""
+    return jnp.sum(_abs(w))
 
 
 @jax.custom_vjp
@@ -364,4 +482,4 @@ l1_penalty_manual.defvjp(_l1_penalty_fwd, _l1_penalty_bwd)
 
 register(OpSpec("l1_penalty", l1_penalty, l1_penalty_manual, S.unary(S.away_from_zero),
                 (case({"x": (5, 3)}), case({"x": (3, 3, 2, 4)})), backward=_l1_penalty_bwd,
-                note="weights kept away from 0"))
+                note="weights kept away from 0; 0 itself: tests/test_op_kinks.py"))

@@ -26,7 +26,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxnet._checks import check_positive_int, check_rank
+from jaxnet._checks import check_number, check_positive_int, check_rank
 from jaxnet.ops import _sampling as S
 from jaxnet.ops._registry import OpSpec, case, register
 
@@ -39,27 +39,27 @@ def check_affine_params(op, c, x, gamma, beta, names=("gamma", "beta")):
 
 
 def check_batch_norm(op, x, gamma, beta, running_mean, running_var, momentum, eps, ranks=(2, 4)):
+    """Validate a batch_norm call; returns (momentum, eps) as Python floats."""
     check_rank(op, "x", x, ranks, "(N, C) or (N, H, W, C)" if len(ranks) == 2 else "(N, H, W, C)")
     c = x.shape[-1]
     check_affine_params(op, c, x, gamma, beta)
     check_affine_params(op, c, x, running_mean, running_var, ("running_mean", "running_var"))
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"{op}: `momentum` must be in [0, 1], got {momentum!r}")
-    check_eps(op, eps)
+    return check_number(op, "momentum", momentum, low=0.0, high=1.0), check_eps(op, eps)
 
 
-def check_eps(op, eps):
-    if not isinstance(eps, (int, float)) or eps <= 0:
-        raise ValueError(f"{op}: `eps` must be a positive number, got {eps!r}")
+def check_eps(op, eps) -> float:
+    """A finite number > 0 (Python or NumPy scalar), returned as a Python float."""
+    return check_number(op, "eps", eps, low=0.0, low_open=True)
 
 
 def check_group_norm(op, x, gamma, beta, groups, eps):
+    """Validate a group_norm call; returns (groups, eps) as a Python int and float."""
     check_rank(op, "x", x, 4, "(N, H, W, C)")
-    check_positive_int(op, "groups", groups)
+    groups = check_positive_int(op, "groups", groups)
     if x.shape[3] % groups:
         raise ValueError(f"{op}: groups={groups} must divide the channels of x {tuple(x.shape)}")
     check_affine_params(op, x.shape[3], x, gamma, beta)
-    check_eps(op, eps)
+    return groups, check_eps(op, eps)
 
 
 def update_running(running_mean, running_var, mean, var, momentum):
@@ -80,7 +80,7 @@ def batch_norm(x, gamma, beta, running_mean, running_var, *, train, momentum=0.9
     running statistics; train=False: normalise with the running statistics
     and return them unchanged.  Returns ``(y, new_running_mean, new_running_var)``.
     """
-    check_batch_norm("batch_norm", x, gamma, beta, running_mean, running_var, momentum, eps)
+    momentum, eps = check_batch_norm("batch_norm", x, gamma, beta, running_mean, running_var, momentum, eps)
     if not train:
         y = gamma * (x - running_mean) / jnp.sqrt(running_var + eps) + beta
         return y, running_mean, running_var
@@ -96,7 +96,8 @@ def spatial_batch_norm(x, gamma, beta, running_mean, running_var, *, train, mome
 
     Same contract as :func:`batch_norm`, restricted to rank-4 input.
     """
-    check_batch_norm("spatial_batch_norm", x, gamma, beta, running_mean, running_var, momentum, eps, ranks=(4,))
+    momentum, eps = check_batch_norm("spatial_batch_norm", x, gamma, beta, running_mean, running_var,
+                                     momentum, eps, ranks=(4,))
     return batch_norm(x, gamma, beta, running_mean, running_var, train=train, momentum=momentum, eps=eps)
 
 
@@ -107,7 +108,7 @@ def layer_norm(x, gamma, beta, *, eps=1e-5):
     """
     check_rank("layer_norm", "x", x, range(1, 9))
     check_affine_params("layer_norm", x.shape[-1], x, gamma, beta)
-    check_eps("layer_norm", eps)
+    eps = check_eps("layer_norm", eps)
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean((x - mean) ** 2, axis=-1, keepdims=True)
     return gamma * (x - mean) / jnp.sqrt(var + eps) + beta
@@ -119,7 +120,7 @@ def group_norm(x, gamma, beta, *, groups, eps=1e-5):
     x: (N, H, W, C) with C divisible by ``groups``.  gamma, beta: (C,).
     groups=1 is layer norm over (H, W, C); groups=C is instance norm.
     """
-    check_group_norm("group_norm", x, gamma, beta, groups, eps)
+    groups, eps = check_group_norm("group_norm", x, gamma, beta, groups, eps)
     n, h, w, c = x.shape
     xg = jnp.reshape(x, (n, h, w, groups, c // groups))
     mean = jnp.mean(xg, axis=(1, 2, 4), keepdims=True)
@@ -230,13 +231,14 @@ def batch_norm_manual(x, gamma, beta, running_mean, running_var, *, train, momen
 
     x: (N, D) or (N, H, W, C); gamma, beta, running_mean, running_var: (C,).
     """
-    check_batch_norm("batch_norm", x, gamma, beta, running_mean, running_var, momentum, eps)
+    momentum, eps = check_batch_norm("batch_norm", x, gamma, beta, running_mean, running_var, momentum, eps)
     return _batch_norm(x, gamma, beta, running_mean, running_var, train, momentum, eps)
 
 
 def spatial_batch_norm_manual(x, gamma, beta, running_mean, running_var, *, train, momentum=0.9, eps=1e-5):
     """Manual twin of :func:`spatial_batch_norm`. x: (N, H, W, C)."""
-    check_batch_norm("spatial_batch_norm", x, gamma, beta, running_mean, running_var, momentum, eps, ranks=(4,))
+    momentum, eps = check_batch_norm("spatial_batch_norm", x, gamma, beta, running_mean, running_var,
+                                     momentum, eps, ranks=(4,))
     return _batch_norm(x, gamma, beta, running_mean, running_var, train, momentum, eps)
 
 
@@ -244,17 +246,16 @@ def layer_norm_manual(x, gamma, beta, *, eps=1e-5):
     """Manual twin of :func:`layer_norm`. x: (..., D); gamma, beta: (D,)."""
     check_rank("layer_norm", "x", x, range(1, 9))
     check_affine_params("layer_norm", x.shape[-1], x, gamma, beta)
-    check_eps("layer_norm", eps)
-    return _normalize(x, gamma, beta, (x.ndim - 1,), float(eps))[0]
+    return _normalize(x, gamma, beta, (x.ndim - 1,), check_eps("layer_norm", eps))[0]
 
 
 def group_norm_manual(x, gamma, beta, *, groups, eps=1e-5):
     """Manual twin of :func:`group_norm`. x: (N, H, W, C); gamma, beta: (C,)."""
-    check_group_norm("group_norm", x, gamma, beta, groups, eps)
+    groups, eps = check_group_norm("group_norm", x, gamma, beta, groups, eps)
     n, h, w, c = x.shape
     shape = (n, h, w, groups, c // groups)
     y = _normalize(jnp.reshape(x, shape), jnp.reshape(gamma, shape[3:]), jnp.reshape(beta, shape[3:]),
-                   (1, 2, 4), float(eps))[0]
+                   (1, 2, 4), eps)[0]
     return jnp.reshape(y, x.shape)
 
 

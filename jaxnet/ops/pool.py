@@ -2,9 +2,13 @@
 audit registrations.
 
 Manual max pool routes the upstream gradient to the element that won the
-window, recorded as an index in the forward pass (at a tie, the first in
-row-major window order; autodiff's select-and-scatter may pick another, and the
-samplers avoid ties).  Manual average pool spreads ``dy / (KH * KW)`` evenly.
+window, recorded as an index in the forward pass.  At a tie both paths send
+all of a window's dy to its first maximum in row-major window order (the
+manual op's argmax; the reference's ``reduce_window`` max, whose autodiff
+select-and-scatter keeps the first of equal values), PyTorch's convention;
+``tests/test_op_kinks.py`` checks it against a NumPy loop.  Padding counts as
+-inf, and a window lying entirely in the padding is refused.  Manual average
+pool spreads ``dy / (KH * KW)`` evenly.
 Non-overlapping windows (window == stride, no padding, exact fit) use a reshape
 instead of im2col, with no gather or scatter at all.  Reverse mode only
 (``custom_vjp``).
@@ -18,7 +22,7 @@ import jax.numpy as jnp
 
 from jaxnet._checks import check_rank
 from jaxnet.ops import _sampling as S
-from jaxnet.ops._geometry import WindowGeometry, window_geometry
+from jaxnet.ops._geometry import WindowGeometry, check_no_padding_window, window_geometry
 from jaxnet.ops._patches import crop_hw, extract_patches, fold_patches, pad_hw
 from jaxnet.ops._registry import OpSpec, case, register
 
@@ -32,9 +36,13 @@ _WINDOW_CASES = (
 
 
 def pool_geometry(op, x, *, window, stride, padding) -> WindowGeometry:
-    """Validate a pooling call; ``stride=None`` means ``stride=window``."""
+    """Validate a pooling call; ``stride=None`` means ``stride=window``.  A window lying
+    entirely in the padding is refused."""
     check_rank(op, "x", x, 4, "(N, H, W, C)")
-    return window_geometry(op, x.shape, window, stride=window if stride is None else stride, padding=padding)
+    g = window_geometry(op, x.shape, window, stride=window if stride is None else stride, padding=padding,
+                        kernel_name="window")
+    check_no_padding_window(op, g, x.shape, padding)
+    return g
 
 
 def _reduce(x, g, init, fn):
@@ -139,7 +147,8 @@ def max_pool2d_manual(x, *, window=2, stride=None, padding=0):
 
 
 register(OpSpec("max_pool2d", max_pool2d, max_pool2d_manual, S.unary(S.distinct), _WINDOW_CASES,
-                backward=_max_pool2d_bwd, note="inputs are distinct values, so no window has a tie"))
+                backward=_max_pool2d_bwd,
+                note="inputs are distinct values, so no window has a tie; ties: tests/test_op_kinks.py"))
 
 
 # --------------------------------------------------------------------------------------- average pool

@@ -10,14 +10,15 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxnet._checks import check_number
 from jaxnet.ops import _sampling as S
 from jaxnet.ops._registry import OpSpec, case, register
 
 
-def check_rate(op, rate):
-    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
-        raise ValueError(f"{op}: `rate` is the probability of DROPPING a unit and must be in [0, 1), "
-                         f"got {rate!r}")
+def check_rate(op, rate) -> float:
+    """A finite number in [0, 1) (Python or NumPy scalar), returned as a Python float."""
+    return check_number(op, "rate", rate, low=0.0, high=1.0, high_open=True,
+                        what=" is the probability of DROPPING a unit and")
 
 
 def keep_mask(op, x, key, rate):
@@ -39,7 +40,7 @@ def dropout(x, key, *, rate, train=True):
     rate: probability of dropping (NOT of keeping; the course used both).
     At test time (train=False) it is the identity, so expectations match.
     """
-    check_rate("dropout", rate)
+    rate = check_rate("dropout", rate)
     if not train or rate == 0.0:
         return x
     return scale_kept(x, keep_mask("dropout", x, key, rate), rate)
@@ -71,10 +72,10 @@ def dropout_manual(x, key, *, rate, train=True):
 
     x: any shape.  key: ``jax.random`` key.  rate: probability of dropping.
     """
-    check_rate("dropout", rate)
+    rate = check_rate("dropout", rate)
     if not train or rate == 0.0:
         return x
-    return _dropout(x, keep_mask("dropout", x, key, rate), float(rate))
+    return _dropout(x, keep_mask("dropout", x, key, rate), rate)
 
 
 def _sample_dropout(key, d, dt):

@@ -1,0 +1,206 @@
+"""Op arguments: every hyperparameter refuses NaN, inf, bools, strings and out-of-range
+values with a one-line ValueError naming the op and the argument, accepts NumPy
+scalars wherever it accepts Python numbers (with the same result), and padding is
+never negative.  Labels outside [0, C) give the same result on both paths, and
+``losses.checked`` reports them under jit.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import checkify
+
+from jaxnet import manual, ops
+from jaxnet.ops import losses
+
+PATHS = {"reference": ops, "manual": manual}
+KEY = jax.random.PRNGKey(0)
+z = jnp.zeros
+
+
+def _x(shape):
+    return jax.random.normal(KEY, shape)
+
+
+def _bn(m, name, **kw):
+    return getattr(m, name)(_x((2, 3, 3, 4)), jnp.ones(4), z(4), z(4), jnp.ones(4), train=True, **kw)[0]
+
+
+# (op, argument) -> (call(m, value), a valid Python value, NumPy spellings of it, bad values)
+NAN, INF = float("nan"), float("inf")
+FLOAT_BAD = [NAN, INF, -INF, "0.5", True, None, np.float32("nan")]
+INT_BAD = [0, -1, 1.0, 2.5, True, "2", None, np.float64(2.0)]
+HYPER = {
+    ("leaky_relu", "slope"): (lambda m, v: m.leaky_relu(_x((2, 5)), slope=v), 0.2,
+                              [np.float32(0.2), np.float64(0.2)], FLOAT_BAD + [-0.1]),
+    ("elu", "alpha"): (lambda m, v: m.elu(_x((2, 5)), alpha=v), 0.5, [np.float32(0.5), np.float64(0.5)],
+                       FLOAT_BAD + [-1.0]),
+    ("maxout", "pieces"): (lambda m, v: m.maxout(_x((2, 6)), pieces=v), 3, [np.int64(3), np.int32(3)], INT_BAD),
+    ("svm_hinge", "margin"): (lambda m, v: m.svm_hinge(_x((4, 3)), jnp.array([0, 1, 2, 0]), margin=v), 0.5,
+                              [np.float32(0.5), np.float64(0.5)], FLOAT_BAD + [-1.0]),
+    ("conv2d", "stride"): (lambda m, v: m.conv2d(_x((1, 5, 5, 2)), _x((3, 3, 2, 2)), stride=v), 2,
+                           [np.int64(2), (np.int64(2), np.int32(2)), np.array([2, 2])], INT_BAD),
+    ("conv2d", "dilation"): (lambda m, v: m.conv2d(_x((1, 5, 5, 2)), _x((2, 2, 2, 2)), dilation=v), 2,
+                             [np.int64(2)], INT_BAD),
+    ("conv2d", "groups"): (lambda m, v: m.conv2d(_x((1, 4, 4, 2)), _x((3, 3, 1, 2)), groups=v), 2,
+                           [np.int64(2)], INT_BAD),
+    ("conv2d", "padding"): (lambda m, v: m.conv2d(_x((1, 4, 4, 2)), _x((3, 3, 2, 2)), padding=v), 1,
+                            [np.int64(1), (np.int64(1), 1), ((np.int64(1), 1), (1, 1))],
+                            [-1, (-1, -1), (1, -1), ((0, -1), (0, 0)), 1.0, (1.5, 1), "FULL", True, None]),
+    ("conv2d_transpose", "stride"): (lambda m, v: m.conv2d_transpose(_x((1, 3, 3, 2)), _x((3, 3, 2, 2)), stride=v),
+                                     2, [np.int64(2)], INT_BAD),
+    ("conv2d_transpose", "padding"): (lambda m, v: m.conv2d_transpose(_x((1, 3, 3, 2)), _x((3, 3, 2, 2)),
+                                                                       padding=v),
+                                      1, [np.int64(1)], [-1, np.int64(-1), 1.0, (1, 1), "SAME", True]),
+    ("max_pool2d", "window"): (lambda m, v: m.max_pool2d(_x((1, 4, 4, 2)), window=v), 2, [np.int64(2)], INT_BAD),
+    ("max_pool2d", "stride"): (lambda m, v: m.max_pool2d(_x((1, 5, 5, 2)), window=3, stride=v), 2,
+                               [np.int64(2)], [v for v in INT_BAD if v is not None]),   # None: the window
+    ("max_pool2d", "padding"): (lambda m, v: m.max_pool2d(_x((1, 3, 3, 2)), window=3, stride=2, padding=v), 1,
+                                [np.int64(1), (np.int64(1), 1)], [-1, (-1, -1), ((0, -1), (0, 0)), 1.0, 3]),
+    ("avg_pool2d", "window"): (lambda m, v: m.avg_pool2d(_x((1, 4, 4, 2)), window=v), 2, [np.int64(2)], INT_BAD),
+    ("avg_pool2d", "padding"): (lambda m, v: m.avg_pool2d(_x((1, 3, 3, 2)), window=3, stride=2, padding=v), 1,
+                                [np.int64(1)], [-1, (-1, -1), ((0, -1), (0, 0)), 2.0, (3, 3)]),
+    ("batch_norm", "momentum"): (lambda m, v: _bn(m, "batch_norm", momentum=v), 0.5,
+                                 [np.float32(0.5), np.float64(0.5)], FLOAT_BAD + [-0.1, 1.5]),
+    ("batch_norm", "eps"): (lambda m, v: _bn(m, "batch_norm", eps=v), 1e-3, [np.float32(1e-3), np.float64(1e-3)],
+                            FLOAT_BAD + [0.0, -1e-5]),
+    ("spatial_batch_norm", "eps"): (lambda m, v: _bn(m, "spatial_batch_norm", eps=v), 1e-3, [np.float64(1e-3)],
+                                    FLOAT_BAD + [0.0]),
+    ("spatial_batch_norm", "momentum"): (lambda m, v: _bn(m, "spatial_batch_norm", momentum=v), 0.5,
+                                         [np.float32(0.5)], FLOAT_BAD + [2.0]),
+    ("layer_norm", "eps"): (lambda m, v: m.layer_norm(_x((2, 5)), jnp.ones(5), z(5), eps=v), 1e-3,
+                            [np.float32(1e-3), np.float64(1e-3)], FLOAT_BAD + [0.0]),
+    ("group_norm", "eps"): (lambda m, v: m.group_norm(_x((1, 2, 2, 4)), jnp.ones(4), z(4), groups=2, eps=v), 1e-3,
+                            [np.float32(1e-3)], FLOAT_BAD + [0.0]),
+    ("group_norm", "groups"): (lambda m, v: m.group_norm(_x((1, 2, 2, 4)), jnp.ones(4), z(4), groups=v), 2,
+                               [np.int64(2)], INT_BAD),
+    ("dropout", "rate"): (lambda m, v: m.dropout(_x((4, 6)), KEY, rate=v), 0.5,
+                          [np.float32(0.5), np.float64(0.5)], FLOAT_BAD + [-0.1, 1.0]),
+}
+
+
+def _ids(table):
+    return [f"{op}-{arg}" for op, arg in table]
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("op,arg", list(HYPER), ids=_ids(HYPER))
+def test_bad_hyperparameters_are_refused_in_one_line(op, arg, path):
+    call, _, _, bad = HYPER[op, arg]
+    for v in bad:
+        with pytest.raises(ValueError) as e:
+            call(PATHS[path], v)
+        msg = str(e.value)
+        assert msg.startswith(f"{op}: "), msg
+        assert f"`{arg}`" in msg or (arg == "padding" and "padding" in msg), msg
+        assert "\n" not in msg, msg
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("op,arg", list(HYPER), ids=_ids(HYPER))
+def test_numpy_scalars_work_like_python_numbers(op, arg, path):
+    call, good, spellings, _ = HYPER[op, arg]
+    want = np.asarray(call(PATHS[path], good))
+    for v in spellings:
+        got = call(PATHS[path], v)
+        assert got.dtype == want.dtype, (v, got.dtype)
+        np.testing.assert_array_equal(np.asarray(got), want, err_msg=repr(v))
+
+
+def test_every_op_hyperparameter_is_in_the_table():
+    """Each keyword-only numeric argument of every op has a row."""
+    import inspect
+    skip = {"train", "approximate"}      # flags, not numbers
+    want = set()
+    for name in ops.OP_NAMES:
+        for p in inspect.signature(getattr(ops, name)).parameters.values():
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in skip:
+                want.add((name, p.name))
+    # stride/padding of avg_pool2d share max_pool2d's geometry checks (pool_geometry)
+    assert want - set(HYPER) <= {("avg_pool2d", "stride")}, want - set(HYPER)
+
+
+# ------------------------------------------------------------------------------------ shape arithmetic
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_geometry_refuses_empty_and_all_padding_shapes(path):
+    m = PATHS[path]
+    with pytest.raises(ValueError, match=r"conv2d: `x` \(1, 0, 4, 2\) has an empty spatial axis"):
+        m.conv2d(z((1, 0, 4, 2)), z((1, 1, 2, 2)))
+    with pytest.raises(ValueError, match=r"conv2d_transpose: `x` \(1, 4, 0, 2\) has an empty spatial axis"):
+        m.conv2d_transpose(z((1, 4, 0, 2)), z((3, 3, 2, 2)))
+    with pytest.raises(ValueError, match=r"max_pool2d: `x` \(1, 0, 0, 2\) has an empty spatial axis"):
+        m.max_pool2d(z((1, 0, 0, 2)))
+    with pytest.raises(ValueError, match=r"conv2d: the \(effective\) window 5 is larger than the padded input 4"):
+        m.conv2d(z((1, 2, 6, 2)), z((5, 1, 2, 2)), padding=1)
+    with pytest.raises(ValueError, match=r"conv2d: `kernel` must be a positive int"):
+        m.conv2d(z((1, 4, 4, 2)), z((0, 3, 2, 2)))
+    with pytest.raises(ValueError, match=r"conv2d_transpose: padding 2 crops everything"):
+        m.conv2d_transpose(z((1, 1, 1, 2)), z((3, 3, 2, 2)), padding=2)
+    with pytest.raises(ValueError, match=r"max_pool2d: padding 2 leaves a window entirely in the padding along H"):
+        m.max_pool2d(z((1, 1, 1, 1)), window=2, stride=1, padding=2)
+    with pytest.raises(ValueError, match=r"avg_pool2d: padding \(\(0, 0\), \(0, 3\)\) leaves a window entirely"):
+        m.avg_pool2d(z((1, 2, 2, 1)), window=2, stride=1, padding=((0, 0), (0, 3)))
+    # an empty batch is fine
+    assert m.conv2d(z((0, 4, 4, 2)), z((3, 3, 2, 2))).shape == (0, 2, 2, 2)
+    assert m.max_pool2d(z((0, 4, 4, 2))).shape == (0, 2, 2, 2)
+
+
+# ----------------------------------------------------------------------------------------- labels
+
+LOSSES = ("softmax_cross_entropy", "svm_hinge")
+
+
+def _loss_and_grad(m, name, scores, labels, jit=False):
+    f = jax.value_and_grad(lambda s: getattr(m, name)(s, labels))
+    return (jax.jit(f) if jit else f)(scores)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("name", LOSSES)
+def test_out_of_range_labels_give_nan_rows_on_both_paths(name, jit, x64):
+    scores = jax.random.normal(KEY, (4, 10), jnp.float64)
+    labels = jnp.array([3, 10, -1, 9])
+    good = np.array([0, 3])
+    results = {}
+    for path, m in PATHS.items():
+        loss, g = _loss_and_grad(m, name, scores, labels, jit)
+        assert np.isnan(float(loss)), path
+        g = np.asarray(g)
+        assert np.isnan(g[1:3]).all(), (path, g)          # the rows with labels 10 and -1
+        assert np.isfinite(g[good]).all(), (path, g)
+        # the valid rows' gradients are those of the valid rows alone, rescaled to the batch of 4
+        _, g_valid = _loss_and_grad(m, name, scores[good], labels[good])
+        np.testing.assert_allclose(g[good], np.asarray(g_valid) / 2, rtol=1e-12)
+        results[path] = g
+    np.testing.assert_allclose(results["reference"], results["manual"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("path", list(PATHS))
+def test_checked_reports_the_first_bad_label_under_jit(name, path):
+    m = PATHS[path]
+    scores = jax.random.normal(KEY, (3, 10))
+
+    def loss_fn(s, y):
+        return getattr(m, name)(s, y)
+
+    f = jax.jit(losses.checked(jax.grad(loss_fn)))
+    err, g = f(scores, jnp.array([1, 2, 3]))
+    assert err.get() is None and np.isfinite(np.asarray(g)).all()
+    err, _ = f(scores, jnp.array([1, 10, -1]))
+    assert f"{name}: label 10 at row 1 is outside [0, 10)" in err.get()
+    with pytest.raises(Exception, match=r"label 10 at row 1"):
+        err.throw()
+    err, _ = jax.jit(losses.checked(loss_fn))(scores, jnp.array([0, 1, -3]))
+    assert "label -3 at row 2" in err.get()
+    # without the checked mode the loss traces under jit with no checks
+    assert np.isnan(float(jax.jit(loss_fn)(scores, jnp.array([1, 10, -1]))))
+
+
+def test_label_checks_with_checkify_directly():
+    scores = jax.random.normal(KEY, (2, 3))
+    f = checkify.checkify(jax.jit(lambda s, y: manual.svm_hinge(s, y) + ops.softmax_cross_entropy(s, y)))
+    with losses.label_checks():
+        err, _ = f(scores, jnp.array([0, 3]))
+    assert "svm_hinge: label 3 at row 1 is outside [0, 3)" in err.get()
