@@ -25,6 +25,10 @@ Every script takes the same four options, writes ``results.json`` plus its figur
     as ``load_data`` gives it when a copy is given, else the embedded 8x8 digits with the
     same pixel scale (uint8 0..255); ``source`` is "cifar10" or "digits".
 
+``quick_cifar_or_digits_uint8(args, *, val_size=1000, normalize=False) -> (Dataset, source)``
+    ``cifar_or_digits_uint8``, cut to 4,000 training and 2,000 test images with ``--quick``,
+    optionally ``float_normalized``; prints the data set and its loading time.
+
 ``quick_subset(ds, *, n_train, n_test, seed) -> Dataset``
     The smoke-test subsample of a Dataset (at most the examples there are).
 
@@ -40,7 +44,19 @@ Every script takes the same four options, writes ``results.json`` plus its figur
 
 ``figure(figsize) -> matplotlib.figure.Figure``
     A figure on the Agg canvas (dpi 100), no pyplot and no display needed; save it with
-    ``fig.savefig(path, format="png")``.
+    ``save_figure``.
+
+``grid_legend(axes, *, which="major", **legend_kw)``
+    Each axis gets a light grid (alpha 0.3, ``which`` ticks) and a legend (font size 8 unless
+    ``legend_kw`` says otherwise).
+
+``save_figure(fig, path, title=None) -> str``
+    The figure's last steps: the optional ``suptitle``, ``tight_layout``, a PNG at ``path``
+    (its folder created); returns ``path``.
+
+``float_normalized(ds) -> Dataset``
+    uint8 images of every split to float32 (``jaxnet.data.to_float``), then normalised per
+    channel with the training split's statistics.
 
 ``Timer``
     ``with Timer() as t: ...`` then ``t.elapsed`` (seconds, ``time.perf_counter``);
@@ -61,8 +77,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["parse_args", "load_data", "cifar_or_digits", "cifar_or_digits_uint8", "digits_uint8", "quick_subset",
-           "write_results", "print_table", "figure", "Timer"]
+__all__ = ["parse_args", "load_data", "cifar_or_digits", "cifar_or_digits_uint8", "quick_cifar_or_digits_uint8", "digits_uint8", "quick_subset",
+           "float_normalized", "write_results", "print_table", "figure", "grid_legend", "save_figure", "Timer"]
 
 ENV_DATA = "JAXNET_CIFAR10_DIR"
 _LAST_ARGS: argparse.Namespace | None = None
@@ -218,6 +234,26 @@ def figure(figsize):
     return fig
 
 
+def grid_legend(axes, *, which: str = "major", **legend_kw) -> None:
+    """A light grid (alpha 0.3, ``which`` ticks) and a legend (font size 8 by default) on each axis."""
+    legend_kw.setdefault("fontsize", 8)
+    for ax in axes:
+        ax.grid(True, which=which, alpha=0.3)
+        ax.legend(**legend_kw)
+
+
+def save_figure(fig, path: str | os.PathLike, title: str | None = None) -> str:
+    """``fig.suptitle(title)`` (if given), ``tight_layout``, then a PNG at ``path`` (its folder
+    created). Returns ``path``."""
+    if title is not None:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
 class Timer:
     """Wall-clock timer: ``with Timer() as t: ...; t.elapsed`` (seconds)."""
 
@@ -284,6 +320,21 @@ def cifar_or_digits_uint8(args: argparse.Namespace, *, val_size: int = 0):
     return digits_uint8(args.seed, val_size=val_size), "digits"
 
 
+def quick_cifar_or_digits_uint8(args: argparse.Namespace, *, val_size: int = 1000, normalize: bool = False):
+    """:func:`cifar_or_digits_uint8` as the trained classifiers use it: with ``--quick`` a
+    smoke-test subsample (4,000 training, 2,000 test images), with ``normalize`` float32 images
+    normalised per channel (:func:`float_normalized`). Prints the data set and the loading time.
+    Returns ``(Dataset, source)``."""
+    with Timer() as t_load:
+        ds, source = cifar_or_digits_uint8(args, val_size=val_size)
+        if args.quick:
+            ds = quick_subset(ds, n_train=4000, n_test=2000, seed=args.seed)
+        if normalize:
+            ds = float_normalized(ds)
+    print(f"data: {ds}  ({t_load.elapsed:.1f} s){'  [quick: subsampled]' if args.quick else ''}", flush=True)
+    return ds, source
+
+
 def cifar_or_digits(args: argparse.Namespace, n_train: int):
     """The data of the deep-net experiments: ``(Dataset, source, description)``.
 
@@ -292,7 +343,7 @@ def cifar_or_digits(args: argparse.Namespace, n_train: int):
     it, the embedded 8x8 digits (at most ``n_train`` training images).  Images are float32,
     normalised per channel with training-split statistics; ``source`` is "cifar10" or "digits".
     """
-    from jaxnet.data import load_digits, normalize_dataset, subsample, to_float
+    from jaxnet.data import load_digits, subsample
 
     if args.data_dir:
         ds = load_data(args, val_size=1000)
@@ -303,7 +354,15 @@ def cifar_or_digits(args: argparse.Namespace, n_train: int):
     if len(ds.y_train) > n_train:
         x, y = subsample(ds.x_train, ds.y_train, n_train, seed=args.seed)
         ds = ds.replace(x_train=x, y_train=y)
-    ds = ds.replace(x_train=to_float(ds.x_train), x_val=to_float(ds.x_val), x_test=to_float(ds.x_test))
-    ds = normalize_dataset(ds, "channel")
+    ds = float_normalized(ds)
     desc = f"{label}: {len(ds.y_train)} training images, {len(ds.y_val)} validation, {len(ds.y_test)} test"
     return ds, source, desc
+
+
+def float_normalized(ds):
+    """Every split's images as float32 (``jaxnet.data.to_float``), normalised per channel with
+    the training split's statistics (``normalize_dataset(ds, "channel")``)."""
+    from jaxnet.data import normalize_dataset, to_float
+
+    ds = ds.replace(x_train=to_float(ds.x_train), x_val=to_float(ds.x_val), x_test=to_float(ds.x_test))
+    return normalize_dataset(ds, "channel")

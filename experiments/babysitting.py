@@ -1,4 +1,4 @@
-"""Babysitting the learning process (seeds-catalog §12.3, §12.2): the course's diagnostics.
+"""Babysitting the learning process: the course's diagnostics.
 
     python -m experiments.babysitting [--data-dir /path/to/cifar10-jpeg.tar.gz] [--quick] [--out DIR]
 
@@ -18,18 +18,23 @@
 Data: CIFAR-10 (a 5,000-image training subset, per-channel normalised) when ``--data-dir``
 or ``$JAXNET_CIFAR10_DIR`` is given, else the embedded 8x8 digits (``jaxnet.data.load_digits``);
 ``results.json`` records which. Model: ``fully_connected_net((100, 100))`` (``--model conv``:
-``small_convnet((16, 32))``). ``--quick``: fewer steps (well under 20 s on the digits).
+``small_convnet((16, 32))``). ``--quick``: fewer images and epochs.
+
+Every run is ``jaxnet.train.fit`` (same key: same initial weights and batch order for the
+three rates) with a :class:`Babysitter` callback that records the per-step losses and update
+ratios and raises ``StopTraining`` for the early break.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits, figure, parse_args, print_table, write_results
+from experiments._common import (
+    Timer, cifar_or_digits, figure, grid_legend, parse_args, print_table, save_figure, write_results,
+)
 
 NAME = "babysitting"
 HEALTHY_RATIO = 1e-3
@@ -69,71 +74,77 @@ def _weight_paths(params) -> list[tuple]:
     return paths
 
 
-def make_sgd_runner(model, input_shape):
-    """One SGD optimizer (``make_optimizer("sgd", 1.0)``) and one jitted step for all learning
-    rates: the rate lives in the optimizer state (``inject_hyperparams``) and is set per run,
-    so the step compiles once. The step also returns, per weight tensor (``w`` leaves),
-    ``||w_new - w_old|| / ||w_old||`` (= ``||lr * update|| / ||w||``, :func:`jaxnet.train.update_ratios`)."""
-    import jax
-    import jax.numpy as jnp
-
+def start_state(model, ds, batch_size: int, seed: int):
+    """The (params, state) ``fit(model, ds, batch_size=batch_size, key=seed)`` starts from
+    (``fit`` with 0 epochs returns its untrained TrainState; the optimizer does not change it)."""
     from jaxnet.optim import make_optimizer
-    from jaxnet.train import make_train_step, update_ratios
+    from jaxnet.train import fit
 
-    opt = make_optimizer("sgd", 1.0)
-    step = make_train_step(model, opt, donate=False)
-    holder = {}
-
-    @functools.partial(jax.jit, donate_argnums=(0,))
-    def step_with_ratios(ts, x, y, mask):
-        new_ts, metrics = step(ts, x, y, mask)
-        per_leaf = update_ratios(ts.params, new_ts.params)  # {"fc1/w": ||w_new - w_old|| / ||w_old||, ...}
-        ratios = jnp.stack([per_leaf["/".join(p)] for p in holder["wpaths"]])
-        return new_ts, metrics, ratios
-
-    def init(seed: int, lr: float):
-        import optax
-
-        from jaxnet.train import create_train_state
-
-        ts = create_train_state(model, opt, seed, input_shape)
-        holder.setdefault("wpaths", _weight_paths(ts.params))
-        opt_state = optax.tree_utils.tree_set(ts.opt_state, learning_rate=jnp.asarray(lr, jnp.float32))
-        return ts.replace(opt_state=opt_state)
-
-    return init, step_with_ratios, holder
+    res = fit(model, ds, optimizer=make_optimizer("sgd", 1.0), epochs=0, batch_size=batch_size, key=seed,
+              progress=False)
+    return res.train_state.params, res.train_state.state
 
 
-def train_run(model, ds, lr: float, runner, *, epochs: int, batch_size: int, seed: int,
+class Babysitter:
+    """``fit`` callback: every step's batch loss, and with ``ratio_paths`` each of those weight
+    tensors' ``||w_new - w_old|| / ||w_old||`` (= ``||lr * update|| / ||w||``,
+    :func:`jaxnet.train.update_ratios`); raises :class:`jaxnet.train.StopTraining` at a
+    non-finite batch loss or one above ``EXPLODE_FACTOR`` x ``initial_loss`` (the early break).
+    ``last_state`` is the train state after the last step run."""
+
+    def __init__(self, initial_loss: float, params0=None, ratio_paths=()):
+        import jax
+        import jax.numpy as jnp
+
+        from jaxnet.train import update_ratios
+
+        self.initial_loss = initial_loss
+        self.losses, self.ratios, self.break_step, self.last_state = [], [], None, None
+        self._prev = params0
+        names = ["/".join(p) for p in ratio_paths]
+        self._ratios = jax.jit(lambda old, new: jnp.stack([update_ratios(old, new)[n] for n in names])) \
+            if names else None
+
+    def on_step(self, info) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        from jaxnet.train import StopTraining
+
+        ts = self.last_state = info["train_state"]
+        if self._ratios is not None:
+            self.ratios.append(np.asarray(self._ratios(self._prev, ts.params)))
+            self._prev = jax.tree.map(jnp.copy, ts.params)  # the next step donates ts's buffers
+        loss = float(info["metrics"]["loss"])
+        self.losses.append(loss)
+        if not math.isfinite(loss) or loss > EXPLODE_FACTOR * self.initial_loss:
+            self.break_step = len(self.losses)
+            raise StopTraining(f"batch loss {loss:.4g} at step {self.break_step}")
+
+
+def train_run(model, ds, lr: float, start, *, epochs: int, batch_size: int, seed: int,
               record_ratios: bool) -> dict:
-    """Plain SGD at ``lr``: per-step batch losses (and per-step update/weight ratios of every
-    weight tensor when ``record_ratios``), early break on NaN or loss > 3 x the initial loss."""
-    import jax
+    """Plain SGD at ``lr`` with ``fit(..., key=seed)``: per-step batch losses (and per-step
+    update/weight ratios of every weight tensor when ``record_ratios``), early break on NaN or
+    loss > 3 x the initial loss (:class:`Babysitter`). ``start``: the (params, state) that run
+    begins from (:func:`start_state`)."""
+    from jaxnet.optim import make_optimizer
+    from jaxnet.train import evaluate, fit
+    from jaxnet.train.fit import NonFiniteError
 
-    from jaxnet.train import batches, evaluate
-
-    init, step_with_ratios, holder = runner
-    ts = init(seed, lr)
-    wpaths = holder["wpaths"]
-
-    init_loss, init_acc = evaluate(model, ts.params, ts.state, ds.x_train, ds.y_train, 256)
-    losses, ratios, early_break, break_step = [], [], False, None
-    data_key = jax.random.PRNGKey(seed + 1)
-    for epoch in range(epochs):
-        for xb, yb, mb in batches(ds.x_train, ds.y_train, batch_size, key=jax.random.fold_in(data_key, epoch)):
-            ts, metrics, r = step_with_ratios(ts, xb, yb, mb)
-            if record_ratios:
-                ratios.append(np.asarray(r))
-            if not losses:
-                applied = float(metrics["learning_rate"])
-                assert math.isclose(applied, lr, rel_tol=1e-6), (applied, lr)
-            loss = float(metrics["loss"])
-            losses.append(loss)
-            if not math.isfinite(loss) or loss > EXPLODE_FACTOR * init_loss:
-                early_break, break_step = True, len(losses)
-                break
-        if early_break:
-            break
+    params0, state0 = start
+    wpaths = _weight_paths(params0) if record_ratios else []
+    init_loss, init_acc = evaluate(model, params0, state0, ds.x_train, ds.y_train, 256)
+    watch = Babysitter(init_loss, params0, wpaths)
+    try:
+        res = fit(model, ds, optimizer=make_optimizer("sgd", lr), epochs=epochs, batch_size=batch_size, key=seed,
+                  progress=False, callbacks=[watch])
+        applied = res.history["lr"][0]
+        assert math.isclose(applied, lr, rel_tol=1e-6), (applied, lr)
+    except NonFiniteError:  # the break step's loss was NaN: its diverged state is the final one
+        pass
+    losses, early_break, break_step = watch.losses, watch.break_step is not None, watch.break_step
+    ts = watch.last_state
     final_loss, final_acc = evaluate(model, ts.params, ts.state, ds.x_train, ds.y_train, 256)
     val = evaluate(model, ts.params, ts.state, ds.x_val, ds.y_val, 256) if len(ds.y_val) else (math.nan, math.nan)
     finite = math.isfinite(final_loss)
@@ -150,7 +161,7 @@ def train_run(model, ds, lr: float, runner, *, epochs: int, batch_size: int, see
     }
     if record_ratios:
         names = ["/".join(p[:-1]) or "w" for p in wpaths]
-        arr = np.stack(ratios) if ratios else np.zeros((0, len(names)))
+        arr = np.stack(watch.ratios) if watch.ratios else np.zeros((0, len(names)))
         out["ratio_layers"] = names
         out["ratios"] = arr
     return out
@@ -168,11 +179,8 @@ def plot_ratios(names, ratios: np.ndarray, lr: float, path: str) -> str:
     ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="||lr * update|| / ||w||",
            title=f"update / weight ratio per layer (SGD, lr = {lr:g})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    grid_legend((ax,), which="both")
+    return save_figure(fig, path)
 
 
 def plot_learning_rates(runs: dict, path: str) -> str:
@@ -193,11 +201,8 @@ def plot_learning_rates(runs: dict, path: str) -> str:
     ax.axhline(math.log(10), color="gray", ls="--", lw=1, label="ln 10")
     ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="training batch loss", title="loss vs learning rate (SGD)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    grid_legend((ax,), which="both")
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- main
@@ -224,12 +229,10 @@ def main(argv=None) -> dict:
     model = _model(args.model)
     print(f"{desc}; model {args.model}; SGD, batch {batch_size}, {epochs} epochs per lr", flush=True)
 
-    runner = make_sgd_runner(model, (batch_size,) + ds.x_train.shape[1:])
-
     # (c) sanity: initial loss ~ ln 10, then overfit 20 examples
     with Timer() as t:
-        ts0 = runner[0](args.seed, lrs["good"])
-        loss0, expected, ok = initial_loss_check(model, ts0.params, ts0.state, ds.x_train, ds.y_train, 10)
+        start = start_state(model, ds, batch_size, args.seed)  # every run starts from these weights
+        loss0, expected, ok = initial_loss_check(model, *start, ds.x_train, ds.y_train, 10)
     timings["initial_loss_s"] = t.elapsed
     with Timer() as t:
         overfit_acc = overfit_small_subset(model, ds, n=20, epochs=overfit_epochs, learning_rate=1e-3,
@@ -240,7 +243,7 @@ def main(argv=None) -> dict:
     runs = {}
     for label, lr in lrs.items():
         with Timer() as t:
-            runs[label] = train_run(model, ds, lr, runner, epochs=epochs, batch_size=batch_size, seed=args.seed,
+            runs[label] = train_run(model, ds, lr, start, epochs=epochs, batch_size=batch_size, seed=args.seed,
                                     record_ratios=(label == "good"))
         timings[f"train_{label}_s"] = t.elapsed
     good = runs["good"]

@@ -1,4 +1,4 @@
-"""Batch normalization (issue 5, experiment 3): init scales, batch size, manual vs autodiff backward.
+"""Batch normalization: init scales, batch size, manual vs autodiff backward.
 
     python -m experiments.batchnorm [--data-dir /path/to/cifar10-jpeg.tar.gz] [--quick] [--out DIR]
 
@@ -14,10 +14,10 @@ settings), every run with the same ``key`` (same data order):
    ``BatchNorm`` after every hidden affine layer. Recorded per run: the initial loss (train
    mode, batch statistics, on the first 500 training images, with the exact weights ``fit``
    starts from), the final training loss and accuracy (running means over the last epoch,
-   train mode), the best and final validation accuracy. The course's claim (seeds catalog
-   §8.1, §9.8): batch norm makes training far less sensitive to the init scale; without
-   it, tiny scales make the activations vanish through the layers (nothing trains), large
-   scales make them explode (the initial loss is huge). Figure ``batchnorm_scales.png``.
+   train mode), the best and final validation accuracy. The course's claim: batch norm
+   makes training far less sensitive to the init scale; without it, tiny scales make the
+   activations vanish through the layers (nothing trains), large scales make them explode
+   (the initial loss is huge). Figure ``batchnorm_scales.png``.
 2. **Batch size** (the notebook's "batch normalization and batch size" and layer-norm parts):
    the He-initialised net with ``BatchNorm`` and with ``LayerNorm``, for every batch size in
    ``--batch-sizes`` (default 5, 10, 50, 200), plus the baseline (no norm) at batch 10, the
@@ -26,12 +26,12 @@ settings), every run with the same ``key`` (same data order):
    final weights' accuracy on the training set in eval mode: batch norm trained on tiny
    batches uses noisy batch statistics, so its eval mode (running statistics) disagrees
    with its train mode; layer norm normalises each example by itself and does not care
-   (seeds catalog §8.3: "BN depends on batch size"). Figure ``batchnorm_batch_size.png``.
+   (batch norm depends on the batch size). Figure ``batchnorm_batch_size.png``.
 3. **Manual vs autodiff backward**: the He-initialised batch-norm net trained twice from the
    same key, ``fit(..., impl="manual")`` (the hand-written backward passes, batch norm's
    included) and ``fit(..., impl="auto")`` (``jax.grad`` of the reference ops). Recorded:
-   both per-epoch histories, the per-step loss of both runs (the same loop as ``fit``:
-   ``create_train_state`` + ``make_train_step`` + ``batches`` with the same keys), the
+   both per-epoch histories, the per-step loss of both runs (a :class:`StepLosses`
+   callback of the same ``fit`` runs), the
    largest absolute/relative difference of the two loss curves and of the final weights,
    and the gradients of one batch at initialization (relative error). The gradients agree to
    float32 round-off (~1e-7); training amplifies that round-off (a deep net under Adam is
@@ -47,8 +47,7 @@ Data: a CIFAR-10 subset (``--n-train``, default 2,000 training images, 1,000 val
 the full 10,000 test, per-channel normalised) when ``--data-dir`` or ``$JAXNET_CIFAR10_DIR``
 is given, else the embedded 8x8 digits (1,257 training images). ``--quick``: a 6-layer net
 (five hidden layers of 50), 3 scales (1e-4, 1e-2, 1), batch sizes (5, 50), 4 epochs (2 in
-part 3) on at most 1,000 images (about 1.5 minutes on the digits while another job kept
-the 2 cores busy, mostly compilation: 17 training runs).
+part 3) on at most 1,000 images (17 training runs).
 
 Shapes: images x (N, H, W, C) float32, labels y (N,) int32; the net flattens to (N, H*W*C),
 every hidden activation is (N, 100), the scores (N, 10).
@@ -65,7 +64,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits, figure, parse_args, print_table, write_results
+from experiments._common import (
+    Timer, cifar_or_digits, figure, grid_legend, parse_args, print_table, save_figure, write_results,
+)
 
 NAME = "batchnorm"
 DESCRIPTION = "Batch norm: init-scale sweep with/without BN, batch size BN vs LN, manual vs autodiff backward."
@@ -238,26 +239,23 @@ def run_batch_size(ds, hidden, batch_sizes, *, epochs, lr, seed) -> dict:
 
 # ---------------------------------------------------------------- part 3: manual vs auto
 
-def step_losses(model, ds, optimizer, *, epochs: int, batch_size: int, seed: int, impl: str):
-    """Per-step training losses (float64 array, epochs * steps_per_epoch) and the final params,
-    from the same loop ``fit`` runs (same init key, data order and step keys), without the
-    validation. Returns ``(losses, counts, params)``."""
-    import jax
+class StepLosses:
+    """``fit`` callback: every training step's loss and real-example count (left on the device
+    until :meth:`fetch`)."""
 
-    from jaxnet.train import batches, create_train_state, make_train_step
-    from jaxnet.train.state import as_key
+    def __init__(self):
+        self.metrics = []
 
-    init_key, data_key = jax.random.split(as_key(seed))
-    ts = create_train_state(model, optimizer, init_key, (batch_size, *ds.x_train.shape[1:]))
-    step = make_train_step(model, optimizer, impl=impl)
-    metrics = []
-    for epoch in range(epochs):
-        for xb, yb, mb in batches(ds.x_train, ds.y_train, batch_size, key=jax.random.fold_in(data_key, epoch)):
-            ts, m = step(ts, xb, yb, mb)
-            metrics.append(m)
-    fetched = jax.device_get(metrics)
-    return (np.array([m["loss"] for m in fetched], np.float64), np.array([m["count"] for m in fetched]),
-            jax.device_get(ts.params))
+    def on_step(self, info) -> None:
+        m = info["metrics"]
+        self.metrics.append((m["loss"], m["count"]))
+
+    def fetch(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(losses (float64), counts)``, one entry per step."""
+        import jax
+
+        fetched = jax.device_get(self.metrics)
+        return np.array([m[0] for m in fetched], np.float64), np.array([m[1] for m in fetched])
 
 
 def _max_diffs(a, b) -> tuple[float, float]:
@@ -308,25 +306,20 @@ def run_impl(ds, hidden, *, epochs, batch_size, lr, seed) -> dict:
     params = {}
     for impl in ("manual", "auto"):
         model = model_of(impl)
+        rec = StepLosses()
         with Timer() as t:
             res = fit(model, ds, optimizer=make_optimizer("adam", lr), epochs=epochs, batch_size=batch_size,
-                      key=seed, impl=impl, progress=False)
-        with Timer() as t2:
-            losses, counts, p = step_losses(model, ds, make_optimizer("adam", lr), epochs=epochs,
-                                            batch_size=batch_size, seed=seed, impl=impl)
-        params[impl] = p
+                      key=seed, impl=impl, progress=False, callbacks=[rec])
+        losses, counts = rec.fetch()
+        params[impl] = jax.device_get(res.train_state.params)
         h = _history(res)
         spe = len(losses) // epochs
         epoch_means = [float(np.dot(losses[e * spe:(e + 1) * spe], counts[e * spe:(e + 1) * spe])
                              / counts[e * spe:(e + 1) * spe].sum()) for e in range(epochs)]
-        out["fit"][impl] = {"history": h, "best_val_acc": float(res.best_val_acc), "time_s": t.elapsed,
-                            "fit_params_vs_loop_max_abs": max(
-                                float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(
-                                    jax.tree_util.tree_leaves(jax.device_get(res.train_state.params)),
-                                    jax.tree_util.tree_leaves(p)))}
-        out["steps"][impl] = {"loss": losses.tolist(), "epoch_means": epoch_means, "time_s": t2.elapsed}
+        out["fit"][impl] = {"history": h, "best_val_acc": float(res.best_val_acc), "time_s": t.elapsed}
+        out["steps"][impl] = {"loss": losses.tolist(), "epoch_means": epoch_means}
         print(f"  impl {impl:>6}: final train loss {h['train_loss'][-1]:.6f}  val acc {h['val_acc'][-1]:.4f}  "
-              f"({t.elapsed:.1f} s fit, {t2.elapsed:.1f} s step loop)", flush=True)
+              f"({t.elapsed:.1f} s)", flush=True)
     m, a = out["fit"]["manual"]["history"], out["fit"]["auto"]["history"]
     sm, sa = out["steps"]["manual"]["loss"], out["steps"]["auto"]["loss"]
     leaves_m = jax.tree_util.tree_leaves(params["manual"])
@@ -396,10 +389,7 @@ def plot_scales(part: dict, path: str, title: str) -> str:
         ax.set(xlabel="weight init std (every layer)", ylabel=label, title=f"{label} vs weight scale")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path, title)
 
 
 def plot_batch_size(part: dict, path: str, title: str) -> str:
@@ -423,10 +413,7 @@ def plot_batch_size(part: dict, path: str, title: str) -> str:
         for a in (ax, axv):
             a.grid(True, alpha=0.3)
             a.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path, title)
 
 
 def plot_impl(part: dict, path: str, title: str) -> str:
@@ -445,13 +432,8 @@ def plot_impl(part: dict, path: str, title: str) -> str:
                      label="float32 eps x loss")
     ax_diff.set(xlabel="step", ylabel="absolute difference",
                 title=f"max |diff| {d.max():.2g} (exact zeros not drawn)")
-    for ax in (ax_loss, ax_diff):
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    grid_legend((ax_loss, ax_diff), which="both")
+    return save_figure(fig, path, title)
 
 
 # ---------------------------------------------------------------- main

@@ -21,6 +21,9 @@ path), trained on all 50,000 training images with
 * evaluation after every epoch on the 10,000 test images with flip test-time augmentation
   (the mean of the scores of the image and its mirror; the plain accuracy is recorded too).
 
+Both parts train with ``jaxnet.train.fit`` (key ``--seed``); the best net's per-epoch test
+evaluation, times and budget stop are its :class:`EpochLog` callback.
+
 No model selection uses the test set: the numbers are those of the last epoch, and the
 schedule's length is fixed in advance (``--epochs``). Time to an accuracy = the training
 wall time (steps only; compilation of the first step included, evaluation excluded) summed
@@ -42,7 +45,10 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, figure, load_data, parse_args, print_table, quick_subset, write_results
+from experiments._common import (
+    Timer, figure, float_normalized, grid_legend, load_data, parse_args, print_table, quick_subset, save_figure,
+    write_results,
+)
 
 NAME = "convnets"
 DESCRIPTION = "Convnets on CIFAR-10: the course's three-layer net, and the best net in 20 CPU minutes."
@@ -110,52 +116,80 @@ def evaluate_tta(step, params, state, x, y, batch_size):
 # ---------------------------------------------------------------- part 1: the course's net
 
 def run_course(args, ds, quick: bool) -> dict:
-    import jax
-
     from jaxnet.nn import three_layer_convnet
     from jaxnet.optim import make_optimizer
-    from jaxnet.train import create_train_state, evaluate, make_train_step
-    from jaxnet.train import batches
+    from jaxnet.train import evaluate, fit
 
     model = three_layer_convnet(num_filters=32, filter_size=7, hidden_dim=500, num_classes=10,
                                 impl=args.impl)
     opt = make_optimizer("adam", 1e-3, weight_decay=1e-3)
-    bs = 50
-    ts = create_train_state(model, opt, args.seed, (bs, *ds.x_train.shape[1:]))
-    step = make_train_step(model, opt)
-    with Timer() as t:
-        for xb, yb, mb in batches(ds.x_train, ds.y_train, bs, key=args.seed):
-            ts, m = step(ts, xb, yb, mb)
-        jax.block_until_ready(m)
+    res = fit(model, ds, optimizer=opt, epochs=1, batch_size=50, key=args.seed, progress=False)
+    ts = res.train_state
+    train_time = len(ds.y_train) / res.history["images_per_sec"][0]  # the steps only, compilation included
     n_check = min(1000, len(ds.y_train))
     rng = np.random.default_rng(args.seed)
     idx = rng.choice(len(ds.y_train), n_check, replace=False)
     _, train_acc = evaluate(model, ts.params, ts.state, ds.x_train[idx], ds.y_train[idx], 500)
-    _, val_acc = evaluate(model, ts.params, ts.state, ds.x_val, ds.y_val, 500)
+    val_acc = res.history["val_acc"][0]
     _, test_acc = evaluate(model, ts.params, ts.state, ds.x_test, ds.y_test, 500)
     out = {"model": "three_layer_convnet(num_filters=32, filter_size=7, hidden_dim=500), He init",
            "optimizer": "adam lr 1e-3, L2 1e-3, batch 50, 1 epoch", "n_train": int(len(ds.y_train)),
-           "train_acc_1000": train_acc, "val_acc": val_acc, "test_acc": test_acc, "time_s": t.elapsed,
-           "images_per_second": len(ds.y_train) / t.elapsed, "course_target_train_acc": 0.40}
+           "train_acc_1000": train_acc, "val_acc": val_acc, "test_acc": test_acc, "time_s": train_time,
+           "images_per_second": res.history["images_per_sec"][0], "course_target_train_acc": 0.40}
     print(f"three-layer convnet, 1 epoch: train acc (1,000 images) {train_acc:.3f}, val {val_acc:.3f}, "
-          f"test {test_acc:.3f}  ({t.elapsed:.0f} s)", flush=True)
+          f"test {test_acc:.3f}  ({train_time:.0f} s)", flush=True)
     return out
 
 
 # ---------------------------------------------------------------- part 2: the best net
 
+class EpochLog:
+    """``fit`` callback of the best net: after every epoch, the test accuracy (plain and with
+    flip test-time augmentation), the training time (steps only) and a progress line; raises
+    :class:`jaxnet.train.StopTraining` when the next epoch would pass ``time_budget`` seconds
+    of training."""
+
+    KEYS = ("epoch", "train_loss", "train_acc", "test_acc", "test_acc_tta", "lr", "train_time_s",
+            "cum_train_time_s", "images_per_second")
+
+    def __init__(self, model, ds, epochs: int, time_budget: float):
+        self.ds, self.epochs, self.time_budget = ds, epochs, time_budget
+        self.tta_eval = make_tta_eval(model)
+        self.history = {k: [] for k in self.KEYS}
+        self.cum, self.stopped = 0.0, False
+
+    def on_epoch(self, info) -> None:
+        from tqdm.auto import tqdm
+
+        from jaxnet.train import StopTraining
+
+        n, h, ts = len(self.ds.y_train), self.history, info["train_state"]
+        dt = n / info["images_per_sec"]
+        self.cum += dt
+        acc, acc_tta = evaluate_tta(self.tta_eval, ts.params, ts.state, self.ds.x_test, self.ds.y_test, 500)
+        for k, v in (("epoch", info["epoch"]), ("train_loss", info["train_loss"]), ("train_acc", info["train_acc"]),
+                     ("test_acc", acc), ("test_acc_tta", acc_tta), ("lr", info["lr"]), ("train_time_s", dt),
+                     ("cum_train_time_s", self.cum), ("images_per_second", n / dt)):
+            h[k].append(v)
+        epoch = info["epoch"]
+        tqdm.write(f"epoch {epoch:2d}: train loss {info['train_loss']:.4f} acc {info['train_acc']:.4f} | "
+                   f"test {acc:.4f} (flip TTA {acc_tta:.4f}) | {self.cum / 60:.1f} min of training, "
+                   f"{n / dt:.0f} img/s")
+        if epoch < self.epochs and self.cum + dt > self.time_budget:
+            self.stopped = True
+            tqdm.write(f"stopping: the next epoch would pass the {self.time_budget:.0f} s budget")
+            raise StopTraining("time budget")
+
+
 def run_best(args, ds, quick: bool, epochs: int) -> dict:
-    import time
-
-    import jax
-
     from jaxnet.data import augment
     from jaxnet.nn import count_params, fast_convnet
     from jaxnet.optim import make_optimizer
     from jaxnet.optim.schedules import make_schedule
-    from jaxnet.train import batches, create_train_state, make_train_step, num_batches, save_checkpoint
+    from jaxnet.train import fit, num_batches, save_checkpoint
 
     model = fast_convnet(stem=args.stem, widths=tuple(args.widths), norm=args.norm, impl=args.impl)
+    ds = ds.replace(x_val=ds.x_val[:0], y_val=ds.y_val[:0])  # evaluated on the test split, no validation
     n = len(ds.y_train)
     bs = min(args.batch_size, n)
     steps_per_epoch = num_batches(n, bs)
@@ -166,52 +200,15 @@ def run_best(args, ds, quick: bool, epochs: int) -> dict:
     loss_fn = functools.partial(smoothed_cross_entropy, smoothing=args.label_smoothing)
     flip = getattr(args, "flip", True)
     aug = functools.partial(augment, crop_padding=args.crop_padding, flip=flip)
-    ts = create_train_state(model, opt, args.seed, (bs, *ds.x_train.shape[1:]))
-    n_params = count_params(ts.params)
-    step = make_train_step(model, opt, loss_fn=loss_fn, augment_fn=aug)
-    tta_eval = make_tta_eval(model)
+    log = EpochLog(model, ds, epochs, args.time_budget)
+    res = fit(model, ds, optimizer=opt, epochs=0, batch_size=bs, key=args.seed, progress=False)  # its initial state
+    n_params = count_params(res.train_state.params)
     print(f"fast_convnet(stem={args.stem}, widths={tuple(args.widths)}, {args.norm}): {n_params:,} params; "
           f"{epochs} epochs x {steps_per_epoch} steps, batch {bs}, nesterov peak lr {args.lr}, "
           f"warmup {warmup} steps", flush=True)
-
-    history = {k: [] for k in ("epoch", "train_loss", "train_acc", "test_acc", "test_acc_tta", "lr",
-                               "train_time_s", "cum_train_time_s", "images_per_second")}
-    cum, stopped = 0.0, False
-    data_key = jax.random.PRNGKey(args.seed + 1)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, unit="step", dynamic_ncols=True, disable=quick)
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        ms = []
-        for xb, yb, mb in batches(ds.x_train, ds.y_train, bs, key=jax.random.fold_in(data_key, epoch)):
-            ts, m = step(ts, xb, yb, mb)
-            ms.append(m)
-            bar.update(1)
-        ms = jax.device_get(ms)
-        dt = time.perf_counter() - t0
-        cum += dt
-        acc, acc_tta = evaluate_tta(tta_eval, ts.params, ts.state, ds.x_test, ds.y_test, 500)
-        counts = np.array([m["count"] for m in ms])
-        history["epoch"].append(epoch + 1)
-        history["train_loss"].append(float(np.dot([m["loss"] for m in ms], counts) / counts.sum()))
-        history["train_acc"].append(float(np.dot([m["accuracy"] for m in ms], counts) / counts.sum()))
-        history["test_acc"].append(acc)
-        history["test_acc_tta"].append(acc_tta)
-        history["lr"].append(float(ms[-1]["learning_rate"]))
-        history["train_time_s"].append(dt)
-        history["cum_train_time_s"].append(cum)
-        history["images_per_second"].append(n / dt)
-        bar.set_postfix({"loss": f"{history['train_loss'][-1]:.3f}", "test": f"{acc_tta:.4f}",
-                         "min": f"{cum / 60:.1f}"})
-        bar.write(f"epoch {epoch + 1:2d}: train loss {history['train_loss'][-1]:.4f} acc "
-                  f"{history['train_acc'][-1]:.4f} | test {acc:.4f} (flip TTA {acc_tta:.4f}) | "
-                  f"{cum / 60:.1f} min of training, {n / dt:.0f} img/s")
-        if epoch + 1 < epochs and cum + dt > args.time_budget:
-            stopped = True
-            bar.write(f"stopping: the next epoch would pass the {args.time_budget:.0f} s budget")
-            break
-    bar.close()
+    res = fit(model, ds, optimizer=opt, epochs=epochs, batch_size=bs, key=args.seed, loss_fn=loss_fn, augment=aug,
+              progress=not quick, callbacks=[log])
+    ts, history, cum = res.train_state, log.history, log.cum
 
     headline = "test_acc_tta" if flip else "test_acc"  # no mirror TTA for digits
 
@@ -238,7 +235,7 @@ def run_best(args, ds, quick: bool, epochs: int) -> dict:
         "final_test_acc_tta": history["test_acc_tta"][-1],
         "headline": headline,
         "train_time_s": cum,
-        "stopped_at_budget": stopped,
+        "stopped_at_budget": log.stopped,
         "time_to_s": {f"{th:.2f}": time_to(th) for th in THRESHOLDS},
         "images_per_second_median": float(np.median(ips[1:] if len(ips) > 1 else ips)),
         "checkpoint": os.path.basename(ckpt),
@@ -262,18 +259,14 @@ def plot_best(best: dict, path: str, title: str) -> str:
     ax2.plot(h["epoch"], h["lr"], color="tab:gray", lw=1, label="lr")
     ax2.set_ylabel("learning rate (end of epoch)")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss and learning rate")
-    for ax in (ax_acc, ax_loss):
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right" if ax is ax_acc else "upper right")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    grid_legend((ax_acc,), loc="lower right")
+    grid_legend((ax_loss,), loc="upper right")
+    return save_figure(fig, path, title)
 
 
 def main(argv=None) -> dict:
     args = parse_args(NAME, DESCRIPTION, _extra, argv)
-    from jaxnet.data import load_digits, normalize_dataset, to_float
+    from jaxnet.data import load_digits
 
     q = args.quick
     os.makedirs(args.out, exist_ok=True)
@@ -286,8 +279,7 @@ def main(argv=None) -> dict:
             source = "digits"
         if q and source == "cifar10":
             ds = quick_subset(ds, n_train=3000, n_test=1000, seed=args.seed)
-        ds = ds.replace(x_train=to_float(ds.x_train), x_val=to_float(ds.x_val), x_test=to_float(ds.x_test))
-        ds = normalize_dataset(ds, "channel")
+        ds = float_normalized(ds)
     print(f"{source}: {len(ds.y_train)} training, {len(ds.y_val)} validation, {len(ds.y_test)} test images "
           f"({t_load.elapsed:.1f} s)", flush=True)
     results = {"data_source": source, "n_train": int(len(ds.y_train)), "n_test": int(len(ds.y_test))}

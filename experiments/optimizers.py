@@ -7,7 +7,8 @@ three views of them:
 
 (a) **the same net on the same data.** A small fully connected net
     (``fully_connected_net(hidden_dims=(100, 100))``, He init, ReLU) trained from the same
-    initial weights on the same batch order by every rule, each at its usual learning rate
+    initial weights on the same batch order by every rule (``jaxnet.train.fit`` with the same
+    key; a :class:`StepLosses` callback records the per-step loss), each at its usual learning rate
     (``NET_LR``: 1e-2 for SGD, momentum, Nesterov and AdaGrad; 1e-3 for RMSProp and Adam),
     per-step training loss and per-epoch validation accuracy recorded, plus Adam without bias
     correction. Data: CIFAR-10 (10,000 training images, 1,000 validation, 5 epochs, batches
@@ -32,7 +33,7 @@ three views of them:
     |g| > 1e-6), next to the analytic values.
 
 ``--quick``: 2 epochs on 2,000 CIFAR images, or 5 epochs on the digits; the 2-D problems
-are the same (they take well under a second). Everything goes to ``--out``
+are the same. Everything goes to ``--out``
 (``results.json`` + the PNGs); a short table is printed.
 """
 
@@ -43,7 +44,9 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits, figure, parse_args, print_table, write_results
+from experiments._common import (
+    Timer, cifar_or_digits, figure, grid_legend, parse_args, print_table, save_figure, write_results,
+)
 
 NAME = "optimizers"
 DESCRIPTION = "SGD, momentum, Nesterov, AdaGrad, RMSProp and Adam: a net, a quadratic, Adam's first step."
@@ -167,68 +170,78 @@ def adam_first_step_quadratic(lr: float) -> dict:
 
 # ---------------------------------------------------------------- (a) the net
 
-_INIT_CACHE: dict = {}
-
-
-def _initial(model, seed: int, input_shape: tuple) -> tuple:
-    """The net's initial (params, state, train key) as host arrays: one initialisation
-    (``create_train_state`` with plain SGD, whose state is empty) shared by every optimizer."""
+def start_state(model, ds, batch_size: int, seed: int) -> tuple:
+    """The (params, state) ``fit(model, ds, batch_size=batch_size, key=seed)`` starts from, as
+    host arrays (``fit`` with 0 epochs returns its untrained TrainState; the initial weights
+    do not depend on the optimizer)."""
     import jax
 
     from jaxnet.optim import rules
-    from jaxnet.train import create_train_state
-    from jaxnet.train.state import as_key
+    from jaxnet.train import fit
 
-    k = (id(model), seed, input_shape)
-    if k not in _INIT_CACHE:
-        ts = create_train_state(model, rules.sgd(1.0), seed, input_shape)
-        _INIT_CACHE[k] = jax.tree.map(lambda a: np.array(a, copy=True), jax.device_get((ts.params, ts.state)))
-    params, state = _INIT_CACHE[k]
-    key = jax.random.split(as_key(seed))[1]  # create_train_state's training key, a fresh buffer
-    return params, state, key
+    res = fit(model, ds, optimizer=rules.sgd(1.0), epochs=0, batch_size=batch_size, key=seed, progress=False)
+    return jax.device_get((res.train_state.params, res.train_state.state))
 
 
-def train_curves(model, ds, opt, *, epochs: int, batch_size: int, seed: int) -> dict:
-    """Per-step training loss and per-epoch validation accuracy of ``opt`` on ``model``; same
-    init (key ``seed``) and same batch order for every optimizer. Also the first update."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxnet.train import TrainState, batches, evaluate, make_train_step
-
-    params0, state0, key = _initial(model, seed, (batch_size,) + tuple(ds.x_train.shape[1:]))
-    # fresh device copies per optimizer (the step donates its state); opt.init eagerly: no compile
-    params = jax.tree.map(jnp.array, params0)
-    ts = TrainState(step=jnp.zeros((), jnp.int32), params=params, state=jax.tree.map(jnp.array, state0),
-                    opt_state=opt.init(params), key=key)
-    step = make_train_step(model, opt)
-    losses, val_acc, first_update = [], [], None
-    for epoch in range(epochs):
-        for xb, yb, mb in batches(ds.x_train, ds.y_train, batch_size, key=seed * 1000 + epoch):
-            ts, metrics = step(ts, xb, yb, mb)
-            losses.append(metrics["loss"])
-            if first_update is None:
-                first_update = jax.tree.map(lambda a, b: np.asarray(a) - b, jax.device_get(ts.params), params0)
-        val_acc.append(float(evaluate(model, ts.params, ts.state, ds.x_val, ds.y_val, 1000)[1]))
-    losses = np.asarray(jax.device_get(losses), np.float64)
-    per_epoch = losses.reshape(epochs, -1).mean(axis=1)
-    return {"step_loss": losses, "epoch_train_loss": per_epoch, "val_acc": val_acc,
-            "final_train_loss": float(per_epoch[-1]), "final_val_acc": val_acc[-1],
-            "first_update": first_update}
-
-
-def net_first_step(model, ds, batch_size: int, seed: int, lr: float, updates: dict) -> dict:
-    """Adam's first update on the net: median |update| / lr over weights with |g| > 1e-6."""
+def first_batch(ds, batch_size: int, seed: int):
+    """The first training batch of ``fit(..., batch_size=batch_size, key=seed)``: the key splits
+    into the init key and the data-order key, epoch e draws its order from ``fold_in(data key, e)``."""
     import jax
 
     from jaxnet.train import batches
+    from jaxnet.train.state import as_key
+
+    data_key = jax.random.split(as_key(seed))[1]
+    return next(batches(ds.x_train, ds.y_train, batch_size, key=jax.random.fold_in(data_key, 0)))
+
+
+class StepLosses:
+    """``fit`` callback: every step's loss (left on the device until the end) and the first
+    update, ``params after step 1 - params0`` (host arrays)."""
+
+    def __init__(self, params0):
+        self.params0, self.losses, self.first_update = params0, [], None
+
+    def on_step(self, info) -> None:
+        import jax
+
+        self.losses.append(info["metrics"]["loss"])
+        if self.first_update is None:
+            self.first_update = jax.tree.map(lambda a, b: np.asarray(a) - b,
+                                             jax.device_get(info["train_state"].params), self.params0)
+
+
+def train_curves(model, ds, opt, *, epochs: int, batch_size: int, seed: int, params0) -> dict:
+    """Per-step training loss and per-epoch validation accuracy of ``opt`` on ``model`` with
+    ``fit`` (key ``seed``: the same initial weights ``params0`` and the same batch order for
+    every optimizer). Also the first update."""
+    import jax
+
+    from jaxnet.train import fit
+
+    rec = StepLosses(params0)
+    res = fit(model, ds, optimizer=opt, epochs=epochs, batch_size=batch_size, key=seed, progress=False,
+              callbacks=[rec])
+    val_acc = [float(a) for a in res.history["val_acc"]]
+    losses = np.asarray(jax.device_get(rec.losses), np.float64)
+    per_epoch = losses.reshape(epochs, -1).mean(axis=1)
+    return {"step_loss": losses, "epoch_train_loss": per_epoch, "val_acc": val_acc,
+            "final_train_loss": float(per_epoch[-1]), "final_val_acc": val_acc[-1],
+            "first_update": rec.first_update}
+
+
+def net_first_step(model, ds, batch_size: int, seed: int, lr: float, updates: dict, start: tuple) -> dict:
+    """Adam's first update on the net: median |update| / lr over weights with |g| > 1e-6; ``g``
+    the gradient at ``start`` = (params, state) on the first batch of the runs."""
+    import jax
+
     from jaxnet.train.step import default_loss
 
-    params, state, key = _initial(model, seed, (batch_size,) + tuple(ds.x_train.shape[1:]))
-    xb, yb, _ = next(batches(ds.x_train, ds.y_train, batch_size, key=seed * 1000))
+    params, state = start
+    xb, yb, _ = first_batch(ds, batch_size, seed)
 
     def loss(params):  # the net has no dropout: the key does not matter
-        logits, _ = model.apply(params, state, xb, train=True, key=key)
+        logits, _ = model.apply(params, state, xb, train=True, key=jax.random.key(seed))
         return default_loss(logits, yb)
 
     g = np.concatenate([np.abs(np.ravel(a)) for a in jax.tree.leaves(jax.device_get(jax.grad(loss)(params)))])
@@ -269,13 +282,8 @@ def plot_net(curves: dict, lrs: dict, steps_per_epoch: int, path: str, title: st
                     marker="o", markersize=3, label=label)
     ax_loss.set(xlabel="step", ylabel="training loss (batch)", title=f"training loss (moving average over {k} steps)")
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    grid_legend((ax_loss, ax_acc))
+    return save_figure(fig, path, title)
 
 
 def plot_2d(cmp: dict, lr: float, path: str) -> str:
@@ -306,12 +314,8 @@ def plot_2d(cmp: dict, lr: float, path: str) -> str:
     ax_s.plot(*SADDLE_START, "k*", markersize=10)
     ax_s.set(xlim=(-1.5, 1.5), ylim=(-1.5, 1.5), xlabel="x", ylabel="y",
              title=f"saddle f = 0.5 (x² - y²): lr {SADDLE_LR:g}, {SADDLE_STEPS} steps")
-    for ax in (ax_q, ax_f, ax_s):
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    grid_legend((ax_q, ax_f, ax_s))
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- main
@@ -337,15 +341,16 @@ def main(argv=None) -> dict:
     model = fully_connected_net(hidden_dims=(100, 100), num_classes=10)
     lrs = dict(NET_LR, **{ADAM_NO_BC: NET_LR["adam"]})
     curves, times = {}, {}
+    start = start_state(model, ds, bs, args.seed)
     for name in (*RULES, ADAM_NO_BC):
         with Timer() as t:
             curves[name] = train_curves(model, ds, make_rule(name, lrs[name]), epochs=epochs, batch_size=bs,
-                                        seed=args.seed)
+                                        seed=args.seed, params0=start[0])
         times[name] = t.elapsed
         print(f"  {name:>24}: train loss {curves[name]['final_train_loss']:.4f}  "
               f"val acc {curves[name]['final_val_acc']:.3f}  ({t.elapsed:.1f} s)", flush=True)
     first_net = net_first_step(model, ds, bs, args.seed, lrs["adam"],
-                               {k: curves[k]["first_update"] for k in ("adam", ADAM_NO_BC)})
+                               {k: curves[k]["first_update"] for k in ("adam", ADAM_NO_BC)}, start)
 
     os.makedirs(args.out, exist_ok=True)
     steps_per_epoch = len(curves["sgd"]["step_loss"]) // epochs

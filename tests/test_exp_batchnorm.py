@@ -4,7 +4,7 @@ Checks the course's claims on the numbers, not only that files appear: without b
 tiny init scale trains nothing and a large one explodes the initial loss, with batch norm
 the tiny scale trains; layer norm's train and eval modes agree at every batch size while
 batch norm's disagree at batch 5; the manual and autodiff backward passes give the same
-loss curves (float32 round-off) and the step loop reproduces fit exactly."""
+loss curves (float32 round-off)."""
 
 import json
 import math
@@ -104,11 +104,10 @@ def test_impl_manual_and_auto_agree(quick_run):
     assert d["init_gradients"]["global_rel_error"] < 1e-5
     assert d["init_gradients"]["max_rel_error_per_leaf"] < 1e-5
     assert d["final_params_max_rel"] < 1e-2
-    # the per-step loop is fit's loop: same epoch means, same final weights
+    # the per-step losses are fit's own (its on_step callback): their means are its epoch losses
     for impl in ("manual", "auto"):
         np.testing.assert_allclose(part["steps"][impl]["epoch_means"], part["fit"][impl]["history"]["train_loss"],
                                    rtol=1e-6)
-        assert part["fit"][impl]["fit_params_vs_loop_max_abs"] < 1e-6
     # float64: the two backward passes give the same training run. Measured on the quick run:
     # gradients at init 1.5e-16 (global) and 6.9e-16 (worst leaf), every loss identical, final
     # weights 7.6e-13 apart after the training steps; bounds ~100x above those
