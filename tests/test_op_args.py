@@ -204,3 +204,22 @@ def test_label_checks_with_checkify_directly():
     with losses.label_checks():
         err, _ = f(scores, jnp.array([0, 3]))
     assert "svm_hinge: label 3 at row 1 is outside [0, 3)" in err.get()
+
+
+NEGATIVE_PADDINGS = [-1, np.int64(-1), (-1, -1), (1, -1), ((0, -1), (0, 0)), ((0, 0), (-2, 0))]
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_negative_padding_is_refused_everywhere(path):
+    """On an input large enough that a cropped window would still fit."""
+    m = PATHS[path]
+    calls = {"conv2d": lambda p: m.conv2d(_x((1, 8, 8, 2)), _x((3, 3, 2, 2)), padding=p),
+             "max_pool2d": lambda p: m.max_pool2d(_x((1, 8, 8, 2)), window=2, stride=1, padding=p),
+             "avg_pool2d": lambda p: m.avg_pool2d(_x((1, 8, 8, 2)), window=2, stride=1, padding=p)}
+    for op, call in calls.items():
+        for p in NEGATIVE_PADDINGS:
+            with pytest.raises(ValueError, match=rf"^{op}: `padding` must be >= 0"):
+                call(p)
+    for p in (-1, np.int64(-1)):
+        with pytest.raises(ValueError, match=r"^conv2d_transpose: `padding` must be a non-negative int"):
+            m.conv2d_transpose(_x((1, 3, 3, 2)), _x((3, 3, 2, 2)), padding=p)
