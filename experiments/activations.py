@@ -29,7 +29,9 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits, figure, parse_args, print_table, write_results
+from experiments._common import (
+    Timer, cifar_or_digits, figure, grid_legend, parse_args, print_table, save_figure, write_results,
+)
 
 NAME = "activations"
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "maxout")
@@ -111,13 +113,9 @@ def plot_curves(runs: dict, title: str, path: str) -> str:
                     label=f"{name} (test {r['test_acc']:.3f})")
     ax_loss.set(xlabel="epoch", ylabel="training loss (epoch mean)", title="training loss")
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+    grid_legend((ax_loss, ax_acc))
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- main

@@ -31,7 +31,7 @@ from functools import partial
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits_uint8, parse_args, print_table, quick_subset, write_results
+from experiments._common import Timer, parse_args, print_table, quick_cifar_or_digits_uint8, write_results
 
 NAME = "features_net"
 DESCRIPTION = "HOG + HSV colour-histogram features -> linear SVM and two-layer net on CIFAR-10."
@@ -83,10 +83,7 @@ def main(argv=None) -> dict:
     from jaxnet.viz import plot_history
 
     with Timer() as t_load:
-        ds, source = cifar_or_digits_uint8(args, val_size=1000)
-        if quick:  # a smoke test: small training and test splits
-            ds = quick_subset(ds, n_train=4000, n_test=2000, seed=args.seed)
-    print(f"data: {ds}  ({t_load.elapsed:.1f} s){'  [quick: subsampled]' if quick else ''}", flush=True)
+        ds, source = quick_cifar_or_digits_uint8(args, val_size=1000, normalize=False)
 
     # the digits' 1,257 training images make 7 steps per epoch: more epochs for a comparable run
     if source == "cifar10":

@@ -55,7 +55,7 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, figure, parse_args, print_table, write_results
+from experiments._common import Timer, figure, parse_args, print_table, save_figure, write_results
 
 NAME = "init_stats"
 BINS = 50
@@ -258,9 +258,7 @@ def plot_stats(stats: dict, path: str) -> str:
     for ax in (ax_mean, ax_std, ax_grad, ax_dh):
         ax.grid(True, alpha=0.3)
     ax_std.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- main

@@ -30,7 +30,9 @@ import statistics
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits_uint8, figure, parse_args, print_table, write_results
+from experiments._common import (
+    Timer, cifar_or_digits_uint8, figure, parse_args, print_table, save_figure, write_results,
+)
 
 NAME = "knn"
 KS = (1, 3, 5, 8, 10, 12, 15, 20, 50, 100)
@@ -131,9 +133,7 @@ def plot_cv(cvs: dict, path: str, folds: int) -> str:
             ax.minorticks_off()
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- main

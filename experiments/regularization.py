@@ -49,7 +49,7 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits, figure, parse_args, print_table, write_results
+from experiments._common import Timer, cifar_or_digits, figure, parse_args, print_table, save_figure, write_results
 
 NAME = "regularization"
 DESCRIPTION = "Regularization: L2 and dropout sweeps, data augmentation, ensembles, EMA of the params."
@@ -161,10 +161,7 @@ def plot_sweeps(sweeps: dict, path: str, title: str) -> str:
         ax.grid(True, alpha=0.3)
     np.atleast_1d(axes)[0].set_ylabel("accuracy (final params)")
     np.atleast_1d(axes)[0].legend(fontsize=8, loc="lower left")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path, title)
 
 
 def plot_gap(sweeps: dict, path: str, title: str) -> str:
@@ -192,9 +189,7 @@ def plot_gap(sweeps: dict, path: str, title: str) -> str:
         bottom.legend(fontsize=8)
     fig.suptitle(title + "\n(train accuracy per epoch: running mean over the training batches, "
                          "with dropout / augmentation active)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def plot_ensemble(ens: dict, ema_rows: list, path: str, title: str) -> str:
@@ -223,10 +218,7 @@ def plot_ensemble(ens: dict, ema_rows: list, path: str, title: str) -> str:
     ax_m.axvline(0, color="k", lw=0.8)
     ax_m.set(xlabel="EMA − raw final params, test accuracy", title="EMA of the params, per run")
     ax_m.grid(True, axis="x", alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path, title)
 
 
 # ---------------------------------------------------------------- main

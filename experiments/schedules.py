@@ -36,7 +36,9 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits, figure, parse_args, print_table, write_results
+from experiments._common import (
+    Timer, cifar_or_digits, figure, grid_legend, parse_args, print_table, save_figure, write_results,
+)
 
 NAME = "schedules"
 DESCRIPTION = "Learning-rate schedules: constant, step, exponential, 1/t, cosine, warmup + cosine."
@@ -97,10 +99,7 @@ def plot_schedules(values: dict, steps_per_epoch: int, path: str, title: str) ->
     ax_log.set_yscale("log")
     ax_lin.set_title("lr vs step (faint lines: epoch boundaries)")
     ax_log.set_title("lr vs step (log axis)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path, title)
 
 
 def plot_curves(runs: dict, path: str, title: str) -> str:
@@ -113,13 +112,8 @@ def plot_curves(runs: dict, path: str, title: str) -> str:
     ax_loss.set(xlabel="epoch", ylabel="training loss (epoch mean)", title="training loss")
     ax_loss.set_yscale("log")
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    grid_legend((ax_loss, ax_acc), which="both")
+    return save_figure(fig, path, title)
 
 
 # ---------------------------------------------------------------- main

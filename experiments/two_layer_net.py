@@ -32,7 +32,7 @@ import os
 import numpy as np
 
 from experiments._common import (
-    Timer, cifar_or_digits_uint8, figure, parse_args, print_table, quick_subset, write_results,
+    Timer, figure, parse_args, print_table, quick_cifar_or_digits_uint8, save_figure, write_results,
 )
 
 NAME = "two_layer_net"
@@ -102,11 +102,7 @@ def plot_weight_grid(w, path, *, image_shape=(32, 32, 3), max_units: int = 100, 
     ax.imshow(grid if c == 3 else grid[..., 0], interpolation="nearest", cmap=None if c == 3 else "gray")
     ax.axis("off")
     ax.set_title(title or f"first-layer weights ({n} of {w.shape[1]} hidden units)")
-    fig.tight_layout()
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv=None) -> dict:
@@ -119,17 +115,12 @@ def main(argv=None) -> dict:
     import jax
 
     from jaxnet.classic.search import plot_search, random_search, results_table
-    from jaxnet.data import normalize_dataset, subsample, to_float
+    from jaxnet.data import subsample
     from jaxnet.train import evaluate, fit
     from jaxnet.viz import plot_history
 
     with Timer() as t_load:
-        ds, source = cifar_or_digits_uint8(args, val_size=1000)
-        if quick:  # a smoke test: small training and test splits
-            ds = quick_subset(ds, n_train=4000, n_test=2000, seed=args.seed)
-        ds = ds.replace(x_train=to_float(ds.x_train), x_val=to_float(ds.x_val), x_test=to_float(ds.x_test))
-        ds = normalize_dataset(ds, mode="channel")
-    print(f"data: {ds}  ({t_load.elapsed:.1f} s){'  [quick: subsampled]' if quick else ''}", flush=True)
+        ds, source = quick_cifar_or_digits_uint8(args, val_size=1000, normalize=True)
     if args.augment is None:
         args.augment = "flip" if source == "cifar10" else "none"
     # the digits' 1,257 training images make 7 steps per epoch: more epochs for a comparable run

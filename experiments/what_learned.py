@@ -23,7 +23,9 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, figure, load_data, parse_args, print_table, quick_subset, write_results
+from experiments._common import (
+    Timer, figure, load_data, parse_args, print_table, quick_subset, save_figure, write_results,
+)
 
 NAME = "what_learned"
 DESCRIPTION = "What the convnet learned: first-layer filters, nearest neighbours, t-SNE of features."
@@ -110,10 +112,7 @@ def plot_filters(w: np.ndarray, path: str) -> str:
         if i < c_out:
             ax.imshow(_show(w[..., i]), interpolation="nearest", cmap=None if w.shape[2] == 3 else "gray")
             ax.set_title(str(i), fontsize=7)
-    fig.suptitle(f"first-layer filters ({w.shape[0]}x{w.shape[1]}x{w.shape[2]}), each min-max scaled")
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path, f"first-layer filters ({w.shape[0]}x{w.shape[1]}x{w.shape[2]}), each min-max scaled")
 
 
 def plot_neighbours(raw_test, raw_train, q_idx, nn_feat, nn_pix, y_test, y_train, names, path):
@@ -136,9 +135,7 @@ def plot_neighbours(raw_test, raw_train, q_idx, nn_feat, nn_pix, y_test, y_train
                 ax.set_title(label, fontsize=6, color=color)
     fig.suptitle(f"left: query and its {k} nearest training images in the last hidden layer's space; "
                  f"right: nearest in pixel space (green: same class)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def plot_tsne(emb, labels, raw, names, path) -> str:
@@ -173,9 +170,7 @@ def plot_tsne(emb, labels, raw, names, path) -> str:
     ax2.imshow(canvas)
     ax2.axis("off")
     ax2.set_title("the same map as images (one per grid cell)")
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def _train_quick(ds, seed):
