@@ -92,15 +92,7 @@ def audit_case(spec: registry.OpSpec, case: registry.Case, *, seed: int = 0) -> 
         args = spec.sample(k_args, case.dims, DTYPE)
         diff = spec.differentiated(args)
 
-        def restricted(impl):
-            def f(*d):
-                full = list(args)
-                for i, v in zip(diff, d):
-                    full[i] = v
-                return spec.differentiable_output(spec.call(impl, full, case))
-            return f
-
-        f_ref, f_man = restricted("autodiff"), restricted("manual")
+        f_ref, f_man = (spec.of_differentiated(impl, args, case, diff) for impl in ("autodiff", "manual"))
         primals = tuple(args[i] for i in diff)
         out = jax.eval_shape(f_ref, *primals)
         ct = jax.random.normal(k_ct, out.shape, DTYPE)

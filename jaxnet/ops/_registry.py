@@ -112,6 +112,16 @@ class OpSpec:
     def differentiable_output(self, result):
         return result if self.output is None else self.output(result)
 
+    def of_differentiated(self, impl: str, args, case: Case, argnums) -> Callable:
+        """One path as a function of ``args[argnums]`` only, the other arguments fixed:
+        ``f(*args[argnums]) -> differentiable output``, ready for ``jax.vjp``."""
+        def f(*d):
+            full = list(args)
+            for i, v in zip(argnums, d):
+                full[i] = v
+            return self.differentiable_output(self.call(impl, full, case))
+        return f
+
     def differentiated(self, args) -> tuple:
         """Indices of ``args`` the audit differentiates: every floating-point array,
         narrowed to ``argnums`` when the spec sets it."""
