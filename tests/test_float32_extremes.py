@@ -20,7 +20,10 @@ def _sample(spec, case):
 def test_every_registered_op_is_covered():
     covered = {spec.name for spec, _, _ in float32_cases()}
     assert covered == set(registry.REGISTRY) == set(ops.OP_NAMES)
-    for spec, case, label in float32_cases():
+    first = {}
+    for spec, case, label in float32_cases():     # one case per op: sampling every case eagerly costs a minute
+        first.setdefault(spec.name, (spec, case))
+    for spec, case in first.values():
         variants = extreme_inputs(spec, case, _sample(spec, case))
         labels = [v for v, _ in variants]
         assert len(labels) >= 2 * len(SCALES) and len(set(labels)) == len(labels), (spec.name, labels)
