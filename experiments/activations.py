@@ -1,4 +1,4 @@
-"""Activation functions (issue 5, experiment 2): the same net with six nonlinearities.
+"""Activation functions: the same net with six nonlinearities.
 
     python -m experiments.activations [--data-dir /path/to/cifar10-jpeg.tar.gz] [--quick] [--out DIR]
 

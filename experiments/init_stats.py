@@ -1,4 +1,4 @@
-"""Initialization and activation statistics, the course's deep-net experiment (seeds catalog section 9).
+"""Initialization and activation statistics, the course's deep-net experiment.
 
     python -m experiments.init_stats [--quick] [--out DIR]
 

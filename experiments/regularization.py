@@ -1,4 +1,4 @@
-"""Regularization (issue 5, experiment 6): L2, dropout, data augmentation, ensembles, EMA.
+"""Regularization: L2, dropout, data augmentation, ensembles, EMA.
 
     python -m experiments.regularization [--data-dir /path/to/cifar10-jpeg.tar.gz] [--quick] [--out DIR]
 

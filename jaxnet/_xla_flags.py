@@ -2,8 +2,8 @@
 
 ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` keeps XLA's
 YNNPACK fusions but sends single convolutions to XLA's own (Eigen) CPU
-convolution, measured about 2x faster for CIFAR-sized NHWC convolutions on
-this 2-core CPU (see the README's Performance section).  The flag only
+convolution, which `jaxnet bench` measures about 2x faster for CIFAR-sized
+NHWC convolutions on CPU (docs/performance.md).  The flag only
 concerns the CPU backend; on GPU/TPU it changes nothing.
 
 Opt out with ``JAXNET_XLA_FLAGS=0``; a value the user already put in

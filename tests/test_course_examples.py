@@ -1,4 +1,4 @@
-"""The course's own worked examples (seeds-catalog §3, §5.2, §7.2) as tests."""
+"""The course's own worked examples as tests."""
 import math
 
 import jax

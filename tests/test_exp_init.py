@@ -1,7 +1,7 @@
-"""Experiment 1 of issue 5: initialization and activation statistics (``experiments.init_stats``).
+"""Initialization and activation statistics (``experiments.init_stats``).
 
 Runs the ``--quick`` version in-process (10 layers x 200 units, 300 random inputs: a few
-seconds) and checks the course's claims (seeds catalog section 9) and the output files."""
+seconds) and checks the course's claims and the output files."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Pre-CNN image features (seeds catalog §2.6): HOG and HSV colour histograms, batched NHWC.
+"""Pre-CNN image features: HOG and HSV colour histograms, batched NHWC.
 
 The course's assignment-1 ``features.py`` computes these one image at a time in numpy
 (``hog_feature``, ``color_histogram_hsv``, ``extract_features``). Here every function
