@@ -9,7 +9,8 @@ this module gathers them.  ``python -m jaxnet.registry`` prints :func:`op_table`
 from __future__ import annotations
 
 import jaxnet.ops  # noqa: F401  (importing the family modules registers every op)
-from jaxnet.ops._registry import REGISTRY, Case, OpSpec, all_cases, case, get, op_table, register
+from jaxnet.ops._registry import (REGISTRY, Case, OpSpec, OracleCase, all_cases, case, get, op_table,
+                                  oracle_case, register)
 from jaxnet.ops._sampling import KINK_GAP
 
 SPECS: tuple[OpSpec, ...] = tuple(REGISTRY.values())

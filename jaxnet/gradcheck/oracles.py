@@ -260,12 +260,7 @@ ORACLES: dict[str, Callable] = {name: globals()[name] for name in (
 
 # ------------------------------------------------------------------------------------- fixed inputs
 
-@dataclasses.dataclass(frozen=True)
-class OracleCase:
-    """Fixed inputs: positional arguments (NumPy float64, int labels, a PRNG key) and keywords."""
-    label: str
-    args: tuple
-    kwargs: dict
+OracleCase = registry.OracleCase
 
 
 def _rng(name, i):
@@ -439,9 +434,19 @@ def _as_leaves(result):
     return [np.asarray(a, np.float64) for a in jax.tree_util.tree_leaves(result)]
 
 
+def oracle_of(spec: registry.OpSpec) -> Callable | None:
+    """The op's NumPy oracle: ``spec.oracle`` where the op's registration sets one, else :data:`ORACLES`."""
+    return spec.oracle if spec.oracle is not None else ORACLES.get(spec.name)
+
+
+def oracle_inputs(spec: registry.OpSpec) -> tuple:
+    """The op's fixed inputs: ``spec.oracle_inputs()`` where set, else :data:`ORACLE_CASES`."""
+    return spec.oracle_inputs() if spec.oracle is not None else ORACLE_CASES.get(spec.name, ())
+
+
 def oracle_case(spec: registry.OpSpec, oc: OracleCase, oracle: Callable | None = None) -> OracleResult:
-    """Both paths of ``spec`` on ``oc`` against the oracle (default ``ORACLES[spec.name]``), float64."""
-    oracle = ORACLES[spec.name] if oracle is None else oracle
+    """Both paths of ``spec`` on ``oc`` against the oracle (default :func:`oracle_of`), float64."""
+    oracle = oracle_of(spec) if oracle is None else oracle
     start = time.perf_counter()
     with jax.enable_x64(True):       # dropout's mask: drawn in the mode the op runs in
         want = _as_leaves(oracle(*oc.args, **oc.kwargs))
@@ -460,7 +465,7 @@ def oracle_case(spec: registry.OpSpec, oc: OracleCase, oracle: Callable | None =
 def check_oracles(names: Iterable[str] | None = None, progress=None) -> list[OracleResult]:
     """Every fixed input of every registered op (or only ``names``) against its oracle."""
     todo = [(registry.get(n), oc) for n in (list(names) if names else list(registry.REGISTRY))
-            for oc in ORACLE_CASES.get(n, ())]
+            for oc in oracle_inputs(registry.get(n))]
     return [oracle_case(spec, oc) for spec, oc in (progress(todo) if progress else todo)]
 
 

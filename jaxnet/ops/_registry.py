@@ -37,6 +37,20 @@ def case(dims: dict, **kwargs) -> Case:
     return Case(kwargs=kwargs, dims=dims)
 
 
+@dataclasses.dataclass(frozen=True)
+class OracleCase:
+    """One fixed input for the oracle check: positional arguments (NumPy float64
+    arrays, integer labels, a raw ``uint32`` PRNG key, ``None``) and keywords."""
+    label: str
+    args: tuple
+    kwargs: dict
+
+
+def oracle_case(label: str, *args, **kwargs) -> OracleCase:
+    """``oracle_case("x=3x4 slope=0.3", x, slope=0.3)``: a label, the op's arguments, its keywords."""
+    return OracleCase(label, tuple(args), kwargs)
+
+
 def _short(v):
     if isinstance(v, tuple):
         return "x".join(str(i) for i in v) if all(isinstance(i, int) for i in v) else str(v).replace(" ", "")
@@ -77,6 +91,12 @@ class OpSpec:
       ``case`` (see ``jaxnet/gradcheck/extremes.py``).  ``None`` (the default)
       uses the override table there, else the generic rule (every floating
       input scaled by one factor, both signs).
+    oracle: an independent NumPy float64 forward (same positional arguments and
+      keywords as the op), written from the formula with loops or ``einsum``,
+      never by calling the op.  The oracle check compares both paths with it.
+    oracle_cases: the oracle check's small fixed inputs: a tuple of
+      :class:`OracleCase` (build them with :func:`oracle_case`), or a
+      zero-argument callable returning one (built on first use).
     """
     name: str
     reference: Callable
@@ -91,6 +111,8 @@ class OpSpec:
     note: str = ""
     family: str = ""
     extremes: Optional[Callable] = None
+    oracle: Optional[Callable] = None
+    oracle_cases: Any = ()
 
     def __post_init__(self):
         if not self.family:
@@ -133,6 +155,11 @@ class OpSpec:
         """:meth:`differentiated` for the first case's arguments (sampled once, on first use)."""
         c = self.cases[0]
         return self.differentiated(self.sample(jax.random.PRNGKey(0), c.dims, jnp.float32))
+
+    def oracle_inputs(self) -> tuple:
+        """The oracle check's fixed inputs (``oracle_cases``, built now if it is a callable)."""
+        cases = self.oracle_cases() if callable(self.oracle_cases) else self.oracle_cases
+        return tuple(cases)
 
     def arg_names(self, argnums) -> list:
         """The reference's parameter names at ``argnums``."""
