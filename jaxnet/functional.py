@@ -19,6 +19,7 @@ from typing import Any, Callable
 from jaxnet._impl import resolve_impl
 from jaxnet.ops import activations as _activations, conv as _conv, linear as _linear, losses as _losses
 from jaxnet.ops import norm as _norm, pool as _pool, regularization as _regularization
+from jaxnet.ops import recurrent as _recurrent, sequence as _sequence  # noqa: F401
 
 _IMPL_DOC = "\n\n    impl: 'autodiff' (alias 'auto') | 'manual' | None (the current default).\n"
 
@@ -77,6 +78,10 @@ group_norm = _dispatch(_norm.group_norm, _norm.group_norm_manual)
 
 # regularization
 dropout = _dispatch(_regularization.dropout, _regularization.dropout_manual)
+
+# sequence
+
+# recurrent
 
 
 __all__ = [
