@@ -80,8 +80,18 @@ group_norm = _dispatch(_norm.group_norm, _norm.group_norm_manual)
 dropout = _dispatch(_regularization.dropout, _regularization.dropout_manual)
 
 # sequence
+word_embedding = _dispatch(_sequence.word_embedding, _sequence.word_embedding_manual)
+temporal_affine = _dispatch(_sequence.temporal_affine, _sequence.temporal_affine_manual)
+temporal_softmax_cross_entropy = _dispatch(_sequence.temporal_softmax_cross_entropy,
+                                          _sequence.temporal_softmax_cross_entropy_manual)
 
 # recurrent
+rnn_step = _dispatch(_recurrent.rnn_step, _recurrent.rnn_step_manual)
+rnn = _dispatch(_recurrent.rnn, _recurrent.rnn_manual)
+lstm_step = _dispatch(_recurrent.lstm_step, _recurrent.lstm_step_manual)
+lstm = _dispatch(_recurrent.lstm, _recurrent.lstm_manual)
+gru_step = _dispatch(_recurrent.gru_step, _recurrent.gru_step_manual)
+gru = _dispatch(_recurrent.gru, _recurrent.gru_manual)
 
 
 __all__ = [
@@ -89,4 +99,8 @@ __all__ = [
     "softmax_cross_entropy", "svm_hinge", "sigmoid_cross_entropy", "l2_loss", "l1_loss", "l2_penalty",
     "l1_penalty", "conv2d", "conv2d_transpose", "max_pool2d", "avg_pool2d", "global_avg_pool", "batch_norm",
     "spatial_batch_norm", "layer_norm", "group_norm", "dropout",
+    # sequence
+    "word_embedding", "temporal_affine", "temporal_softmax_cross_entropy",
+    # recurrent
+    "rnn_step", "rnn", "lstm_step", "lstm", "gru_step", "gru",
 ]
