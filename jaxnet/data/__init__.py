@@ -27,6 +27,7 @@ from jaxnet.data.preprocess import (
     whiten,
 )
 from jaxnet.data.splits import Dataset, kfold_indices, split_indices, subsample, train_val_test_split
+from jaxnet.data.captions import CaptionData, CaptionSplit, CaptionVocab, cifar_mosaics, digit_strings
 
 __all__ = [
     "DataError", "DataNotFoundError",
