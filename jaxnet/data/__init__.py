@@ -27,6 +27,7 @@ from jaxnet.data.preprocess import (
     whiten,
 )
 from jaxnet.data.splits import Dataset, kfold_indices, split_indices, subsample, train_val_test_split
+from jaxnet.data.text import CharVocab, TextCorpus, batchify, bptt_chunks, load_text_corpus, split_of, stdlib_root
 from jaxnet.data.captions import CaptionData, CaptionSplit, CaptionVocab, cifar_mosaics, digit_strings
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "to_float", "mean_image", "channel_stats", "Normalizer", "fit_normalizer", "normalize_dataset",
     "PCA", "pca_fit", "pca_transform", "whiten",
     "random_crop", "random_flip", "augment",
+    "CharVocab", "TextCorpus", "load_text_corpus", "split_of", "stdlib_root", "batchify", "bptt_chunks",
 ]
