@@ -36,6 +36,7 @@ from jaxnet.train.parallel import (
 from jaxnet.train.sanity import initial_loss_check, overfit_small_subset
 from jaxnet.train.state import TrainState, create_train_state
 from jaxnet.train.stats import flatten_paths, make_stats_step, param_norms, update_ratios
+from jaxnet.train.tbptt import TBPTTResult, evaluate_bpc, make_tbptt_eval, make_tbptt_step, train_tbptt
 from jaxnet.train.step import batches, make_eval_step, make_train_step, masked_mean, num_batches, per_example_loss
 
 __all__ = [
@@ -49,4 +50,5 @@ __all__ = [
     "check_batch_divisible",
     "initial_loss_check", "overfit_small_subset",
     "make_stats_step", "update_ratios", "param_norms", "flatten_paths",
+    "make_tbptt_step", "make_tbptt_eval", "evaluate_bpc", "train_tbptt", "TBPTTResult",
 ]
