@@ -138,11 +138,113 @@ def test_docs_page_has_the_generated_op_table():
     assert "`running_mean`, `running_var`" in table
     page = (ROOT / "docs" / "ops.md").read_text()
     assert table in page, "docs/ops.md is stale: paste the output of `python -m jaxnet.registry`"
-    for fn in (activations.softplus, activations.softplus_manual, activations._softplus_bwd):   # the worked example
+    for fn in (activations.softplus, activations.softplus_manual, activations._softplus_bwd,
+               activations._softplus_oracle):                                                   # the worked example
         assert inspect.getsource(fn) in page, fn.__name__
+    readme = (ROOT / "README.md").read_text()
+    assert 'oracle=_softplus_oracle, oracle_cases=lambda: O.unary("softplus", _ORACLE_SHAPES)' in readme
 
 
 def test_impl_names():
     assert jaxnet.IMPLS == ("autodiff", "manual")
     y = F.relu(jnp.array([-1.0, 2.0]), impl="auto")
     assert y.tolist() == [0.0, 2.0]
+
+
+# One new op, written the way docs/ops.md's "Adding an op" says: reference, manual twin with its
+# named backward, NumPy oracle with fixed inputs and the registration, all in one family module.
+_THROWAWAY_FAMILY = '''
+"""A throwaway family: one op, cube(x) = x^3."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnet.ops import _oracle_inputs as O
+from jaxnet.ops import _sampling as S
+from jaxnet.ops._registry import OpSpec, case, register
+
+
+def cube(x):
+    """x^3. x: any shape."""
+    return x * x * x
+
+
+@jax.custom_vjp
+def cube_manual(x):
+    """Manual twin of cube. x: any shape."""
+    return cube(x)
+
+
+def _cube_fwd(x):
+    return cube(x), x
+
+
+def _cube_bwd(x, dy):
+    """dx = 3 x^2 dy.
+
+    Residual: the input x (any shape).  dy, dx: the shape of x.
+    """
+    return (3 * x * x * dy,)
+
+
+cube_manual.defvjp(_cube_fwd, _cube_bwd)
+
+
+def _cube_oracle(x):
+    """NumPy oracle: x ** 3, float64."""
+    return np.power(x, 3)
+
+
+SPEC = register(OpSpec("cube", cube, cube_manual, S.unary(S.normal), (case({"x": (3, 4)}), case({"x": (1, 2, 2, 3)})),
+                       backward=_cube_bwd, oracle=_cube_oracle,
+                       oracle_cases=lambda: O.unary("cube", ((3, 4), (2, 3)))))
+'''
+
+
+@pytest.fixture
+def throwaway_family(tmp_path):
+    """The module above, imported from a file as ``throwaway``; its registration is removed afterwards."""
+    import importlib.util
+    import sys
+
+    from jaxnet.ops import _registry
+    path = tmp_path / "throwaway.py"
+    path.write_text(_THROWAWAY_FAMILY)
+    module_spec = importlib.util.spec_from_file_location("throwaway", path)
+    module = importlib.util.module_from_spec(module_spec)
+    assert "cube" not in registry.REGISTRY
+    try:
+        module_spec.loader.exec_module(module)
+        yield module
+    finally:
+        _registry._TABLE.pop("cube", None)
+        sys.modules.pop("throwaway", None)
+    assert "cube" not in registry.REGISTRY
+
+
+def test_adding_an_op_is_its_family_module(throwaway_family, capsys):
+    """Registering in one module is all the audit, the float32 pass, the oracle check, the CLI and
+    the op table need (``jaxnet.functional``'s explicit line is the one other edit)."""
+    from jaxnet.cli import main
+    from jaxnet.gradcheck import ORACLE_CASES, ORACLES, audit, audit_float32, check_oracles, oracle_case
+    from jaxnet.gradcheck.oracles import missing_oracles
+    spec = throwaway_family.SPEC
+    assert registry.get("cube") is spec and spec.family == "throwaway"
+
+    assert [c for s, c in registry.all_cases() if s.name == "cube"] == list(spec.cases)
+    results = audit(["cube"])
+    assert len(results) == 2 and all(r.passed for r in results)
+    assert all(r.passed for r in audit_float32(["cube"]))
+
+    assert ORACLES["cube"] is throwaway_family._cube_oracle
+    assert [c.label for c in ORACLE_CASES["cube"]] == ["x=3x4", "x=2x3"]
+    checked = check_oracles(["cube"])
+    assert len(checked) == 2 and all(r.passed for r in checked)
+    assert "cube" in ORACLES and "cube" not in missing_oracles()            # check_oracles() runs it too
+    wrong = dataclasses.replace(spec, name="cube_wrong", oracle=lambda x: np.power(x, 2))
+    assert not oracle_case(wrong, ORACLE_CASES["cube"][0]).passed          # the check is not vacuous
+
+    assert "| `cube` | throwaway | `x` | dx = 3 x^2 dy |" in registry.op_table()
+    assert main(["gradcheck", "--op", "cube", "--quiet", "--skip-float32"]) == 0
+    out = capsys.readouterr().out
+    assert "2/2 cases passed" in out and "2/2 oracle inputs passed" in out

@@ -1,5 +1,11 @@
-"""NumPy oracles: an independent float64 forward per registered op, compared with both paths."""
+"""NumPy oracles: an independent float64 forward per registered op, compared with both paths.
+
+Each op's oracle and fixed inputs are registered with the op, in its family module
+(``OpSpec.oracle``, ``OpSpec.oracle_cases``); ``ORACLES`` and ``ORACLE_CASES`` are views of
+the registry.  These tests cover whatever is registered.
+"""
 import dataclasses
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -7,16 +13,75 @@ import numpy as np
 import pytest
 
 from jaxnet import registry
-from jaxnet.gradcheck.oracles import (ORACLE_CASES, ORACLE_TOL, ORACLES, OracleCase, check_oracles, oracle_case,
-                                      oracle_failures)
+from jaxnet.gradcheck import ORACLE_CASES as EXPORTED_CASES
+from jaxnet.gradcheck import ORACLES as EXPORTED_ORACLES
+from jaxnet.gradcheck.oracles import (NO_ORACLE, ORACLE_CASES, ORACLE_TOL, ORACLES, OracleCase, check_oracles,
+                                      missing_oracles, oracle_case, oracle_failures)
+from jaxnet.ops import _registry
+from jaxnet.ops._registry import OpSpec, case, register
 
 
 def test_every_registered_op_has_an_oracle_and_fixed_inputs():
-    assert set(ORACLES) == set(registry.REGISTRY)
-    assert set(ORACLE_CASES) == set(registry.REGISTRY)
-    for name, cases in ORACLE_CASES.items():
+    missing = missing_oracles()
+    assert not missing, ("registered ops without a NumPy oracle and fixed inputs (register them with "
+                         f"OpSpec(..., oracle=..., oracle_cases=...)): {', '.join(missing)}")
+    assert list(ORACLES) == list(ORACLE_CASES) == list(registry.REGISTRY)
+    assert EXPORTED_ORACLES is ORACLES and EXPORTED_CASES is ORACLE_CASES
+    for name, spec in registry.REGISTRY.items():
+        assert ORACLES[name] is spec.oracle, name
+        cases = ORACLE_CASES[name]
+        assert cases == spec.oracle_inputs() and all(isinstance(c, OracleCase) for c in cases), name
         assert len(cases) >= 2, name
         assert len({c.label for c in cases}) == len(cases), name
+        # the oracle lives with the op, in its family module
+        assert spec.oracle.__module__ == f"jaxnet.ops.{spec.family}", (name, spec.oracle.__module__)
+
+
+@pytest.mark.parametrize("name", list(registry.REGISTRY))
+def test_oracle_is_numpy_and_never_calls_the_op(name, monkeypatch):
+    """The oracle returns NumPy float64 (a JAX array would mean it ran JAX code), and it still
+    runs with the op's two paths replaced, in their module, by functions that raise."""
+    spec = registry.get(name)
+    module = importlib.import_module(spec.oracle.__module__)
+
+    def called(*args, **kwargs):
+        raise AssertionError(f"the oracle of {name!r} called the op")
+
+    for fn in (spec.reference, spec.manual):
+        if getattr(module, fn.__name__, None) is fn:
+            monkeypatch.setattr(module, fn.__name__, called)
+    for oc in spec.oracle_inputs():
+        out = spec.oracle(*oc.args, **oc.kwargs)
+        for leaf in jax.tree_util.tree_leaves(out):
+            assert isinstance(leaf, (np.ndarray, np.generic, float)), (name, oc.label, type(leaf))
+            assert np.asarray(leaf).dtype == np.float64, (name, oc.label, np.asarray(leaf).dtype)
+
+
+def _sample_square(key, d, dt):
+    return (jax.random.normal(key, d["x"], dt),)
+
+
+def test_an_op_without_an_oracle_fails_the_check_by_name():
+    """A registration without ``oracle=`` is a failing row of the check and is named by the
+    coverage test's message; it is removed again at the end."""
+    spec = OpSpec("square_without_oracle", lambda x: x * x, jax.custom_vjp(lambda x: x * x), _sample_square,
+                  (case({"x": (3,)}),), family="throwaway")
+    register(spec)
+    try:
+        assert "square_without_oracle" in missing_oracles()
+        assert "square_without_oracle" not in ORACLES and "square_without_oracle" not in ORACLE_CASES
+        with pytest.raises(KeyError, match="square_without_oracle"):
+            ORACLE_CASES["square_without_oracle"]
+        (row,) = check_oracles(["square_without_oracle"])
+        assert not row.passed and row.op == "square_without_oracle" and row.config == NO_ORACLE
+        assert oracle_failures([row]) == f"square_without_oracle: {NO_ORACLE}"
+        with pytest.raises(ValueError, match="'square_without_oracle' has no NumPy oracle"):
+            oracle_case(spec, OracleCase("x", (np.ones(3),), {}))
+    finally:
+        del _registry._TABLE["square_without_oracle"]
+    assert "square_without_oracle" not in registry.REGISTRY and not missing_oracles()
+    with pytest.raises(ValueError, match="oracle_cases` without an `oracle`"):
+        dataclasses.replace(spec, oracle_cases=(OracleCase("x", (np.ones(3),), {}),))
 
 
 def test_oracle_inputs_cover_the_options():
@@ -36,7 +101,8 @@ def test_oracle_inputs_cover_the_options():
 @pytest.mark.parametrize("name", list(registry.REGISTRY))
 def test_both_paths_match_the_oracle(name):
     results = check_oracles([name])
-    assert len(results) == len(ORACLE_CASES[name])
+    assert len(results) == len(ORACLE_CASES[name]) >= 2
+    assert [r.config for r in results] == [c.label for c in ORACLE_CASES[name]]
     for r in results:
         assert r.reference_rel_error <= ORACLE_TOL and r.manual_rel_error <= ORACLE_TOL, oracle_failures(results)
 

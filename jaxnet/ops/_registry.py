@@ -2,10 +2,12 @@
 
 A family module (``jaxnet/ops/activations.py``, ``conv.py``, ...) holds, for
 each of its ops, the reference forward, the manual op (a ``jax.custom_vjp``
-with a named, documented ``_<op>_bwd``) and a ``register(OpSpec(...))`` call
-that puts the op into this table.  Everything else is derived from the table:
-``jaxnet.ops`` and ``jaxnet.manual`` (the two namespaces), ``OP_NAMES``,
-``jaxnet.registry.REGISTRY``, the gradient audit's cases and :func:`op_table`.
+with a named, documented ``_<op>_bwd``), its NumPy oracle with the oracle's
+fixed inputs, and a ``register(OpSpec(...))`` call that puts the op into this
+table.  Everything else is derived from the table: ``jaxnet.ops`` and
+``jaxnet.manual`` (the two namespaces), ``OP_NAMES``,
+``jaxnet.registry.REGISTRY``, the gradient audit's cases, the float32 pass,
+the oracle check (``jaxnet.gradcheck.oracles``) and :func:`op_table`.
 """
 from __future__ import annotations
 
@@ -95,8 +97,11 @@ class OpSpec:
       keywords as the op), written from the formula with loops or ``einsum``,
       never by calling the op.  The oracle check compares both paths with it.
     oracle_cases: the oracle check's small fixed inputs: a tuple of
-      :class:`OracleCase` (build them with :func:`oracle_case`), or a
-      zero-argument callable returning one (built on first use).
+      :class:`OracleCase` (build them with :func:`oracle_case`, or with the
+      helpers of ``jaxnet/ops/_oracle_inputs.py``), or a zero-argument
+      callable returning one (built on first use and kept, so importing the
+      ops builds no arrays).  Every registered op needs an oracle and fixed
+      inputs: ``tests/test_oracle.py`` fails, naming the op, for one without.
     """
     name: str
     reference: Callable
@@ -125,6 +130,10 @@ class OpSpec:
             object.__setattr__(self, "argnums", tuple(self.argnums))
             if not self.argnums_reason:
                 raise ValueError(f"OpSpec {self.name!r}: narrowing `argnums` needs an `argnums_reason`")
+        if self.oracle is not None and not callable(self.oracle):
+            raise TypeError(f"OpSpec {self.name!r}: `oracle` must be a NumPy forward, got {type(self.oracle).__name__}")
+        if self.oracle is None and (callable(self.oracle_cases) or self.oracle_cases):
+            raise ValueError(f"OpSpec {self.name!r}: `oracle_cases` without an `oracle` to compare them with")
 
     def call(self, impl: str, args, case: Case):
         """Run one path (``"manual"``, or the reference for anything else) on ``args``."""
@@ -157,9 +166,18 @@ class OpSpec:
         return self.differentiated(self.sample(jax.random.PRNGKey(0), c.dims, jnp.float32))
 
     def oracle_inputs(self) -> tuple:
-        """The oracle check's fixed inputs (``oracle_cases``, built now if it is a callable)."""
-        cases = self.oracle_cases() if callable(self.oracle_cases) else self.oracle_cases
-        return tuple(cases)
+        """The oracle check's fixed inputs: ``oracle_cases``, built on the first call if it is a
+        callable (and kept); ``()`` for an op without them."""
+        return self._built_oracle_inputs
+
+    @functools.cached_property
+    def _built_oracle_inputs(self) -> tuple:
+        cases = tuple(self.oracle_cases() if callable(self.oracle_cases) else self.oracle_cases)
+        for oc in cases:
+            if not isinstance(oc, OracleCase):
+                raise TypeError(f"OpSpec {self.name!r}: oracle_cases must be OracleCase (oracle_case(label, "
+                                f"*args, **kwargs)), got {type(oc).__name__}")
+        return cases
 
     def arg_names(self, argnums) -> list:
         """The reference's parameter names at ``argnums``."""

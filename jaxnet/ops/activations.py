@@ -1,4 +1,4 @@
-"""Elementwise activations (and maxout): reference forwards, manual ops, audit registrations.
+"""Elementwise activations (and maxout): reference forwards, manual ops, NumPy oracles, audit registrations.
 
 All take ``x`` of any shape and return the same shape (maxout shrinks the last
 axis by ``pieces``).  Each manual op's forward is the reference itself, except
@@ -21,13 +21,16 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxnet._checks import check_min_rank, check_number, check_positive_int
+from jaxnet.ops import _oracle_inputs as O
 from jaxnet.ops import _sampling as S
 from jaxnet.ops._registry import OpSpec, case, register
 
 _SHAPES = ({"x": (4, 5)}, {"x": (1, 3, 3, 2)})
 _AWAY = "inputs kept away from the kink at 0; the kink itself: tests/test_op_kinks.py"
+_ORACLE_SHAPES = ((3, 4), (1, 2, 2, 3))      # the oracle check's fixed input shapes
 
 
 # ----------------------------------------------------------------------------------------------- relu
@@ -62,8 +65,15 @@ def _relu_bwd(x, dy):
 
 relu_manual.defvjp(_relu_fwd, _relu_bwd)
 
+
+def _relu_oracle(x):
+    """NumPy oracle: ``max(x, 0)``, float64."""
+    return np.maximum(x, 0.0)
+
+
 register(OpSpec("relu", relu, relu_manual, S.unary(S.away_from_zero), tuple(case(d) for d in _SHAPES),
-                backward=_relu_bwd, note=_AWAY))
+                backward=_relu_bwd, note=_AWAY,
+                oracle=_relu_oracle, oracle_cases=lambda: O.unary("relu", _ORACLE_SHAPES)))
 
 
 # ----------------------------------------------------------------------------------------- leaky relu
@@ -107,9 +117,15 @@ def leaky_relu_manual(x, *, slope=0.01):
     return _leaky_relu(x, check_slope("leaky_relu", "slope", slope))
 
 
+def _leaky_relu_oracle(x, *, slope=0.01):
+    """NumPy oracle: ``x`` where ``x > 0``, else ``slope * x``, float64."""
+    return np.where(x > 0, x, slope * x)
+
+
 register(OpSpec("leaky_relu", leaky_relu, leaky_relu_manual, S.unary(S.away_from_zero),
                 tuple(case(d, slope=s) for d in _SHAPES for s in (0.01, 0.2)),
-                backward=_leaky_relu_bwd, note=_AWAY))
+                backward=_leaky_relu_bwd, note=_AWAY, oracle=_leaky_relu_oracle,
+                oracle_cases=lambda: O.unary("leaky_relu", ((3, 4),), ({"slope": 0.01}, {"slope": 0.3}))))
 
 
 # -------------------------------------------------------------------------------------------- sigmoid
@@ -140,8 +156,15 @@ def _sigmoid_bwd(y, dy):
 
 sigmoid_manual.defvjp(_sigmoid_fwd, _sigmoid_bwd)
 
+
+def _sigmoid_oracle(x):
+    """NumPy oracle: ``1 / (1 + exp(-x))``, float64."""
+    return 1.0 / (1.0 + np.exp(-x))
+
+
 register(OpSpec("sigmoid", sigmoid, sigmoid_manual, S.unary(S.scaled_normal(3)),
-                tuple(case(d) for d in _SHAPES), backward=_sigmoid_bwd))
+                tuple(case(d) for d in _SHAPES), backward=_sigmoid_bwd,
+                oracle=_sigmoid_oracle, oracle_cases=lambda: O.unary("sigmoid", _ORACLE_SHAPES)))
 
 
 # ----------------------------------------------------------------------------------------------- tanh
@@ -172,8 +195,15 @@ def _tanh_bwd(y, dy):
 
 tanh_manual.defvjp(_tanh_fwd, _tanh_bwd)
 
+
+def _tanh_oracle(x):
+    """NumPy oracle: ``np.tanh``, float64."""
+    return np.tanh(x)
+
+
 register(OpSpec("tanh", tanh, tanh_manual, S.unary(S.scaled_normal(2)),
-                tuple(case(d) for d in _SHAPES), backward=_tanh_bwd))
+                tuple(case(d) for d in _SHAPES), backward=_tanh_bwd,
+                oracle=_tanh_oracle, oracle_cases=lambda: O.unary("tanh", _ORACLE_SHAPES)))
 
 
 # ------------------------------------------------------------------------------------------------ elu
@@ -225,9 +255,15 @@ def elu_manual(x, *, alpha=1.0):
     return _elu(x, check_slope("elu", "alpha", alpha))
 
 
+def _elu_oracle(x, *, alpha=1.0):
+    """NumPy oracle: ``x`` where ``x > 0``, else ``alpha * (exp(x) - 1)``, float64."""
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0)))
+
+
 register(OpSpec("elu", elu, elu_manual, S.unary(S.away_from_zero),
                 tuple(case(d, alpha=a) for d in _SHAPES for a in (1.0, 0.5)),
-                backward=_elu_bwd, note=_AWAY))
+                backward=_elu_bwd, note=_AWAY, oracle=_elu_oracle,
+                oracle_cases=lambda: O.unary("elu", ((3, 4),), ({"alpha": 1.0}, {"alpha": 0.5}))))
 
 
 # ---------------------------------------------------------------------------------------------- prelu
@@ -284,10 +320,21 @@ def _sample_prelu(key, d, dt):
     return S.away_from_zero(k[0], d["x"], dt), 0.1 + 0.3 * jax.random.uniform(k[1], d["alpha"], dt)
 
 
+def _prelu_oracle(x, alpha):
+    """NumPy oracle: ``x`` where ``x > 0``, else ``alpha * x`` (alpha broadcast over the last axis), float64."""
+    return np.where(x > 0, x, alpha * x)
+
+
+def _prelu_oracle_cases():
+    return O.drawn("prelu",
+                   ("x=3x4 alpha=4", lambda r: (r.standard_normal((3, 4)), 0.1 + 0.3 * r.random(4))),
+                   ("x=2x3 alpha=()", lambda r: (r.standard_normal((2, 3)), np.array(0.25))))
+
+
 register(OpSpec("prelu", prelu, prelu_manual, _sample_prelu,
                 (case({"x": (4, 5), "alpha": (5,)}), case({"x": (2, 3, 3, 4), "alpha": (4,)}),
                  case({"x": (3, 4), "alpha": ()})),
-                backward=_prelu_bwd, note=_AWAY))
+                backward=_prelu_bwd, note=_AWAY, oracle=_prelu_oracle, oracle_cases=_prelu_oracle_cases))
 
 
 # --------------------------------------------------------------------------------------------- maxout
@@ -353,10 +400,25 @@ def maxout_manual(x, *, pieces=2):
     return _maxout(x, check_maxout("maxout", x, pieces))
 
 
+def _maxout_oracle(x, *, pieces=2):
+    """NumPy oracle: output unit j is the max of input units ``j*pieces .. (j+1)*pieces - 1``, a loop over j."""
+    d = x.shape[-1] // pieces
+    y = np.empty(x.shape[:-1] + (d,))
+    for j in range(d):
+        y[..., j] = np.max(x[..., j * pieces:(j + 1) * pieces], axis=-1)
+    return y
+
+
+def _maxout_oracle_cases():
+    return O.drawn("maxout", ("x=3x6 pieces=2", O.normal(3, 6), {"pieces": 2}),
+                   ("x=2x2x6 pieces=3", O.normal(2, 2, 6), {"pieces": 3}))
+
+
 register(OpSpec("maxout", maxout, maxout_manual, S.unary(S.distinct),
                 (case({"x": (4, 6)}, pieces=2), case({"x": (2, 3, 9)}, pieces=3), case({"x": (1, 4)}, pieces=4)),
                 backward=_maxout_bwd,
-                note="inputs are distinct (no ties between pieces); ties: tests/test_op_kinks.py"))
+                note="inputs are distinct (no ties between pieces); ties: tests/test_op_kinks.py",
+                oracle=_maxout_oracle, oracle_cases=_maxout_oracle_cases))
 
 
 # ------------------------------------------------------------------------------------------- softplus
@@ -394,8 +456,15 @@ def _softplus_bwd(x, dy):
 
 softplus_manual.defvjp(_softplus_fwd, _softplus_bwd)
 
+
+def _softplus_oracle(x):
+    """NumPy oracle: ``log(1 + exp(x))`` as written, float64 (the fixed inputs stay far from overflow)."""
+    return np.log1p(np.exp(x))
+
+
 register(OpSpec("softplus", softplus, softplus_manual, S.unary(S.scaled_normal(3)),
-                tuple(case(d) for d in _SHAPES), backward=_softplus_bwd))
+                tuple(case(d) for d in _SHAPES), backward=_softplus_bwd,
+                oracle=_softplus_oracle, oracle_cases=lambda: O.unary("softplus", _ORACLE_SHAPES)))
 
 
 # ----------------------------------------------------------------------------------------------- gelu
@@ -459,6 +528,17 @@ def gelu_manual(x, *, approximate=False):
     return _gelu(x, bool(approximate))
 
 
+_np_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _gelu_oracle(x, *, approximate=False):
+    """NumPy oracle: ``0.5 x (1 + erf(x / sqrt 2))`` with ``math.erf``, or the tanh form, float64."""
+    if approximate:
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + _np_erf(x / math.sqrt(2.0)))
+
+
 register(OpSpec("gelu", gelu, gelu_manual, S.unary(S.scaled_normal(2)),
                 tuple(case(d, approximate=a) for d in _SHAPES for a in (False, True)),
-                backward=_gelu_bwd))
+                backward=_gelu_bwd, oracle=_gelu_oracle,
+                oracle_cases=lambda: O.unary("gelu", ((3, 4),), ({"approximate": False}, {"approximate": True}))))

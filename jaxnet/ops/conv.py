@@ -1,5 +1,5 @@
 """2-D convolution and transposed convolution (NHWC, HWIO): reference forwards,
-manual ops, audit registrations.
+manual ops, NumPy oracles, audit registrations.
 
 Manual ops: plain convolutions (no dilation, one group) run the reference's
 XLA convolution forward and write the backward as the two convolutions the
@@ -24,8 +24,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxnet._checks import check_positive_int, check_rank, is_int
+from jaxnet.ops import _oracle_inputs as O
 from jaxnet.ops import _sampling as S
 from jaxnet.ops._geometry import WindowGeometry, as_pair, check_spatial, window_geometry
 from jaxnet.ops._patches import crop_hw, extract_patches, fold_patches, pad_hw
@@ -204,6 +206,51 @@ def conv2d_manual(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
     return _conv2d(x, w, b, geom, groups)
 
 
+def _conv2d_oracle(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
+    """NumPy oracle: a loop over output positions, each the ``einsum`` of the dilated receptive field
+    (padded by :func:`~jaxnet.ops._oracle_inputs.pads`) with each group's filters, float64.
+    x: (N, H, W, C); w: (KH, KW, C // groups, O); b: (O,) or None.  Returns (N, Ho, Wo, O)."""
+    n, h, wd, c = x.shape
+    kh, kw, cg, o = w.shape
+    (sh, sw), (dh, dw) = O.pair(stride), O.pair(dilation)
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    xp = O.pad_hw(x, O.pads(padding, (h, wd), (eh, ew), (sh, sw)))
+    ho, wo = (xp.shape[1] - eh) // sh + 1, (xp.shape[2] - ew) // sw + 1
+    og = o // groups
+    y = np.zeros((n, ho, wo, o))
+    for i in range(ho):
+        for j in range(wo):
+            field = xp[:, i * sh:i * sh + eh:dh, j * sw:j * sw + ew:dw, :]       # (N, KH, KW, C)
+            for g in range(groups):
+                y[:, i, j, g * og:(g + 1) * og] = np.einsum(
+                    "nabc,abco->no", field[..., g * cg:(g + 1) * cg], w[..., g * og:(g + 1) * og])
+    return y if b is None else y + b
+
+
+def _oracle_conv_args(xs, ws, bias=True):
+    """Fixed-input ``make``: x of shape ``xs``, w of shape ``ws``, a bias of ``ws[-1]`` (or None), N(0, 1)."""
+    def make(r):
+        return (r.standard_normal(xs), r.standard_normal(ws), r.standard_normal(ws[-1]) if bias else None)
+    return make
+
+
+def _conv2d_oracle_cases():
+    return O.drawn(
+        "conv2d",
+        ("x=2x5x5x3 w=3x3x3x2 stride=1 padding=0", _oracle_conv_args((2, 5, 5, 3), (3, 3, 3, 2)),
+         {"stride": 1, "padding": 0}),
+        ("x=1x7x7x2 w=3x3x2x3 stride=2 padding=1", _oracle_conv_args((1, 7, 7, 2), (3, 3, 2, 3)),
+         {"stride": 2, "padding": 1}),
+        ("x=1x6x7x2 w=3x2x2x2 stride=2 padding=SAME", _oracle_conv_args((1, 6, 7, 2), (3, 2, 2, 2)),
+         {"stride": 2, "padding": "SAME"}),
+        ("x=1x7x7x2 w=3x3x2x2 dilation=2 padding=VALID", _oracle_conv_args((1, 7, 7, 2), (3, 3, 2, 2)),
+         {"padding": "VALID", "dilation": 2}),
+        ("x=2x4x4x4 w=3x3x2x6 groups=2 padding=1", _oracle_conv_args((2, 4, 4, 4), (3, 3, 2, 6)),
+         {"padding": 1, "groups": 2}),
+        ("x=1x5x6x2 w=2x3x2x2 bias=False stride=(1,2) padding=((1,0),(0,1))",
+         _oracle_conv_args((1, 5, 6, 2), (2, 3, 2, 2), bias=False), {"stride": (1, 2), "padding": ((1, 0), (0, 1))}))
+
+
 register(OpSpec("conv2d", conv2d, conv2d_manual, _sample_conv, (
     case({"x": (2, 7, 7, 3), "w": (3, 3, 3, 4)}, stride=1, padding=0),
     case({"x": (2, 7, 7, 3), "w": (3, 3, 3, 4)}, stride=2, padding=0),
@@ -215,7 +262,7 @@ register(OpSpec("conv2d", conv2d, conv2d_manual, _sample_conv, (
     case({"x": (3, 4, 4, 5), "w": (1, 1, 5, 2)}, stride=1, padding=0),
     case({"x": (2, 5, 7, 2), "w": (2, 3, 2, 3), "bias": False}, stride=(1, 2), padding=(1, 0)),
     case({"x": (1, 7, 7, 3), "w": (5, 5, 3, 2)}, stride=2, padding=2, dilation=1),
-), backward=_conv2d_bwd))
+), backward=_conv2d_bwd, oracle=_conv2d_oracle, oracle_cases=_conv2d_oracle_cases))
 
 
 # ----------------------------------------------------------------------------------- conv2d_transpose
@@ -324,9 +371,35 @@ def conv2d_transpose_manual(x, w, b=None, *, stride=1, padding=0):
     return _conv2d_transpose(x, w, b, s, p, out)
 
 
+def _conv2d_transpose_oracle(x, w, b=None, *, stride=1, padding=0):
+    """NumPy oracle: every input pixel paints the filter, weighted by its value, at its strided position
+    (a loop over input positions); then ``padding`` is cropped from each side, float64.
+    x: (N, H, W, C); w: (KH, KW, C, O); b: (O,) or None."""
+    n, h, wd, c = x.shape
+    kh, kw, _, o = w.shape
+    sh, sw = O.pair(stride)
+    full = np.zeros((n, (h - 1) * sh + kh, (wd - 1) * sw + kw, o))
+    for i in range(h):
+        for j in range(wd):
+            full[:, i * sh:i * sh + kh, j * sw:j * sw + kw, :] += np.einsum("nc,abco->nabo", x[:, i, j, :], w)
+    p = padding
+    y = full[:, p:full.shape[1] - p, p:full.shape[2] - p, :]
+    return y if b is None else y + b
+
+
+def _conv2d_transpose_oracle_cases():
+    return O.drawn(
+        "conv2d_transpose",
+        ("x=2x3x3x2 w=3x3x2x2 stride=1", _oracle_conv_args((2, 3, 3, 2), (3, 3, 2, 2)), {"stride": 1, "padding": 0}),
+        ("x=1x3x4x2 w=3x3x2x3 stride=2 padding=1", _oracle_conv_args((1, 3, 4, 2), (3, 3, 2, 3)),
+         {"stride": 2, "padding": 1}),
+        ("x=1x2x3x2 w=2x3x2x2 bias=False stride=(2,1)", _oracle_conv_args((1, 2, 3, 2), (2, 3, 2, 2), bias=False),
+         {"stride": (2, 1), "padding": 0}))
+
+
 register(OpSpec("conv2d_transpose", conv2d_transpose, conv2d_transpose_manual, _sample_conv, (
     case({"x": (2, 4, 4, 3), "w": (3, 3, 3, 2)}, stride=1, padding=0),
     case({"x": (2, 4, 4, 3), "w": (3, 3, 3, 2)}, stride=2, padding=1),
     case({"x": (1, 3, 5, 2), "w": (2, 3, 2, 4), "bias": False}, stride=(2, 1), padding=0),
     case({"x": (2, 3, 3, 2), "w": (4, 4, 2, 2)}, stride=2, padding=1),
-), backward=_conv2d_transpose_bwd))
+), backward=_conv2d_transpose_bwd, oracle=_conv2d_transpose_oracle, oracle_cases=_conv2d_transpose_oracle_cases))

@@ -1,4 +1,4 @@
-"""Affine (fully connected) layer: reference forward, manual op, audit registration.
+"""Affine (fully connected) layer: reference forward, manual op, NumPy oracle, audit registration.
 
 The manual op's forward is the reference itself; its backward is the course's
 ``dx = dout W^T``, ``dW = x^T dout``, ``db = sum dout``.
@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnet._checks import check_min_rank, check_rank
+from jaxnet.ops import _oracle_inputs as O
 from jaxnet.ops import _sampling as S
 from jaxnet.ops._registry import OpSpec, case, register
 
@@ -82,8 +83,22 @@ def _sample_affine(key, d, dt):
     return args + ((S.normal(k[2], (d["m"],), dt),) if d.get("bias", True) else (None,))
 
 
+def _affine_oracle(x, w, b=None):
+    """NumPy oracle: ``x.reshape(N, D) @ w (+ b)``, float64. x: (N, d_1, ..., d_k); w: (D, M); b: (M,) or None."""
+    y = x.reshape(x.shape[0], -1) @ w
+    return y if b is None else y + b
+
+
+def _affine_oracle_cases():
+    return O.drawn(
+        "affine",
+        ("x=3x4 m=2", lambda r: (r.standard_normal((3, 4)), r.standard_normal((4, 2)), r.standard_normal(2))),
+        ("x=2x3x2 m=3", lambda r: (r.standard_normal((2, 3, 2)), r.standard_normal((6, 3)), r.standard_normal(3))),
+        ("x=1x5 m=2 bias=False", lambda r: (r.standard_normal((1, 5)), r.standard_normal((5, 2)), None)))
+
+
 register(OpSpec(
     "affine", affine, affine_manual, _sample_affine,
     (case({"x": (4, 5), "m": 3}), case({"x": (2, 3, 4, 2), "m": 7}), case({"x": (1, 6), "m": 2}),
      case({"x": (3, 5), "m": 4, "bias": False})),
-    backward=_affine_bwd))
+    backward=_affine_bwd, oracle=_affine_oracle, oracle_cases=_affine_oracle_cases))

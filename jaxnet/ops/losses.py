@@ -1,4 +1,4 @@
-"""Losses and weight penalties: reference forwards, manual ops, audit registrations.
+"""Losses and weight penalties: reference forwards, manual ops, NumPy oracles, audit registrations.
 
 Classification losses take ``scores`` (N, C) and integer ``labels`` (N,) and
 return the mean over the batch of the per-example loss, as in the course.
@@ -29,9 +29,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import checkify
 
 from jaxnet._checks import check_labels, check_min_rank, check_number, check_same_shape, labels_in_range
+from jaxnet.ops import _oracle_inputs as O
 from jaxnet.ops import _sampling as S
 from jaxnet.ops._registry import OpSpec, case, register
 
@@ -161,9 +163,25 @@ def softmax_cross_entropy_manual(scores, labels):
     return _softmax_cross_entropy(scores, labels)
 
 
+def _oracle_labels(n, c):
+    """Fixed-input ``make``: scores (n, c) standard normal, labels (n,) uniform in [0, c)."""
+    return lambda r: (r.standard_normal((n, c)), r.integers(0, c, n))
+
+
+def _softmax_cross_entropy_oracle(scores, labels):
+    """NumPy oracle: the mean over examples of ``-s_y + log sum_j exp(s_j)`` (shifted by max s), a loop."""
+    losses = []
+    for s, y in zip(scores, labels):
+        s = s - s.max()
+        losses.append(-s[y] + np.log(np.sum(np.exp(s))))
+    return np.mean(losses)
+
+
 register(OpSpec("softmax_cross_entropy", softmax_cross_entropy, softmax_cross_entropy_manual, _sample_labels,
                 (case({"x": (5, 10)}), case({"x": (1, 3)}), case({"x": (7, 2)})),
-                backward=_softmax_cross_entropy_bwd))
+                backward=_softmax_cross_entropy_bwd, oracle=_softmax_cross_entropy_oracle,
+                oracle_cases=lambda: O.drawn("softmax_cross_entropy", ("x=4x5", _oracle_labels(4, 5)),
+                                             ("x=1x3", _oracle_labels(1, 3)))))
 
 
 # ------------------------------------------------------------------------------------------ svm hinge
@@ -249,11 +267,25 @@ def _sample_svm(key, d, dt, margin=1.0):
     raise RuntimeError("svm_hinge sampler: could not avoid the hinge kinks")
 
 
+def _svm_hinge_oracle(scores, labels, *, margin=1.0):
+    """NumPy oracle: ``sum over examples and j != y of max(0, s_j - s_y + margin)``, over N; the course's
+    double loop."""
+    total = 0.0
+    for s, y in zip(scores, labels):
+        for j in range(len(s)):
+            if j != y:
+                total += max(0.0, s[j] - s[y] + margin)
+    return total / len(scores)
+
+
 register(OpSpec("svm_hinge", svm_hinge, svm_hinge_manual, _sample_svm,
                 (case({"x": (5, 10)}), case({"x": (1, 3)}), case({"x": (6, 4), "margin": 0.5}, margin=0.5)),
                 backward=_svm_hinge_bwd,
                 note="scores resampled until every margin is 1e-3 away from its hinge; "
-                     "the hinge itself: tests/test_op_kinks.py"))
+                     "the hinge itself: tests/test_op_kinks.py",
+                oracle=_svm_hinge_oracle,
+                oracle_cases=lambda: O.drawn("svm_hinge", ("x=4x5", _oracle_labels(4, 5)),
+                                             ("x=3x3 margin=0.5", _oracle_labels(3, 3), {"margin": 0.5}))))
 
 
 # ------------------------------------------------------------------------------ sigmoid cross-entropy
@@ -311,10 +343,24 @@ def _sample_sigmoid_cross_entropy(key, d, dt):
     return S.normal(k[0], d["x"], dt), jax.random.uniform(k[1], d["x"], dt)
 
 
+def _sigmoid_cross_entropy_oracle(logits, targets):
+    """NumPy oracle: ``-sum(t log p + (1 - t) log(1 - p)) / N`` with ``p = 1 / (1 + exp(-z))``, float64."""
+    p = 1.0 / (1.0 + np.exp(-logits))
+    return np.sum(-(targets * np.log(p) + (1 - targets) * np.log(1 - p))) / logits.shape[0]
+
+
+def _sigmoid_cross_entropy_oracle_cases():
+    return O.drawn("sigmoid_cross_entropy",
+                   ("x=3x4", lambda r: (r.standard_normal((3, 4)), r.random((3, 4)))),
+                   ("x=2x2x2 hard targets",
+                    lambda r: (r.standard_normal((2, 2, 2)), r.integers(0, 2, (2, 2, 2)).astype(np.float64))))
+
+
 register(OpSpec("sigmoid_cross_entropy", sigmoid_cross_entropy, sigmoid_cross_entropy_manual,
                 _sample_sigmoid_cross_entropy,
                 (case({"x": (4, 3)}), case({"x": (1, 5)}), case({"x": (2, 3, 2)})),
-                backward=_sigmoid_cross_entropy_bwd))
+                backward=_sigmoid_cross_entropy_bwd, oracle=_sigmoid_cross_entropy_oracle,
+                oracle_cases=_sigmoid_cross_entropy_oracle_cases))
 
 
 # ------------------------------------------------------------------------------------ regression losses
@@ -364,8 +410,20 @@ def _sample_pair(key, d, dt):
     return S.normal(k[0], d["x"], dt), S.normal(k[1], d["x"], dt)
 
 
+def _oracle_pair(shape):
+    """Fixed-input ``make``: two standard normal arrays of ``shape`` (prediction, target)."""
+    return lambda r: (r.standard_normal(shape), r.standard_normal(shape))
+
+
+def _l2_loss_oracle(pred, target):
+    """NumPy oracle: ``sum((pred - target)^2) / N``, float64."""
+    return np.sum((pred - target) ** 2) / pred.shape[0]
+
+
 register(OpSpec("l2_loss", l2_loss, l2_loss_manual, _sample_pair,
-                (case({"x": (4, 3)}), case({"x": (1, 2, 2)})), backward=_l2_loss_bwd))
+                (case({"x": (4, 3)}), case({"x": (1, 2, 2)})), backward=_l2_loss_bwd, oracle=_l2_loss_oracle,
+                oracle_cases=lambda: O.drawn("l2_loss", ("x=3x4", _oracle_pair((3, 4))),
+                                             ("x=1x2x2", _oracle_pair((1, 2, 2))))))
 
 
 def _abs(x):
@@ -419,9 +477,16 @@ def _sample_pair_apart(key, d, dt):
     return t + S.away_from_zero(k[0], d["x"], dt), t
 
 
+def _l1_loss_oracle(pred, target):
+    """NumPy oracle: ``sum(|pred - target|) / N``, float64."""
+    return np.sum(np.abs(pred - target)) / pred.shape[0]
+
+
 register(OpSpec("l1_loss", l1_loss, l1_loss_manual, _sample_pair_apart,
                 (case({"x": (4, 3)}), case({"x": (1, 2, 2)})), backward=_l1_loss_bwd,
-                note="pred - target kept away from 0; 0 itself: tests/test_op_kinks.py"))
+                note="pred - target kept away from 0; 0 itself: tests/test_op_kinks.py", oracle=_l1_loss_oracle,
+                oracle_cases=lambda: O.drawn("l1_loss", ("x=3x4", _oracle_pair((3, 4))),
+                                             ("x=1x2x2", _oracle_pair((1, 2, 2))))))
 
 
 # ------------------------------------------------------------------------------------------ penalties
@@ -451,8 +516,17 @@ def _l2_penalty_bwd(w, g):
 
 l2_penalty_manual.defvjp(_l2_penalty_fwd, _l2_penalty_bwd)
 
+
+def _l2_penalty_oracle(w):
+    """NumPy oracle: ``sum(w^2)``, float64."""
+    return np.sum(w ** 2)
+
+
 register(OpSpec("l2_penalty", l2_penalty, l2_penalty_manual, S.unary(S.normal),
-                (case({"x": (5, 3)}), case({"x": (3, 3, 2, 4)})), backward=_l2_penalty_bwd))
+                (case({"x": (5, 3)}), case({"x": (3, 3, 2, 4)})), backward=_l2_penalty_bwd,
+                oracle=_l2_penalty_oracle,
+                oracle_cases=lambda: O.drawn("l2_penalty", ("w=4x3", O.normal(4, 3)),
+                                             ("w=2x2x2x3", O.normal(2, 2, 2, 3)))))
 
 
 def l1_penalty(w):
@@ -480,6 +554,14 @@ def _l1_penalty_bwd(w, g):
 
 l1_penalty_manual.defvjp(_l1_penalty_fwd, _l1_penalty_bwd)
 
+
+def _l1_penalty_oracle(w):
+    """NumPy oracle: ``sum(|w|)``, float64."""
+    return np.sum(np.abs(w))
+
+
 register(OpSpec("l1_penalty", l1_penalty, l1_penalty_manual, S.unary(S.away_from_zero),
                 (case({"x": (5, 3)}), case({"x": (3, 3, 2, 4)})), backward=_l1_penalty_bwd,
-                note="weights kept away from 0; 0 itself: tests/test_op_kinks.py"))
+                note="weights kept away from 0; 0 itself: tests/test_op_kinks.py", oracle=_l1_penalty_oracle,
+                oracle_cases=lambda: O.drawn("l1_penalty", ("w=4x3", O.normal(4, 3)),
+                                             ("w=2x2x2x3", O.normal(2, 2, 2, 3)))))

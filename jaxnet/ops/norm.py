@@ -1,4 +1,4 @@
-"""Normalization layers: reference forwards, manual ops, audit registrations.
+"""Normalization layers: reference forwards, manual ops, NumPy oracles, audit registrations.
 
 Conventions (the course's assignment values are the defaults):
 - batch statistics use the biased variance (divide by m);
@@ -25,8 +25,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxnet._checks import check_number, check_positive_int, check_rank
+from jaxnet.ops import _oracle_inputs as O
 from jaxnet.ops import _sampling as S
 from jaxnet.ops._registry import OpSpec, case, register
 
@@ -280,20 +282,99 @@ _BATCH_NORM_NOTE = ("running statistics are differentiated in both modes (in tra
                     "on them: zero gradients); batches of 2 are avoided: there x-hat is +-1 and dx is O(eps), "
                     "below finite-difference round-off")
 
+
+def _batch_norm_oracle(x, gamma, beta, running_mean, running_var, *, train, momentum=0.9, eps=1e-5):
+    """NumPy oracle of both batch norms: ``(y, new running mean, new running var)``, float64.
+
+    Train: mean and biased variance over every axis but the last (x flattened to (m, C)),
+    ``running = momentum * running + (1 - momentum) * batch``.  Eval: normalised by the running
+    statistics, which are returned unchanged.  x: (..., C); the others: (C,).
+    """
+    if not train:
+        return (gamma * (x - running_mean) / np.sqrt(running_var + eps) + beta, running_mean, running_var)
+    flat = x.reshape(-1, x.shape[-1])
+    mu = flat.mean(axis=0)
+    var = ((flat - mu) ** 2).mean(axis=0)            # biased, as in the course
+    y = gamma * (x - mu) / np.sqrt(var + eps) + beta
+    return (y, momentum * running_mean + (1 - momentum) * mu, momentum * running_var + (1 - momentum) * var)
+
+
+def _oracle_norm_args(xs, running=True):
+    """Fixed-input ``make``: x of shape ``xs`` (N(0.5, 2^2)), gamma near 1, beta, and (when ``running``)
+    a running mean and a running variance in [0.5, 1.5), each of shape (C,)."""
+    def make(r):
+        c = xs[-1]
+        args = (2 * r.standard_normal(xs) + 0.5, 1 + 0.2 * r.standard_normal(c), r.standard_normal(c))
+        return args + ((0.1 * r.standard_normal(c), 0.5 + r.random(c)) if running else ())
+    return make
+
+
+def _batch_norm_oracle_cases():
+    return O.drawn(
+        "batch_norm",
+        ("x=5x3 train", _oracle_norm_args((5, 3)), {"train": True}),
+        ("x=4x2 train momentum=0.5 eps=1e-3", _oracle_norm_args((4, 2)), {"train": True, "momentum": 0.5, "eps": 1e-3}),
+        ("x=2x3x3x2 train", _oracle_norm_args((2, 3, 3, 2)), {"train": True}),
+        ("x=5x3 eval", _oracle_norm_args((5, 3)), {"train": False}))
+
+
 register(OpSpec("batch_norm", batch_norm, batch_norm_manual, _sample_with_running, (
     case({"x": (6, 5)}, train=True), case({"x": (3, 4)}, train=True), case({"x": (6, 5)}, train=False),
     case({"x": (4, 3)}, train=True, momentum=0.5, eps=1e-3),
-), backward=(_normalize_bwd, _batch_norm_eval_bwd), output=_first, note=_BATCH_NORM_NOTE))
+), backward=(_normalize_bwd, _batch_norm_eval_bwd), output=_first, note=_BATCH_NORM_NOTE,
+   oracle=_batch_norm_oracle, oracle_cases=_batch_norm_oracle_cases))
+
+
+def _spatial_batch_norm_oracle_cases():
+    return O.drawn(
+        "spatial_batch_norm",
+        ("x=2x3x3x2 train", _oracle_norm_args((2, 3, 3, 2)), {"train": True}),
+        ("x=1x2x3x3 train momentum=0.7", _oracle_norm_args((1, 2, 3, 3)), {"train": True, "momentum": 0.7}),
+        ("x=2x2x2x3 eval eps=1e-3", _oracle_norm_args((2, 2, 2, 3)), {"train": False, "eps": 1e-3}))
+
 
 register(OpSpec("spatial_batch_norm", spatial_batch_norm, spatial_batch_norm_manual, _sample_with_running, (
     case({"x": (2, 3, 3, 4)}, train=True), case({"x": (1, 3, 5, 2)}, train=True),
     case({"x": (2, 3, 3, 4)}, train=False),
-), backward=(_normalize_bwd, _batch_norm_eval_bwd), output=_first, note=_BATCH_NORM_NOTE))
+), backward=(_normalize_bwd, _batch_norm_eval_bwd), output=_first, note=_BATCH_NORM_NOTE,
+   oracle=_batch_norm_oracle, oracle_cases=_spatial_batch_norm_oracle_cases))
+
+
+def _layer_norm_oracle(x, gamma, beta, *, eps=1e-5):
+    """NumPy oracle: each example normalised over its last axis (biased variance), then ``gamma * xhat + beta``."""
+    mu = x.mean(axis=-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+    return gamma * (x - mu) / np.sqrt(var + eps) + beta
+
 
 register(OpSpec("layer_norm", layer_norm, layer_norm_manual, _sample_affine_params, (
     case({"x": (4, 6)}), case({"x": (1, 5)}), case({"x": (2, 3, 5)}, eps=1e-3),
-), backward=_normalize_bwd))
+), backward=_normalize_bwd, oracle=_layer_norm_oracle,
+   oracle_cases=lambda: O.drawn("layer_norm", ("x=3x5", _oracle_norm_args((3, 5), running=False)),
+                                ("x=2x2x4 eps=1e-3", _oracle_norm_args((2, 2, 4), running=False), {"eps": 1e-3}))))
+
+
+def _group_norm_oracle(x, gamma, beta, *, groups, eps=1e-5):
+    """NumPy oracle: a loop over examples and groups, each block of C / groups channels normalised over
+    (H, W, its channels), then ``gamma * xhat + beta``. x: (N, H, W, C)."""
+    n, h, w, c = x.shape
+    cg = c // groups
+    xhat = np.empty_like(x)
+    for i in range(n):
+        for g in range(groups):
+            block = x[i, :, :, g * cg:(g + 1) * cg]
+            xhat[i, :, :, g * cg:(g + 1) * cg] = (block - block.mean()) / np.sqrt(block.var() + eps)
+    return gamma * xhat + beta
+
+
+def _group_norm_oracle_cases():
+    return O.drawn(
+        "group_norm",
+        ("x=2x2x3x4 groups=2", _oracle_norm_args((2, 2, 3, 4), running=False), {"groups": 2}),
+        ("x=1x2x2x3 groups=1", _oracle_norm_args((1, 2, 2, 3), running=False), {"groups": 1}),
+        ("x=1x2x2x4 groups=4 eps=1e-3", _oracle_norm_args((1, 2, 2, 4), running=False), {"groups": 4, "eps": 1e-3}))
+
 
 register(OpSpec("group_norm", group_norm, group_norm_manual, _sample_affine_params, (
     case({"x": (2, 3, 3, 4)}, groups=2), case({"x": (1, 3, 3, 6)}, groups=1), case({"x": (2, 2, 3, 4)}, groups=4),
-), backward=_normalize_bwd))
+), backward=_normalize_bwd, oracle=_group_norm_oracle, oracle_cases=_group_norm_oracle_cases))

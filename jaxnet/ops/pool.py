@@ -1,5 +1,5 @@
 """Pooling over NHWC inputs: reference forwards (``lax.reduce_window``), manual ops,
-audit registrations.
+NumPy oracles, audit registrations.
 
 Manual max pool routes the upstream gradient to the element that won the
 window, recorded as an index in the forward pass.  At a tie both paths send
@@ -19,8 +19,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxnet._checks import check_rank
+from jaxnet.ops import _oracle_inputs as O
 from jaxnet.ops import _sampling as S
 from jaxnet.ops._geometry import WindowGeometry, check_no_padding_window, window_geometry
 from jaxnet.ops._patches import crop_hw, extract_patches, fold_patches, pad_hw
@@ -146,9 +148,39 @@ def max_pool2d_manual(x, *, window=2, stride=None, padding=0):
     return _max_pool2d(x, pool_geometry("max_pool2d", x, window=window, stride=stride, padding=padding))
 
 
+def _oracle_pool(x, window, stride, padding, fill, reduce):
+    """The pooling oracles' loop over output positions: ``reduce`` of each (N, KH, KW, C) window of x,
+    padded with ``fill`` (:func:`~jaxnet.ops._oracle_inputs.pads`); stride defaults to the window."""
+    n, h, wd, c = x.shape
+    kh, kw = O.pair(window)
+    sh, sw = O.pair(window if stride is None else stride)
+    xp = O.pad_hw(x, O.pads(padding, (h, wd), (kh, kw), (sh, sw)), fill)
+    ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+    y = np.empty((n, ho, wo, c))
+    for i in range(ho):
+        for j in range(wo):
+            y[:, i, j, :] = reduce(xp[:, i * sh:i * sh + kh, j * sw:j * sw + kw, :])
+    return y
+
+
+def _oracle_window_cases(name):
+    """The fixed inputs both 2-D pools share: a plain window, stride and int padding, SAME with a (2, 3) window."""
+    return O.drawn(name, ("x=2x4x4x2 window=2", O.normal(2, 4, 4, 2), {"window": 2}),
+                   ("x=1x5x5x2 window=3 stride=2 padding=1", O.normal(1, 5, 5, 2),
+                    {"window": 3, "stride": 2, "padding": 1}),
+                   ("x=1x5x6x1 window=(2,3) stride=1 padding=SAME", O.normal(1, 5, 6, 1),
+                    {"window": (2, 3), "stride": 1, "padding": "SAME"}))
+
+
+def _max_pool2d_oracle(x, *, window=2, stride=None, padding=0):
+    """NumPy oracle: the max of each window, padding as -inf; a loop over output positions, float64."""
+    return _oracle_pool(x, window, stride, padding, -np.inf, lambda f: f.max(axis=(1, 2)))
+
+
 register(OpSpec("max_pool2d", max_pool2d, max_pool2d_manual, S.unary(S.distinct), _WINDOW_CASES,
                 backward=_max_pool2d_bwd,
-                note="inputs are distinct values, so no window has a tie; ties: tests/test_op_kinks.py"))
+                note="inputs are distinct values, so no window has a tie; ties: tests/test_op_kinks.py",
+                oracle=_max_pool2d_oracle, oracle_cases=lambda: _oracle_window_cases("max_pool2d")))
 
 
 # --------------------------------------------------------------------------------------- average pool
@@ -200,8 +232,15 @@ def avg_pool2d_manual(x, *, window=2, stride=None, padding=0):
     return _avg_pool2d(x, pool_geometry("avg_pool2d", x, window=window, stride=stride, padding=padding))
 
 
+def _avg_pool2d_oracle(x, *, window=2, stride=None, padding=0):
+    """NumPy oracle: each window's sum over KH * KW, padded zeros counted; a loop over output positions."""
+    kh, kw = O.pair(window)
+    return _oracle_pool(x, window, stride, padding, 0.0, lambda f: f.sum(axis=(1, 2)) / (kh * kw))
+
+
 register(OpSpec("avg_pool2d", avg_pool2d, avg_pool2d_manual, S.unary(S.normal), _WINDOW_CASES,
-                backward=_avg_pool2d_bwd))
+                backward=_avg_pool2d_bwd,
+                oracle=_avg_pool2d_oracle, oracle_cases=lambda: _oracle_window_cases("avg_pool2d")))
 
 
 # -------------------------------------------------------------------------------- global average pool
@@ -239,5 +278,13 @@ def global_avg_pool_manual(x):
     return _global_avg_pool(x, tuple(x.shape))
 
 
+def _global_avg_pool_oracle(x):
+    """NumPy oracle: the mean over H and W, float64. x: (N, H, W, C) -> (N, C)."""
+    return x.mean(axis=(1, 2))
+
+
 register(OpSpec("global_avg_pool", global_avg_pool, global_avg_pool_manual, S.unary(S.normal),
-                (case({"x": (2, 4, 4, 3)}), case({"x": (1, 3, 5, 2)})), backward=_global_avg_pool_bwd))
+                (case({"x": (2, 4, 4, 3)}), case({"x": (1, 3, 5, 2)})), backward=_global_avg_pool_bwd,
+                oracle=_global_avg_pool_oracle,
+                oracle_cases=lambda: O.drawn("global_avg_pool", ("x=2x3x3x2", O.normal(2, 3, 3, 2)),
+                                             ("x=1x2x4x3", O.normal(1, 2, 4, 3)))))

@@ -1,4 +1,4 @@
-"""Inverted dropout: reference forward, manual op, audit registration.
+"""Inverted dropout: reference forward, manual op, NumPy oracle, audit registration.
 
 The manual op applies the same mask and scale as the reference; its backward
 sends the upstream gradient through that mask and scale.
@@ -9,8 +9,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxnet._checks import check_number
+from jaxnet.ops import _oracle_inputs as O
 from jaxnet.ops import _sampling as S
 from jaxnet.ops._registry import OpSpec, case, register
 
@@ -83,6 +85,29 @@ def _sample_dropout(key, d, dt):
     return S.normal(k[0], d["x"], dt), k[1]
 
 
+def _dropout_oracle(x, key, *, rate, train=True):
+    """NumPy oracle: kept units scaled by ``1 / (1 - rate)``, dropped ones 0; x itself in eval mode.
+
+    The mask is ``jax.random.bernoulli(key, 1 - rate, x.shape)``, the one the op documents for its
+    key (NumPy cannot reproduce JAX's generator); ``tests/test_oracle.py`` checks the mask's
+    statistics separately.
+    """
+    if not train or rate == 0.0:
+        return x
+    keep = np.asarray(jax.random.bernoulli(key, 1.0 - rate, x.shape))
+    return np.where(keep, x / (1.0 - rate), 0.0)
+
+
+def _dropout_oracle_cases():
+    return O.drawn(
+        "dropout",
+        ("x=4x6 rate=0.5", lambda r: (r.standard_normal((4, 6)), np.array([0, 3], np.uint32)), {"rate": 0.5}),
+        ("x=2x3x3x2 rate=0.2", lambda r: (r.standard_normal((2, 3, 3, 2)), np.array([0, 4], np.uint32)),
+         {"rate": 0.2}),
+        ("x=3x4 rate=0.5 eval", lambda r: (r.standard_normal((3, 4)), None), {"rate": 0.5, "train": False}))
+
+
 register(OpSpec("dropout", dropout, dropout_manual, _sample_dropout, (
     case({"x": (4, 6)}, rate=0.5), case({"x": (2, 3, 3, 2)}, rate=0.1), case({"x": (5, 4)}, rate=0.5, train=False),
-), backward=_dropout_bwd, note="the key is an input: the same key gives the same mask in both paths"))
+), backward=_dropout_bwd, note="the key is an input: the same key gives the same mask in both paths",
+   oracle=_dropout_oracle, oracle_cases=_dropout_oracle_cases))
