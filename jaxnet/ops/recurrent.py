@@ -62,7 +62,7 @@ def _check_array(op, name, a, rank, what):
                          f"(shape {_shape(a)})")
 
 
-def _check_weights(op, k, d, wx, wh, b):
+def _check_weights(op, k, x_shape, wx, wh, b):
     """wx (D, kH), wh (H, kH), b (kH,): returns H."""
     kh = f"{k}H" if k > 1 else "H"
     _check_array(op, "wh", wh, 2, f"({'H, ' + kh})")
@@ -70,8 +70,9 @@ def _check_weights(op, k, d, wx, wh, b):
     if wh.shape[1] != k * h:
         raise ValueError(f"{op}: `wh` must have shape (H, {kh}) = ({h}, {k * h}), got {_shape(wh)}")
     _check_array(op, "wx", wx, 2, f"(D, {kh})")
+    d = x_shape[-1]
     if wx.shape != (d, k * h):
-        raise ValueError(f"{op}: `wx` must have shape (D, {kh}) = ({d}, {k * h}) for `x` with D={d} and "
+        raise ValueError(f"{op}: `wx` must have shape (D, {kh}) = ({d}, {k * h}) for `x` {x_shape} (D={d}) and "
                          f"`wh` {_shape(wh)}, got {_shape(wx)}")
     _check_array(op, "b", b, 1, f"({kh},)")
     if b.shape != (k * h,):
@@ -90,7 +91,7 @@ def _check_state(op, name, s, n, h, x_shape, wh_shape):
 def check_step(op, k, x, states, wx, wh, b):
     """Validate a step call; ``states`` maps names ('h', 'c') to (N, H) arrays."""
     _check_array(op, "x", x, 2, "(N, D)")
-    h = _check_weights(op, k, x.shape[1], wx, wh, b)
+    h = _check_weights(op, k, _shape(x), wx, wh, b)
     for name, s in states.items():
         _check_state(op, name, s, x.shape[0], h, _shape(x), _shape(wh))
 
@@ -101,8 +102,8 @@ def check_sequence(op, k, x, states, wx, wh, b, mask):
     _check_array(op, "x", x, 3, "(N, T, D)")
     n, t, d = x.shape
     if t < 1:
-        raise ValueError(f"{op}: `x` {_shape(x)} must have at least one time step (T >= 1)")
-    h = _check_weights(op, k, d, wx, wh, b)
+        raise ValueError(f"{op}: `x` (N, T, D) must have at least one time step (T >= 1), got {_shape(x)}")
+    h = _check_weights(op, k, _shape(x), wx, wh, b)
     out = []
     for name, s in states.items():
         if s is None:
@@ -260,14 +261,389 @@ def gru(x, h0, wx, wh, b, *, mask=None):
     return _time_major(hs)
 
 
-# ----------------------------------------------------------------------------------- manual paths
+# ------------------------------------------------------------------------------- manual: the steps
 
-rnn_step_manual = rnn_step      # replaced by the custom_vjp twins below
-lstm_step_manual = lstm_step
-gru_step_manual = gru_step
-rnn_manual = rnn
-lstm_manual = lstm
-gru_manual = gru
+def _promote(*arrays):
+    """The arrays in their common (promoted) dtype, as the reference's arithmetic would give."""
+    dt = jnp.result_type(*arrays)
+    return tuple(a.astype(dt) for a in arrays)
+
+
+def _sig_grad(s):
+    """sigmoid'(a) from s = sigmoid(a)."""
+    return s * (1 - s)
+
+
+def _tanh_grad(t):
+    """tanh'(a) from t = tanh(a)."""
+    return 1 - t * t
+
+
+def _lstm_gates(a, hd):
+    """Activations [i, f, o, g] (N, 4H) from the pre-activations a (N, 4H)."""
+    return jnp.concatenate([jax.nn.sigmoid(a[..., :3 * hd]), jnp.tanh(a[..., 3 * hd:])], axis=-1)
+
+
+def _lstm_delta(gh, gc, gates, c_prev, c_next, hd):
+    """One LSTM step backwards to its pre-activations.
+
+    gh, gc: the gradients reaching h_next and c_next (N, H); gates: [i, f, o, g]
+    activations (N, 4H); c_prev, c_next: (N, H).  Returns (da (N, 4H), dc_prev (N, H)):
+    with tc = tanh(c_next), dc = gc + gh*o*(1 - tc^2); di = dc*g, df = dc*c_prev,
+    do = gh*tc, dg = dc*i, each times its nonlinearity's derivative; dc_prev = dc*f.
+    """
+    i, f, o, g = (gates[..., k * hd:(k + 1) * hd] for k in range(4))
+    tc = jnp.tanh(c_next)
+    dc = gc + gh * o * _tanh_grad(tc)
+    da = jnp.concatenate([dc * g * _sig_grad(i), dc * c_prev * _sig_grad(f), gh * tc * _sig_grad(o),
+                          dc * i * _tanh_grad(g)], axis=-1)
+    return da, dc * f
+
+
+def _gru_delta(gh, h_prev, zrn, wh, hd):
+    """One GRU step backwards to its pre-activations.
+
+    gh: the gradient reaching h_next (N, H); h_prev (N, H); zrn: [z, r, n] activations
+    (N, 3H); wh (H, 3H).  Returns (da (N, 3H), dh_prev (N, H)):
+    dz = gh*(h_prev - n), dn = gh*(1 - z); da_n = dn*(1 - n^2); d(r*h) = da_n Un^T;
+    dr = d(r*h)*h_prev; da_z, da_r = dz, dr times sigmoid'; and
+    dh_prev = gh*z + d(r*h)*r + [da_z, da_r] [Uz | Ur]^T.
+    """
+    z, r, n = (zrn[..., k * hd:(k + 1) * hd] for k in range(3))
+    dan = gh * (1 - z) * _tanh_grad(n)
+    drh = dan @ wh[:, 2 * hd:].T
+    dzr = jnp.concatenate([gh * (h_prev - n) * _sig_grad(z), drh * h_prev * _sig_grad(r)], axis=-1)
+    dh_prev = gh * z + drh * r + dzr @ wh[:, :2 * hd].T
+    return jnp.concatenate([dzr, dan], axis=-1), dh_prev
+
+
+def _gru_forward(xa, h, wh, hd):
+    """One GRU step from the input projection xa = x wx + b (N, 3H): (h_next, [z, r, n] (N, 3H))."""
+    ah = h @ wh[:, :2 * hd]
+    zr = jax.nn.sigmoid(xa[..., :2 * hd] + ah)
+    r = zr[..., hd:]
+    n = jnp.tanh(xa[..., 2 * hd:] + (r * h) @ wh[:, 2 * hd:])
+    z = zr[..., :hd]
+    return (1 - z) * n + z * h, jnp.concatenate([zr, n], axis=-1)
+
+
+def _gru_dwh(h_prev, zrn, da, hd):
+    """dwh (H, 3H) = [H_prev^T dA_zr | (r*H_prev)^T dA_n], rows over every example (and step)."""
+    r = zrn[..., hd:2 * hd]
+    hp = h_prev.reshape(-1, hd)
+    da2 = da.reshape(-1, 3 * hd)
+    return jnp.concatenate([hp.T @ da2[:, :2 * hd], (r.reshape(-1, hd) * hp).T @ da2[:, 2 * hd:]], axis=1)
+
+
+@jax.custom_vjp
+def _rnn_step(x, h, wx, wh, b):
+    return _rnn_cell(x, h, wx, wh, b)
+
+
+def _rnn_step_fwd(x, h, wx, wh, b):
+    h_next = _rnn_cell(x, h, wx, wh, b)
+    return h_next, (x, h, wx, wh, h_next)
+
+
+def _rnn_step_bwd(res, dh_next):
+    """da = dh'·(1 - h'²); dx = da·wxᵀ, dh = da·whᵀ, dwx = xᵀ·da, dwh = hᵀ·da, db = Σ_n da.
+
+    Residuals: the inputs x (N, D), h (N, H), wx (D, H), wh (H, H) and the
+    output h' (N, H).  dh_next, da: (N, H).  Returns dx (N, D), dh (N, H),
+    dwx (D, H), dwh (H, H), db (H,).
+    """
+    x, h, wx, wh, h_next = res
+    da = dh_next * _tanh_grad(h_next)
+    return da @ wx.T, da @ wh.T, x.T @ da, h.T @ da, jnp.sum(da, axis=0)
+
+
+_rnn_step.defvjp(_rnn_step_fwd, _rnn_step_bwd)
+
+
+def rnn_step_manual(x, h, wx, wh, b):
+    """Manual twin of :func:`rnn_step` (reverse mode: ``custom_vjp``). Shapes as there."""
+    check_step("rnn_step", 1, x, {"h": h}, wx, wh, b)
+    return _rnn_step(*_promote(x, h, wx, wh, b))
+
+
+@jax.custom_vjp
+def _lstm_step(x, h, c, wx, wh, b):
+    return _lstm_cell(x, h, c, wx, wh, b)
+
+
+def _lstm_step_fwd(x, h, c, wx, wh, b):
+    hd = h.shape[-1]
+    gates = _lstm_gates(x @ wx + h @ wh + b, hd)
+    c_next = gates[:, hd:2 * hd] * c + gates[:, :hd] * gates[:, 3 * hd:]
+    h_next = gates[:, 2 * hd:3 * hd] * jnp.tanh(c_next)
+    return (h_next, c_next), (x, h, c, wx, wh, gates, c_next)
+
+
+def _lstm_step_bwd(res, cts):
+    """dc = dc' + dh'·o·(1 - tanh²c'); da = [dc·g·i(1-i), dc·c·f(1-f), dh'·tanh c'·o(1-o), dc·i·(1-g²)]; dc_prev = dc·f.
+
+    Then dx = da·wxᵀ, dh = da·whᵀ, dwx = xᵀ·da, dwh = hᵀ·da, db = Σ_n da.
+    Residuals: the inputs x (N, D), h (N, H), c (N, H), wx (D, 4H), wh (H, 4H),
+    the gate activations [i, f, o, g] (N, 4H) and c' (N, H).  dh', dc': (N, H);
+    da: (N, 4H).  Returns dx (N, D), dh (N, H), dc (N, H), dwx (D, 4H),
+    dwh (H, 4H), db (4H,).
+    """
+    x, h, c, wx, wh, gates, c_next = res
+    dh_next, dc_next = cts
+    da, dc = _lstm_delta(dh_next, dc_next, gates, c, c_next, h.shape[-1])
+    return da @ wx.T, da @ wh.T, dc, x.T @ da, h.T @ da, jnp.sum(da, axis=0)
+
+
+_lstm_step.defvjp(_lstm_step_fwd, _lstm_step_bwd)
+
+
+def lstm_step_manual(x, h, c, wx, wh, b):
+    """Manual twin of :func:`lstm_step` (reverse mode: ``custom_vjp``). Shapes as there."""
+    check_step("lstm_step", 4, x, {"h": h, "c": c}, wx, wh, b)
+    return _lstm_step(*_promote(x, h, c, wx, wh, b))
+
+
+@jax.custom_vjp
+def _gru_step(x, h, wx, wh, b):
+    return _gru_cell(x, h, wx, wh, b)
+
+
+def _gru_step_fwd(x, h, wx, wh, b):
+    h_next, zrn = _gru_forward(x @ wx + b, h, wh, h.shape[-1])
+    return h_next, (x, h, wx, wh, zrn)
+
+
+def _gru_step_bwd(res, dh_next):
+    """dz = dh'·(h - n), dn = dh'·(1 - z), d(r·h) = da_n·Unᵀ, dr = d(r·h)·h; dh = dh'·z + d(r·h)·r + [da_z, da_r]·[Uz|Ur]ᵀ.
+
+    With da = [dz·z(1-z), dr·r(1-r), dn·(1-n²)] (N, 3H): dx = da·wxᵀ,
+    dwx = xᵀ·da, db = Σ_n da, dwh = [hᵀ·da_zr | (r·h)ᵀ·da_n].
+    Residuals: the inputs x (N, D), h (N, H), wx (D, 3H), wh (H, 3H) and the
+    activations [z, r, n] (N, 3H).  dh': (N, H).  Returns dx (N, D), dh (N, H),
+    dwx (D, 3H), dwh (H, 3H), db (3H,).
+    """
+    x, h, wx, wh, zrn = res
+    hd = h.shape[-1]
+    da, dh = _gru_delta(dh_next, h, zrn, wh, hd)
+    return da @ wx.T, dh, x.T @ da, _gru_dwh(h, zrn, da, hd), jnp.sum(da, axis=0)
+
+
+_gru_step.defvjp(_gru_step_fwd, _gru_step_bwd)
+
+
+def gru_step_manual(x, h, wx, wh, b):
+    """Manual twin of :func:`gru_step` (reverse mode: ``custom_vjp``). Shapes as there."""
+    check_step("gru_step", 3, x, {"h": h}, wx, wh, b)
+    return _gru_step(*_promote(x, h, wx, wh, b))
+
+
+# --------------------------------------------------------------------- manual: whole sequences (BPTT)
+
+def _project(x, wx, b):
+    """All time steps' input projections in one matmul: (N*T, D) x (D, kH) + b, returned
+    time-major (T, N, kH) for the scan."""
+    n, t, d = x.shape
+    return jnp.swapaxes((x.reshape(n * t, d) @ wx + b).reshape(n, t, -1), 0, 1)
+
+
+def _shifted(first, states):
+    """The previous states, time-major: [first, states[0], ..., states[T-2]] (T, N, H)."""
+    return jnp.concatenate([first[None], states[:-1]], axis=0)
+
+
+def _param_grads(x, wx, h_prev, da):
+    """dx (N, T, D), dwx (D, kH), dwh (H, kH) = H_prev^T dA, db (kH,): one matmul or sum each
+    over all N*T rows.  da: time-major (T, N, kH); h_prev: time-major (T, N, H), or None
+    (then dwh is None: the GRU forms its own)."""
+    n, t, d = x.shape
+    kh = da.shape[-1]
+    da_bm = jnp.swapaxes(da, 0, 1).reshape(n * t, kh)        # batch-major rows, as x's
+    dx = (da_bm @ wx.T).reshape(n, t, d)
+    dwx = x.reshape(n * t, d).T @ da_bm
+    dwh = None if h_prev is None else h_prev.reshape(-1, h_prev.shape[-1]).T @ da.reshape(-1, kh)
+    return dx, dwx, dwh, jnp.sum(da_bm, axis=0)
+
+
+def _masked(m, grad_valid, grad_padding):
+    """The step's gradient where it is valid, the carried one where it is padding (m (N,) or None)."""
+    return grad_valid if m is None else jnp.where(m[:, None], grad_valid, grad_padding)
+
+
+@jax.custom_vjp
+def _rnn_seq(x, h0, wx, wh, b, m):
+    return _rnn_seq_fwd(x, h0, wx, wh, b, m)[0]
+
+
+def _rnn_seq_fwd(x, h0, wx, wh, b, m):
+    def step(h, inp):
+        xa_t, m_t = inp
+        h_next = _keep(m_t, jnp.tanh(xa_t + h @ wh), h)
+        return h_next, h_next
+
+    mt = _time_major(m)
+    _, hs = lax.scan(step, h0, (_project(x, wx, b), mt))
+    return _time_major(hs), (x, h0, wx, wh, hs, mt)
+
+
+def _rnn_bwd(res, dhs):
+    """BPTT by hand: a reverse scan of da_t = (dhs_t + dh_t)·(1 - h_t²), dh_{t-1} = da_t·whᵀ; then one matmul per parameter.
+
+    Saved by the forward (time-major): the inputs x (N, T, D) (batch-major, as
+    given), h0 (N, H), wx (D, H), wh (H, H); the hidden states hs (T, N, H)
+    (after each step, carried through padding); the mask (T, N) bool or None.
+    The reverse scan carries dh (N, H) and emits dA (T, N, H); at a padded step
+    da_t = 0 and the gradient passes to h_{t-1} unchanged.  Afterwards, with
+    H_prev = [h0, h_1, ..., h_{T-1}] (T, N, H): dx = dA·wxᵀ (N, T, D),
+    dwx = Xᵀ·dA (D, H), dwh = H_prevᵀ·dA (H, H), db = Σ dA (H,), dh0 = the
+    final carry (N, H); the mask gets no gradient (None).
+    """
+    x, h0, wx, wh, hs, mt = res
+
+    def step(dh, inp):
+        dh_t, h_t, m_t = inp
+        g = dh_t + dh
+        da = g * _tanh_grad(h_t)
+        if m_t is not None:
+            da = jnp.where(m_t[:, None], da, 0)
+        return _masked(m_t, da @ wh.T, g), da
+
+    dh0, da = lax.scan(step, jnp.zeros_like(h0), (_time_major(dhs), hs, mt), reverse=True)
+    dx, dwx, dwh, db = _param_grads(x, wx, _shifted(h0, hs), da)
+    return dx, dh0, dwx, dwh, db, None
+
+
+_rnn_seq.defvjp(_rnn_seq_fwd, _rnn_bwd)
+
+
+def rnn_manual(x, h0, wx, wh, b, *, mask=None):
+    """Manual twin of :func:`rnn`: hand-written BPTT (``custom_vjp`` over the sequence). Shapes as there."""
+    (h0,), m = check_sequence("rnn", 1, x, {"h0": h0}, wx, wh, b, mask)
+    return _rnn_seq(*_promote(x, h0, wx, wh, b), m)
+
+
+@jax.custom_vjp
+def _lstm_seq(x, h0, c0, wx, wh, b, m):
+    return _lstm_seq_fwd(x, h0, c0, wx, wh, b, m)[0]
+
+
+def _lstm_seq_fwd(x, h0, c0, wx, wh, b, m):
+    hd = h0.shape[-1]
+
+    def step(carry, inp):
+        h, c = carry
+        xa_t, m_t = inp
+        gates = _lstm_gates(xa_t + h @ wh, hd)
+        c_next = gates[:, hd:2 * hd] * c + gates[:, :hd] * gates[:, 3 * hd:]
+        h_next = gates[:, 2 * hd:3 * hd] * jnp.tanh(c_next)
+        h_next, c_next = _keep(m_t, h_next, h), _keep(m_t, c_next, c)
+        return (h_next, c_next), (h_next, c_next, gates)
+
+    mt = _time_major(m)
+    (_, c_last), (hs, cs, gates) = lax.scan(step, (h0, c0), (_project(x, wx, b), mt))
+    return (_time_major(hs), c_last), (x, h0, c0, wx, wh, hs, cs, gates, mt)
+
+
+def _lstm_bwd(res, cts):
+    """BPTT by hand: a reverse scan carrying (dh, dc) that emits the pre-activation gradients dA_t (the step's delta); then one matmul per parameter.
+
+    Saved by the forward (time-major): the inputs x (N, T, D) (batch-major, as
+    given), h0, c0 (N, H), wx (D, 4H), wh (H, 4H); the states after each step
+    hs, cs (T, N, H) (carried through padding); the gate activations
+    [i, f, o, g] (T, N, 4H); the mask (T, N) bool or None.  Cotangents: dhs
+    (N, T, H) and dc_last (N, H), which starts the dc carry.  Per step, with
+    gh = dhs_t + dh: dc = dc_carry + gh·o·(1 - tanh²c_t), dA_t =
+    [dc·g·i(1-i), dc·c_{t-1}·f(1-f), gh·tanh c_t·o(1-o), dc·i·(1-g²)] (N, 4H),
+    dh_{t-1} = dA_t·whᵀ, dc_{t-1} = dc·f; at a padded step dA_t = 0 and (dh, dc)
+    pass through unchanged.  Afterwards, with H_prev = [h0, h_1, ..., h_{T-1}]:
+    dx = dA·wxᵀ (N, T, D), dwx = Xᵀ·dA (D, 4H), dwh = H_prevᵀ·dA (H, 4H),
+    db = Σ dA (4H,), (dh0, dc0) = the final carry; the mask gets None.
+    """
+    x, h0, c0, wx, wh, hs, cs, gates, mt = res
+    dhs, dc_last = cts
+    hd = h0.shape[-1]
+
+    def step(carry, inp):
+        dh, dc = carry
+        dh_t, g_t, c_prev, c_t, m_t = inp
+        gh = dh_t + dh
+        da, dc_prev = _lstm_delta(gh, dc, g_t, c_prev, c_t, hd)
+        if m_t is not None:
+            da = jnp.where(m_t[:, None], da, 0)
+        return (_masked(m_t, da @ wh.T, gh), _masked(m_t, dc_prev, dc)), da
+
+    (dh0, dc0), da = lax.scan(step, (jnp.zeros_like(h0), dc_last),
+                              (_time_major(dhs), gates, _shifted(c0, cs), cs, mt), reverse=True)
+    dx, dwx, dwh, db = _param_grads(x, wx, _shifted(h0, hs), da)
+    return dx, dh0, dc0, dwx, dwh, db, None
+
+
+_lstm_seq.defvjp(_lstm_seq_fwd, _lstm_bwd)
+
+
+def lstm_manual(x, h0, c0, wx, wh, b, *, mask=None):
+    """Manual twin of :func:`lstm`: hand-written BPTT (``custom_vjp`` over the sequence). Shapes as there."""
+    (h0, c0), m = check_sequence("lstm", 4, x, {"h0": h0, "c0": c0}, wx, wh, b, mask)
+    return _lstm_seq(*_promote(x, h0, c0, wx, wh, b), m)
+
+
+@jax.custom_vjp
+def _gru_seq(x, h0, wx, wh, b, m):
+    return _gru_seq_fwd(x, h0, wx, wh, b, m)[0]
+
+
+def _gru_seq_fwd(x, h0, wx, wh, b, m):
+    hd = h0.shape[-1]
+
+    def step(h, inp):
+        xa_t, m_t = inp
+        h_next, zrn = _gru_forward(xa_t, h, wh, hd)
+        h_next = _keep(m_t, h_next, h)
+        return h_next, (h_next, zrn)
+
+    mt = _time_major(m)
+    _, (hs, zrn) = lax.scan(step, h0, (_project(x, wx, b), mt))
+    return _time_major(hs), (x, h0, wx, wh, hs, zrn, mt)
+
+
+def _gru_bwd(res, dhs):
+    """BPTT by hand: a reverse scan carrying dh that emits the pre-activation gradients dA_t = [da_z, da_r, da_n]; then one matmul per parameter.
+
+    Saved by the forward (time-major): the inputs x (N, T, D) (batch-major, as
+    given), h0 (N, H), wx (D, 3H), wh (H, 3H); the states after each step hs
+    (T, N, H) (carried through padding); the activations [z, r, n] (T, N, 3H);
+    the mask (T, N) bool or None.  Per step, with gh = dhs_t + dh and h_prev
+    the previous state: dz = gh·(h_prev - n), dn = gh·(1 - z), da_n = dn·(1-n²),
+    d(r·h) = da_n·Unᵀ, dr = d(r·h)·h_prev, da_z = dz·z(1-z), da_r = dr·r(1-r);
+    dh_prev = gh·z + d(r·h)·r + [da_z, da_r]·[Uz|Ur]ᵀ; at a padded step dA_t = 0
+    and dh passes through.  Afterwards, with H_prev = [h0, h_1, ..., h_{T-1}]
+    and dA (T, N, 3H): dx = dA·wxᵀ (N, T, D), dwx = Xᵀ·dA (D, 3H), db = Σ dA
+    (3H,), dwh = [H_prevᵀ·dA_zr | (r·H_prev)ᵀ·dA_n] (H, 3H), dh0 = the final
+    carry; the mask gets None.
+    """
+    x, h0, wx, wh, hs, zrn, mt = res
+    hd = h0.shape[-1]
+    h_prev = _shifted(h0, hs)
+
+    def step(dh, inp):
+        dh_t, hp_t, zrn_t, m_t = inp
+        gh = dh_t + dh
+        da, dh_prev = _gru_delta(gh, hp_t, zrn_t, wh, hd)
+        if m_t is not None:
+            da = jnp.where(m_t[:, None], da, 0)
+        return _masked(m_t, dh_prev, gh), da
+
+    dh0, da = lax.scan(step, jnp.zeros_like(h0), (_time_major(dhs), h_prev, zrn, mt), reverse=True)
+    dx, dwx, _, db = _param_grads(x, wx, None, da)
+    return dx, dh0, dwx, _gru_dwh(h_prev, zrn, da, hd), db, None
+
+
+_gru_seq.defvjp(_gru_seq_fwd, _gru_bwd)
+
+
+def gru_manual(x, h0, wx, wh, b, *, mask=None):
+    """Manual twin of :func:`gru`: hand-written BPTT (``custom_vjp`` over the sequence). Shapes as there."""
+    (h0,), m = check_sequence("gru", 3, x, {"h0": h0}, wx, wh, b, mask)
+    return _gru_seq(*_promote(x, h0, wx, wh, b), m)
 
 
 # ----------------------------------------------------------------------------------- NumPy oracles
