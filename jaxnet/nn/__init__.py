@@ -18,6 +18,9 @@ from jaxnet.nn.layers import (ELU, Affine, AvgPool2D, BatchNorm, Conv2D, ConvTra
 from jaxnet.nn.models import (MODELS, fast_convnet, fully_connected_net, get_model, small_convnet, three_layer_convnet,
                               two_layer_net)
 from jaxnet.nn.summary import Summary, SummaryRow, count_params, summary
+from jaxnet.nn.recurrent import (GRU, LSTM, RNN, Bidirectional, Embedding, StackedRNN, TemporalAffine,
+                                 reverse_within_length)
+from jaxnet.nn import decode
 
 __all__ = [
     "Layer", "with_impl",
@@ -31,4 +34,6 @@ __all__ = [
     "MODELS",
     "summary", "Summary", "SummaryRow", "count_params",
     "intermediates", "forward_with_intermediates", "activation_stats",
+    "Embedding", "TemporalAffine", "RNN", "LSTM", "GRU", "StackedRNN", "Bidirectional", "reverse_within_length",
+    "decode",
 ]
