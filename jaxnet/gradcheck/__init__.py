@@ -2,13 +2,15 @@
 per-argument reports, and the audit of every registered op: float64 gradients
 (:mod:`~jaxnet.gradcheck.audit`), float32 at extreme inputs
 (:mod:`~jaxnet.gradcheck.float32`, :mod:`~jaxnet.gradcheck.extremes`) and NumPy
-forward oracles (:mod:`~jaxnet.gradcheck.oracles`)."""
+forward oracles (:mod:`~jaxnet.gradcheck.oracles`; each op's oracle is registered with
+the op, ``ORACLES`` and ``ORACLE_CASES`` are views of the registry)."""
 from jaxnet.gradcheck.numeric import numerical_gradient, numerical_vjp, sparse_numerical_gradient
 from jaxnet.gradcheck.report import ArgReport, Comparison, compare, format_table, norm_rel_error, rel_error
 from jaxnet.gradcheck.audit import (FORWARD_TOL, JIT_TOL, MANUAL_VS_AUTODIFF_TOL, SCALE_TOL, AuditResult, audit,
                                     audit_case, failure_details, results_table)
 from jaxnet.gradcheck.float32 import FLOAT32_TOL, Float32Result, audit_float32, float32_case
-from jaxnet.gradcheck.oracles import ORACLE_CASES, ORACLE_TOL, ORACLES, OracleResult, check_oracles, oracle_case
+from jaxnet.gradcheck.oracles import (ORACLE_CASES, ORACLE_TOL, ORACLES, OracleResult, check_oracles,
+                                      missing_oracles, oracle_case)
 
 
 def check_grads(f, args, *, argnums=0, h=1e-5):
@@ -28,4 +30,4 @@ __all__ = ["numerical_gradient", "numerical_vjp", "sparse_numerical_gradient", "
            "compare", "format_table", "rel_error", "AuditResult", "audit", "audit_case", "failure_details",
            "results_table", "check_grads", "FORWARD_TOL", "JIT_TOL", "MANUAL_VS_AUTODIFF_TOL", "SCALE_TOL",
            "norm_rel_error", "FLOAT32_TOL", "Float32Result", "audit_float32", "float32_case", "ORACLES",
-           "ORACLE_CASES", "ORACLE_TOL", "OracleResult", "check_oracles", "oracle_case"]
+           "ORACLE_CASES", "ORACLE_TOL", "OracleResult", "check_oracles", "missing_oracles", "oracle_case"]
