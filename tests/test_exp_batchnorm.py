@@ -4,7 +4,12 @@ Checks the course's claims on the numbers, not only that files appear: without b
 tiny init scale trains nothing and a large one explodes the initial loss, with batch norm
 the tiny scale trains; layer norm's train and eval modes agree at every batch size while
 batch norm's disagree at batch 5; the manual and autodiff backward passes give the same
-loss curves (float32 round-off)."""
+loss curves (float32 round-off).
+
+The default suite runs a smoke version (part 1 only, the two end scales 1e-4 and 1: four
+training runs) and checks the experiment's key claim on it; the whole quick run (17 training
+runs and the float64 comparison) and its checks of all three parts are marked slow
+(``make test-slow``)."""
 
 import json
 import math
@@ -20,12 +25,35 @@ LN10 = math.log(10)
 
 
 @pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """Part 1 of the quick run at the two end scales (1e-4 and 1): 4 training runs."""
+    out = tmp_path_factory.mktemp("batchnorm_smoke")
+    results = run_quick_experiment(exp, out, "--parts", "scales", "--num-scales", "2")
+    return results, out
+
+
+@pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("batchnorm")
     results = run_quick_experiment(exp, out)
     return results, out
 
 
+def test_smoke_run_writes_files_and_batchnorm_fixes_the_init_scale(smoke_run):
+    results, out = smoke_run
+    for name in ("results.json", "batchnorm_scales.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["experiment"] == "batchnorm" and saved["quick"] is True and saved["data_source"] == "digits"
+    assert set(saved["figures"]) == {"scales"} and "batch_size" not in saved and "impl" not in saved
+    assert saved["scales"]["scales"] == pytest.approx([1e-4, 1.0])
+    for name in ("baseline", "batchnorm"):
+        for r in saved["scales"]["runs"][name]:
+            assert len(r["history"]["train_acc"]) == saved["protocol"]["epochs"]
+    _check_scales(results)
+
+
+@pytest.mark.slow
 def test_quick_run_writes_files(quick_run):
     results, out = quick_run
     for name in ("results.json", "batchnorm_scales.png", "batchnorm_batch_size.png", "batchnorm_impl.png"):
@@ -44,8 +72,13 @@ def test_quick_run_writes_files(quick_run):
             assert r["initial_loss"] is not None and math.isfinite(r["initial_loss"])
 
 
+@pytest.mark.slow
 def test_scales_batchnorm_fixes_tiny_init_and_tames_large_init(quick_run):
-    results, _ = quick_run
+    _check_scales(quick_run[0])
+
+
+def _check_scales(results):
+    """Part 1's claims, on any sweep from std 1e-4 to std 1."""
     base, bn = results["scales"]["runs"]["baseline"], results["scales"]["runs"]["batchnorm"]
     # std 1e-4: every score ~ 0, initial loss ln 10 for both
     assert base[0]["initial_loss"] == pytest.approx(LN10, abs=0.02)
@@ -67,6 +100,7 @@ def test_scales_batchnorm_fixes_tiny_init_and_tames_large_init(quick_run):
     assert np.all(bn_val > base_val - 0.1)
 
 
+@pytest.mark.slow
 def test_batch_size_batchnorm_vs_layernorm(quick_run):
     results, _ = quick_run
     part = results["batch_size"]
@@ -88,6 +122,7 @@ def test_batch_size_batchnorm_vs_layernorm(quick_run):
     assert abs(small["train_minus_eval_mode_acc"]) > abs(ln_small["train_minus_eval_mode_acc"]) + 0.1
 
 
+@pytest.mark.slow
 def test_impl_manual_and_auto_agree(quick_run):
     results, _ = quick_run
     part = results["impl"]
