@@ -5,7 +5,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from jaxnet.bench import Candidate, format_report, ratio, time_candidates
+
+# `--dist loadgroup` (pyproject.toml): the module runs on one xdist worker; groups are handed out
+# before single tests, so its long items start early instead of ending the run on one worker.
+pytestmark = pytest.mark.xdist_group("bench")
 
 
 def test_time_candidates_reports_medians_and_ratios():

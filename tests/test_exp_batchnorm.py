@@ -24,6 +24,11 @@ from experiments import batchnorm as exp
 LN10 = math.log(10)
 
 
+# `--dist loadgroup` (pyproject.toml): the module runs on one xdist worker, so its quick run (a module
+# fixture) is built once; groups are handed out before single tests.
+pytestmark = pytest.mark.xdist_group("exp_batchnorm")
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """Part 1 of the quick run at the two end scales (1e-4 and 1): 4 training runs."""

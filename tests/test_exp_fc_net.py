@@ -13,6 +13,11 @@ import pytest
 from experiments import fc_net as exp
 
 
+# `--dist loadgroup` (pyproject.toml): the module runs on one xdist worker, so its quick run (a module
+# fixture) is built once; groups are handed out before single tests.
+pytestmark = pytest.mark.xdist_group("exp_fc_net")
+
+
 def _run(argv):
     mp = pytest.MonkeyPatch()
     mp.delenv("JAXNET_CIFAR10_DIR", raising=False)

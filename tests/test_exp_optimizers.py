@@ -12,6 +12,11 @@ from conftest import run_quick_experiment
 from experiments import optimizers as exp
 
 
+# `--dist loadgroup` (pyproject.toml): the module runs on one xdist worker, so its quick run (a module
+# fixture) is built once; groups are handed out before single tests.
+pytestmark = pytest.mark.xdist_group("exp_optimizers")
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("optimizers")

@@ -31,6 +31,11 @@ from jaxnet.train.fit import (
     check_labels,
 )
 
+# `--dist loadgroup` (pyproject.toml): the module runs on one xdist worker, so the train steps fit
+# compiles for the module's fixtures are reused, not compiled again on the other worker.
+pytestmark = pytest.mark.xdist_group("hardening_cli")
+
+
 fit_module = sys.modules["jaxnet.train.fit"]  # the package's `fit` attribute is the function
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--model", "two_layer", "--no-progress"]

@@ -17,6 +17,10 @@ import pytest
 
 from jaxnet import manual, ops, registry
 
+# `--dist loadgroup` (pyproject.toml): the module runs on one xdist worker; groups are handed out
+# before single tests, so its long items start early instead of ending the run on one worker.
+pytestmark = pytest.mark.xdist_group("op_kinks")
+
 PATHS = {"autodiff": ops, "manual": manual}
 DTYPES = ("float64", "float32")
 

@@ -6,6 +6,7 @@ value and in VJP (float64), and the output size must follow the course's formula
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from jaxnet import manual, ops
@@ -17,6 +18,11 @@ from jaxnet.gradcheck.report import scaled_rel_error as rel_error
 # "relative" error.  The scaled variant judges such entries against 1e-3 of the tensor's scale;
 # a wrong window, stride or padding still shows up as an O(1) error.  Observed over 60 to 75 draws
 # per test: values and VJPs within 4e-14 of the reference, hence the 1e-12 bounds.
+
+# `--dist loadgroup` (pyproject.toml): the module runs on one xdist worker; groups are handed out
+# before single tests, so its long items start early instead of ending the run on one worker.
+pytestmark = pytest.mark.xdist_group("properties")
+
 
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
