@@ -355,6 +355,25 @@ def plot_val_curves(nets: dict, counts: dict, path: str, title: str, clock: str 
     return save_figure(fig, path, title)
 
 
+# ---------------------------------------------------------------- docs table
+
+def results_table(results: dict) -> str:
+    """The markdown table of ``docs/sequence-experiments.md`` from a ``results.json`` dict:
+    one row per model with its parameter count, validation and test bpc, training steps,
+    training CPU and wall seconds."""
+    head = ("| model | parameters | val bpc | test bpc | steps (chars seen) | training CPU s | "
+            "training wall s | net's wall s |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+    rows = []
+    for name, c in results["count_models"].items():
+        rows.append(f"| {name} (add-k, k = {c['k']:g}; add-one: test {c['test_bpc_add_one']:.3f}) | "
+                    f"{c['params']:,} counts | {c['val_bpc']:.3f} | {c['test_bpc']:.3f} | - | - | - | - |")
+    for kind, r in results["nets"].items():
+        rows.append(f"| {kind.upper()} (H = {r['hidden']}) | {r['params']:,} | {r['val_bpc']:.3f} | "
+                    f"{r['test_bpc']:.3f} | {r['steps']:,} ({r['chars_seen'] / 1e6:.1f} M) | "
+                    f"{r['train_cpu_s']:.0f} | {r['train_time_s']:.0f} | {r['wall_time_s']:.0f} |")
+    return "\n".join([head, *rows])
+
+
 # ---------------------------------------------------------------- main
 
 def main(argv=None) -> dict:

@@ -11,6 +11,10 @@ import pytest
 from conftest import run_quick_experiment
 from experiments import char_lm as exp
 
+# `--dist loadgroup` (pyproject.toml): the module runs on one xdist worker, so its quick run (a module
+# fixture) is built once; groups are handed out before single tests.
+pytestmark = pytest.mark.xdist_group("exp_char_lm")
+
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):

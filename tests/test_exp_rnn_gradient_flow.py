@@ -11,6 +11,10 @@ import pytest
 from conftest import run_quick_experiment
 from experiments import rnn_gradient_flow as exp
 
+# `--dist loadgroup` (pyproject.toml): the module runs on one xdist worker, so its quick run (a module
+# fixture) is built once; groups are handed out before single tests.
+pytestmark = pytest.mark.xdist_group("exp_rnn_gradient_flow")
+
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):

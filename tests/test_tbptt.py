@@ -176,6 +176,12 @@ def test_time_budget_and_validation_history():
     with pytest.raises(ValueError, match="time_budget_s"):
         train_tbptt(rnn_apply, init(jax.random.PRNGKey(3), hidden), optax.adam(1e-2), zeros(hidden),
                     stream, 8, time_budget_s=0.0, progress=False)
+    with pytest.raises(ValueError, match="epochs"):
+        train_tbptt(rnn_apply, init(jax.random.PRNGKey(3), hidden), optax.adam(1e-2), zeros(hidden),
+                    stream, 8, epochs=0, progress=False)
+    with pytest.raises(ValueError, match="budget_clock"):
+        train_tbptt(rnn_apply, init(jax.random.PRNGKey(3), hidden), optax.adam(1e-2), zeros(hidden),
+                    stream, 8, budget_clock="gpu", progress=False)
 
 
 def test_evaluate_bpc_of_a_uniform_model_is_log2_v():
