@@ -88,6 +88,10 @@ def test_digit_strings_are_seeded(digits):
     assert other.train.captions != digits.train.captions
     with pytest.raises(DataError, match="digit_strings: min_digits"):
         digit_strings(10, 10, min_digits=4, max_digits=3)
+    with pytest.raises(DataError, match=r"digit_strings: test_fraction must be in \(0, 1\)"):
+        digit_strings(10, 10, test_fraction=1.0)
+    with pytest.raises(DataError, match="digit_strings: n_train must be an int >= 0"):
+        digit_strings(-1, 10)
 
 
 def test_mosaic_grammar():
@@ -145,6 +149,8 @@ def test_mosaics_match_placed_labels_and_positions():
     assert set(data.pool_ids_train.tolist()).isdisjoint(data.pool_ids_test.tolist())
     with pytest.raises(DataError, match="cifar_mosaics: need 1 <= min_objects"):
         cifar_mosaics(ds, 4, 4, max_objects=5)
+    with pytest.raises(DataError, match="cifar_mosaics: fake needs training and test images, has 60 and 0"):
+        cifar_mosaics(ds.replace(x_test=ds.x_test[:0], y_test=ds.y_test[:0]), 4, 4)
 
 
 def test_mosaics_of_real_cifar10():
