@@ -7,7 +7,7 @@ import pytest
 from jaxnet import ops, registry
 from jaxnet.gradcheck import extremes
 from jaxnet.gradcheck.extremes import OVERRIDES, SCALES, batch_of_one, extreme_inputs, rule_for
-from jaxnet.gradcheck.float32 import (FLOAT32_TOL, audit_float32, float32_cases, float32_failures,
+from jaxnet.gradcheck.float32 import (FLOAT32_TOL, float32_case, float32_cases, float32_failures,
                                       sample_float32)
 
 import jax
@@ -20,13 +20,8 @@ def _sample(spec, case):
 def test_every_registered_op_is_covered():
     covered = {spec.name for spec, _, _ in float32_cases()}
     assert covered == set(registry.REGISTRY) == set(ops.OP_NAMES)
-    first = {}
-    for spec, case, label in float32_cases():     # one case per op: sampling every case eagerly costs a minute
-        first.setdefault(spec.name, (spec, case))
-    for spec, case in first.values():
-        variants = extreme_inputs(spec, case, _sample(spec, case))
-        labels = [v for v, _ in variants]
-        assert len(labels) >= 2 * len(SCALES) and len(set(labels)) == len(labels), (spec.name, labels)
+    # every op's extreme inputs (at least both signs of every scale, distinct labels) are checked
+    # per op in test_float32_extremes_pass, on the samples the pass itself draws
     assert set(OVERRIDES) <= set(registry.REGISTRY)
 
 
@@ -92,7 +87,14 @@ def test_spec_hook_takes_precedence_over_the_table():
 
 @pytest.mark.parametrize("name", list(registry.REGISTRY))
 def test_float32_extremes_pass(name):
-    results = audit_float32([name])
+    results = []
+    for spec, case, label in float32_cases([name]):    # audit_float32([name]), case by case
+        rs = float32_case(spec, case, label=label)
+        # this case's extreme inputs: both signs of every scale at least, each label once
+        variants = [r.config[len(label) + 1:] for r in rs]
+        assert all(r.config.startswith(label + " ") for r in rs), (label, variants)
+        assert len(variants) >= 2 * len(SCALES) and len(set(variants)) == len(variants), (label, variants)
+        results += rs
     assert results and {r.dtype for r in results} == {"float32"}
     detail = float32_failures(results)
     for r in results:

@@ -18,6 +18,8 @@ from jaxnet.gradcheck.report import scaled_rel_error as rel_error
 # "relative" error.  The scaled variant judges such entries against 1e-3 of the tensor's scale;
 # a wrong window, stride or padding still shows up as an O(1) error.  Observed over 60 to 75 draws
 # per test: values and VJPs within 4e-14 of the reference, hence the 1e-12 bounds.
+# The random inputs and cotangents come from NumPy: jax.random compiles its kernels again for every
+# new shape, which costs more than the ops under test; the ops themselves run under jax.jit.
 
 # `--dist loadgroup` (pyproject.toml): the module runs on one xdist worker; groups are handed out
 # before single tests, so its long items start early instead of ending the run on one worker.
@@ -31,7 +33,7 @@ SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
 def _vjps(f_ref, f_man, args, seed):
     """Both outputs and both VJPs for one random cotangent, compiled as one program."""
     shape = jax.eval_shape(f_ref, *args)
-    ct = jax.random.normal(jax.random.PRNGKey(seed), shape.shape, shape.dtype)
+    ct = jnp.asarray(np.random.default_rng([seed, 1]).standard_normal(shape.shape), shape.dtype)
 
     @jax.jit
     def both(args, ct):
@@ -78,10 +80,8 @@ def _fits(shape, cfg):
 def test_conv2d_manual_matches_reference(cfg, seed):
     assume(_fits(cfg["x"], cfg))
     with jax.enable_x64(True):
-        k = jax.random.split(jax.random.PRNGKey(seed), 3)
-        x = jax.random.normal(k[0], cfg["x"], jnp.float64)
-        w = jax.random.normal(k[1], cfg["w"], jnp.float64)
-        b = jax.random.normal(k[2], (cfg["w"][-1],), jnp.float64)
+        rng = np.random.default_rng(seed)
+        x, w, b = (jnp.asarray(rng.standard_normal(s), jnp.float64) for s in (cfg["x"], cfg["w"], cfg["w"][-1:]))
         kw = cfg["kwargs"]
         out, out_m, g_ref, g_man = _vjps(lambda *a: ops.conv2d(*a, **kw), lambda *a: manual.conv2d(*a, **kw),
                                          (x, w, b), seed)
@@ -108,8 +108,7 @@ def test_pooling_manual_matches_reference(n, h, w, c, window, stride, padding, k
         assume(min(h, w) >= window)
     with jax.enable_x64(True):
         size = n * h * w * c           # distinct values: no ties inside a max-pool window
-        x = jax.random.permutation(jax.random.PRNGKey(seed), jnp.linspace(-1, 1, size, dtype=jnp.float64))
-        x = x.reshape(n, h, w, c)
+        x = jnp.asarray(np.random.default_rng(seed).permutation(np.linspace(-1, 1, size)).reshape(n, h, w, c))
         name = f"{kind}_pool2d"
         kw = dict(window=window, stride=stride, padding=padding)
         out, out_m, g_ref, g_man = _vjps(lambda v: getattr(ops, name)(v, **kw),
@@ -125,9 +124,9 @@ def test_pooling_manual_matches_reference(n, h, w, c, window, stride, padding, k
 def test_conv_transpose_manual_matches_reference(n, h, w, cin, cout, k, stride, padding, seed):
     assume(min((h - 1) * stride + k, (w - 1) * stride + k) - 2 * padding >= 1)
     with jax.enable_x64(True):
-        keys = jax.random.split(jax.random.PRNGKey(seed), 2)
-        x = jax.random.normal(keys[0], (n, h, w, cin), jnp.float64)
-        wt = jax.random.normal(keys[1], (k, k, cin, cout), jnp.float64)
+        rng = np.random.default_rng(seed)
+        x = jnp.asarray(rng.standard_normal((n, h, w, cin)), jnp.float64)
+        wt = jnp.asarray(rng.standard_normal((k, k, cin, cout)), jnp.float64)
         kw = dict(stride=stride, padding=padding)
         out, out_m, g_ref, g_man = _vjps(lambda *a: ops.conv2d_transpose(*a, **kw),
                                          lambda *a: manual.conv2d_transpose(*a, **kw), (x, wt), seed)
