@@ -7,7 +7,7 @@ import sys
 
 from jaxnet.bench.timing import Candidate, ratio, time_candidates
 
-SUITES = ("ops", "train_step", "train_step_default_flags", "compile", "knn")
+SUITES = ("ops", "train_step", "train_step_default_flags", "compile", "knn", "rnn")
 
 
 def _torch():
@@ -24,7 +24,7 @@ def _torch():
 def run(suites=SUITES, *, quick=False) -> dict:
     from jaxnet.bench import suites as S
     blocks, reps = (2, 2) if quick else (5, 3)
-    torch = _torch() if {"ops", "train_step"} & set(suites) else None
+    torch = _torch() if {"ops", "train_step", "rnn"} & set(suites) else None
     if torch is not None:
         torch.manual_seed(0)
     rows = []
@@ -44,6 +44,9 @@ def run(suites=SUITES, *, quick=False) -> dict:
         rows.append(S.bench_compile())
     if "knn" in suites:
         rows.append(S.bench_knn(blocks=blocks, reps=2))
+    if "rnn" in suites:
+        from jaxnet.bench.rnn import bench_rnn
+        rows += bench_rnn(blocks=blocks, reps=reps, torch_mod=torch, quick=quick)
     return {"env": S.environment(), "benchmarks": rows}
 
 
@@ -54,6 +57,7 @@ def format_report(report: dict) -> str:
         rows = []
         for name, c in b["candidates"].items():
             extra = (f"{c['images_per_second']:.0f} img/s" if "images_per_second" in c
+                     else f"{c['sequences_per_second']:.0f} seq/s" if "sequences_per_second" in c
                      else f"{c['gflops']:.1f} GFLOP/s" if "gflops" in c else "")
             rows.append([name, f"{c['median_ms']:.2f}", extra])
         lines.append(f"## {b['name']}\n" + format_table(["candidate", "median ms", ""], rows))
