@@ -87,10 +87,10 @@ temporal_softmax_cross_entropy = _dispatch(_sequence.temporal_softmax_cross_entr
 
 # recurrent
 rnn_step = _dispatch(_recurrent.rnn_step, _recurrent.rnn_step_manual)
-rnn = _dispatch(_recurrent.rnn, _recurrent.rnn_manual)
 lstm_step = _dispatch(_recurrent.lstm_step, _recurrent.lstm_step_manual)
-lstm = _dispatch(_recurrent.lstm, _recurrent.lstm_manual)
 gru_step = _dispatch(_recurrent.gru_step, _recurrent.gru_step_manual)
+rnn = _dispatch(_recurrent.rnn, _recurrent.rnn_manual)
+lstm = _dispatch(_recurrent.lstm, _recurrent.lstm_manual)
 gru = _dispatch(_recurrent.gru, _recurrent.gru_manual)
 
 
@@ -102,5 +102,5 @@ __all__ = [
     # sequence
     "word_embedding", "temporal_affine", "temporal_softmax_cross_entropy",
     # recurrent
-    "rnn_step", "rnn", "lstm_step", "lstm", "gru_step", "gru",
+    "rnn_step", "lstm_step", "gru_step", "rnn", "lstm", "gru",
 ]
