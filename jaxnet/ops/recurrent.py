@@ -488,7 +488,7 @@ def _rnn_seq_fwd(x, h0, wx, wh, b, m):
 def _rnn_bwd(res, dhs):
     """BPTT by hand: a reverse scan of da_t = (dhs_t + dh_t)·(1 - h_t²), dh_{t-1} = da_t·whᵀ; then one matmul per parameter.
 
-    Saved by the forward (time-major): the inputs x (N, T, D) (batch-major, as
+    Residuals saved by the forward (time-major): the inputs x (N, T, D) (batch-major, as
     given), h0 (N, H), wx (D, H), wh (H, H); the hidden states hs (T, N, H)
     (after each step, carried through padding); the mask (T, N) bool or None.
     The reverse scan carries dh (N, H) and emits dA (T, N, H); at a padded step
@@ -546,7 +546,7 @@ def _lstm_seq_fwd(x, h0, c0, wx, wh, b, m):
 def _lstm_bwd(res, cts):
     """BPTT by hand: a reverse scan carrying (dh, dc) that emits the pre-activation gradients dA_t (the step's delta); then one matmul per parameter.
 
-    Saved by the forward (time-major): the inputs x (N, T, D) (batch-major, as
+    Residuals saved by the forward (time-major): the inputs x (N, T, D) (batch-major, as
     given), h0, c0 (N, H), wx (D, 4H), wh (H, 4H); the states after each step
     hs, cs (T, N, H) (carried through padding); the gate activations
     [i, f, o, g] (T, N, 4H); the mask (T, N) bool or None.  Cotangents: dhs
@@ -608,7 +608,7 @@ def _gru_seq_fwd(x, h0, wx, wh, b, m):
 def _gru_bwd(res, dhs):
     """BPTT by hand: a reverse scan carrying dh that emits the pre-activation gradients dA_t = [da_z, da_r, da_n]; then one matmul per parameter.
 
-    Saved by the forward (time-major): the inputs x (N, T, D) (batch-major, as
+    Residuals saved by the forward (time-major): the inputs x (N, T, D) (batch-major, as
     given), h0 (N, H), wx (D, 3H), wh (H, 3H); the states after each step hs
     (T, N, H) (carried through padding); the activations [z, r, n] (T, N, 3H);
     the mask (T, N) bool or None.  Per step, with gh = dhs_t + dh and h_prev
