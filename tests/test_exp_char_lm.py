@@ -109,3 +109,22 @@ def test_missing_corpus_exits_with_one_line(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "not found" in err and err.count("\n") == 1
+
+
+def test_committed_full_run_and_its_docs_table():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    full = json.loads((root / "docs" / "results" / "char_lm.json").read_text())
+    assert full["quick"] is False and set(full["nets"]) == set(exp.NETS)
+    nets, counts = full["nets"], full["count_models"]
+    # the task's bar: the LSTM beats the bigram model and the vanilla RNN on the test files
+    assert nets["lstm"]["test_bpc"] < counts["bigram"]["test_bpc"]
+    assert nets["lstm"]["test_bpc"] < nets["rnn"]["test_bpc"]
+    params = [r["params"] for r in nets.values()]
+    assert (max(params) - min(params)) / max(params) < 0.01
+    for r in nets.values():  # each trained within 10 minutes of CPU time
+        assert r["stopped_by_budget"] and r["train_cpu_s"] <= 600 + 5
+    page = (root / "docs" / "sequence-experiments.md").read_text()
+    assert exp.results_table(full) in page
+    assert (root / "docs" / "img" / "sequence" / "char_lm_val_bpc.png").is_file()

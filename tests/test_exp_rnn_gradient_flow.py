@@ -97,3 +97,16 @@ def test_bad_flags_exit_with_one_line(tmp_path, capsys):
     assert "--forget-biases" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         exp.main(["--quick", "--out", str(tmp_path), "--clip-norm", "0"])
+
+
+def test_committed_full_run():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    full = json.loads((root / "docs" / "results" / "rnn_gradient_flow.json").read_text())
+    assert full["quick"] is False and full["protocol"]["T"] >= 50
+    for r in full["rnn"].values():
+        assert r["linear_max_rel_err"] < 1e-12
+    assert full["rnn"]["0.9"]["tanh_factor"] < 0.9 < full["rnn"]["1.1"]["linear_factor"]
+    assert all(l_["h_factor"] > full["rnn"]["0.9"]["tanh_factor"] for l_ in full["lstm"].values())
+    assert (root / "docs" / "img" / "sequence" / "rnn_gradient_flow.png").is_file()
