@@ -9,6 +9,9 @@
 * :mod:`~jaxnet.train.checkpoint`: :func:`save_checkpoint`, :func:`load_checkpoint`, :class:`CheckpointError`.
 * :mod:`~jaxnet.train.parallel`: :func:`make_mesh`, :func:`shard_batch`, :func:`replicate`.
 * :mod:`~jaxnet.train.sanity`: :func:`initial_loss_check`, :func:`overfit_small_subset`.
+* :mod:`~jaxnet.train.tbptt`: :func:`train_tbptt` -> :class:`TBPTTResult` (truncated BPTT over long
+  streams, the state carried and cut with ``stop_gradient`` at chunk boundaries),
+  :func:`make_tbptt_step`, :func:`make_tbptt_eval`, :func:`evaluate_bpc`.
 * :mod:`~jaxnet.train.stats`: :func:`make_stats_step` (per-layer grad/param norms, update ratios,
   activation statistics), :func:`update_ratios`.
 """
