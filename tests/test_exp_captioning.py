@@ -41,13 +41,15 @@ def test_quick_run_writes_every_number(quick):
 
 def test_quick_lstm_reads_held_out_strings(quick):
     res, _ = quick
-    # chance of a whole caption (2-5 digits, ten words each) is below 1e-2; the quick run measures ~0.5
+    # chance of a whole caption (2-5 digits, ten words each) is below 1e-2; the quick run measures 0.44
+    # (BLEU-4 39)
     for dec in ("greedy", "beam"):
         assert res["models"]["lstm"][dec]["accuracy"] > 0.25
         assert res["models"]["lstm"][dec]["bleu4"] > 25.0
-    # the per-digit classifier is good, so the oracle built from its labels is nearly always right
-    assert res["oracle"]["accuracy"] > 0.85
-    assert res["classifier"]["test_pool_accuracy"] > 0.95
+    # the per-digit classifiers are good, so the oracle built from their labels is mostly right
+    # (the quick run measures 0.963 per held-out digit and 0.89 per string)
+    assert res["oracle"]["accuracy"] > 0.8
+    assert res["classifier"]["test_pool_accuracy"] > 0.93
 
 
 def test_quick_overfit_50_captions(quick):
