@@ -685,18 +685,18 @@ def _np_gru_cell(x, h, wx, wh, b):
     return (1 - z) * n + z * h
 
 
-def _oracle_rnn_step(x, h, wx, wh, b):
+def _rnn_step_oracle(x, h, wx, wh, b):
     x, h, wx, wh, b = map(_np, (x, h, wx, wh, b))
     return np.stack([_np_rnn_cell(x[n], h[n], wx, wh, b) for n in range(x.shape[0])])
 
 
-def _oracle_lstm_step(x, h, c, wx, wh, b):
+def _lstm_step_oracle(x, h, c, wx, wh, b):
     x, h, c, wx, wh, b = map(_np, (x, h, c, wx, wh, b))
     out = [_np_lstm_cell(x[n], h[n], c[n], wx, wh, b) for n in range(x.shape[0])]
     return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
 
 
-def _oracle_gru_step(x, h, wx, wh, b):
+def _gru_step_oracle(x, h, wx, wh, b):
     x, h, wx, wh, b = map(_np, (x, h, wx, wh, b))
     return np.stack([_np_gru_cell(x[n], h[n], wx, wh, b) for n in range(x.shape[0])])
 
@@ -720,16 +720,16 @@ def _np_sequence(cell, x, states, wx, wh, b, mask):
     return hs, states
 
 
-def _oracle_rnn(x, h0, wx, wh, b, *, mask=None):
+def _rnn_oracle(x, h0, wx, wh, b, *, mask=None):
     return _np_sequence(_np_rnn_cell, x, [h0], wx, wh, b, mask)[0]
 
 
-def _oracle_lstm(x, h0, c0, wx, wh, b, *, mask=None):
+def _lstm_oracle(x, h0, c0, wx, wh, b, *, mask=None):
     hs, (_, c) = _np_sequence(_np_lstm_cell, x, [h0, c0], wx, wh, b, mask)
     return hs, c
 
 
-def _oracle_gru(x, h0, wx, wh, b, *, mask=None):
+def _gru_oracle(x, h0, wx, wh, b, *, mask=None):
     return _np_sequence(_np_gru_cell, x, [h0], wx, wh, b, mask)[0]
 
 
@@ -791,18 +791,18 @@ _SMOOTH = "smooth (no kinks); float32 saturation of sigmoid/tanh: the float32 pa
 _MASK_NOTE = "; masks are keywords (0/1 tuples), never differentiated"
 
 for _name, _ref, _man, _k, _st, _oracle in (
-        ("rnn_step", rnn_step, "rnn_step_manual", 1, 1, _oracle_rnn_step),
-        ("lstm_step", lstm_step, "lstm_step_manual", 4, 2, _oracle_lstm_step),
-        ("gru_step", gru_step, "gru_step_manual", 3, 1, _oracle_gru_step)):
+        ("rnn_step", rnn_step, "rnn_step_manual", 1, 1, _rnn_step_oracle),
+        ("lstm_step", lstm_step, "lstm_step_manual", 4, 2, _lstm_step_oracle),
+        ("gru_step", gru_step, "gru_step_manual", 3, 1, _gru_step_oracle)):
     register(OpSpec(_name, _ref, globals()[_man], _sampler(_k, _st, step=True), _STEP_CASES,
                     backward=globals().get(f"_{_name}_bwd", ()), note=_SMOOTH,
                     output=_hs_and_c if _name == "lstm_step" else None,
                     oracle=_oracle, oracle_cases=_oracle_cases(_name, _k, _st, True)))
 
 for _name, _ref, _man, _k, _st, _oracle in (
-        ("rnn", rnn, "rnn_manual", 1, 1, _oracle_rnn),
-        ("lstm", lstm, "lstm_manual", 4, 2, _oracle_lstm),
-        ("gru", gru, "gru_manual", 3, 1, _oracle_gru)):
+        ("rnn", rnn, "rnn_manual", 1, 1, _rnn_oracle),
+        ("lstm", lstm, "lstm_manual", 4, 2, _lstm_oracle),
+        ("gru", gru, "gru_manual", 3, 1, _gru_oracle)):
     register(OpSpec(_name, _ref, globals()[_man], _sampler(_k, _st), _SEQ_CASES,
                     backward=globals().get(f"_{_name}_bwd", ()), note=_SMOOTH + _MASK_NOTE,
                     output=_hs_and_c if _name == "lstm" else None,

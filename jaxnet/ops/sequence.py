@@ -121,7 +121,7 @@ def _sample_embedding(key, d, dt):
     return jax.random.randint(k[0], d["x"], 0, v), S.normal(k[1], (v, dim), dt)
 
 
-def _oracle_embedding(idx, w):
+def _word_embedding_oracle(idx, w):
     idx = np.asarray(idx)
     out = np.zeros(idx.shape + (w.shape[1],))
     for pos in np.ndindex(*idx.shape):
@@ -129,7 +129,7 @@ def _oracle_embedding(idx, w):
     return out
 
 
-def _oracle_embedding_cases():
+def _word_embedding_oracle_cases():
     r = np.random.default_rng(11)
     return (oracle_case("idx=2x3 V=5 D=4", r.integers(0, 5, (2, 3)), r.standard_normal((5, 4))),
             oracle_case("idx=1x1 V=3 D=2", np.array([[2]]), r.standard_normal((3, 2))),
@@ -141,7 +141,7 @@ register(OpSpec("word_embedding", word_embedding, word_embedding_manual, _sample
                  case({"x": (3, 4), "v": 2, "d": 3})),
                 backward=_word_embedding_bwd,
                 note="idx integer (not differentiated); V=2 with 12 positions exercises repeated indices",
-                oracle=_oracle_embedding, oracle_cases=_oracle_embedding_cases))
+                oracle=_word_embedding_oracle, oracle_cases=_word_embedding_oracle_cases))
 
 
 # -------------------------------------------------------------------------------------- temporal affine
@@ -211,7 +211,7 @@ def _sample_temporal_affine(key, d, dt):
     return args + ((S.normal(k[2], (d["m"],), dt),) if d.get("bias", True) else (None,))
 
 
-def _oracle_temporal_affine(x, w, b=None):
+def _temporal_affine_oracle(x, w, b=None):
     n, t, _ = x.shape
     out = np.zeros((n, t, w.shape[1]))
     for i, j in itertools.product(range(n), range(t)):
@@ -219,7 +219,7 @@ def _oracle_temporal_affine(x, w, b=None):
     return out
 
 
-def _oracle_temporal_affine_cases():
+def _temporal_affine_oracle_cases():
     r = np.random.default_rng(12)
     return (oracle_case("x=2x3x4 m=5", r.standard_normal((2, 3, 4)), r.standard_normal((4, 5)),
                         r.standard_normal(5)),
@@ -232,7 +232,7 @@ register(OpSpec("temporal_affine", temporal_affine, temporal_affine_manual, _sam
                 (case({"x": (2, 3, 4), "m": 5}), case({"x": (1, 1, 3), "m": 2}),
                  case({"x": (3, 2, 2), "m": 3, "bias": False})),
                 backward=_temporal_affine_bwd,
-                oracle=_oracle_temporal_affine, oracle_cases=_oracle_temporal_affine_cases))
+                oracle=_temporal_affine_oracle, oracle_cases=_temporal_affine_oracle_cases))
 
 
 # ------------------------------------------------------------------------ temporal softmax cross-entropy
@@ -345,7 +345,7 @@ def _sample_temporal_loss(key, d, dt):
     return scores, labels, mask
 
 
-def _oracle_temporal_loss(scores, labels, mask=None):
+def _temporal_softmax_cross_entropy_oracle(scores, labels, mask=None):
     n, t, v = scores.shape
     mask = np.ones((n, t)) if mask is None else np.asarray(mask, np.float64)
     total = 0.0
@@ -357,7 +357,7 @@ def _oracle_temporal_loss(scores, labels, mask=None):
     return total / n
 
 
-def _oracle_temporal_loss_cases():
+def _temporal_softmax_cross_entropy_oracle_cases():
     r = np.random.default_rng(13)
     some = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], bool)
     return (oracle_case("x=2x3 V=5 mask=None", r.standard_normal((2, 3, 5)), r.integers(0, 5, (2, 3)), None),
@@ -374,4 +374,4 @@ register(OpSpec("temporal_softmax_cross_entropy", temporal_softmax_cross_entropy
                  case({"x": (2, 1), "v": 2, "mask": "none"})),
                 backward=_temporal_softmax_cross_entropy_bwd,
                 note="mask bool (not differentiated): none, all kept, or rows of random length >= 1",
-                oracle=_oracle_temporal_loss, oracle_cases=_oracle_temporal_loss_cases))
+                oracle=_temporal_softmax_cross_entropy_oracle, oracle_cases=_temporal_softmax_cross_entropy_oracle_cases))
