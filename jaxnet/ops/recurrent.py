@@ -787,7 +787,7 @@ _SEQ_CASES = (
     case({"x": (3, 4, 2), "h": 3}, mask=((1, 1, 0, 0), (1, 0, 0, 0), (1, 1, 1, 1))),
     case({"x": (2, 3, 3), "h": 2, "h0": False}, mask=((1, 1, 1), (1, 0, 0))),
 )
-_SMOOTH = "smooth (no kinks); float32 saturation of sigmoid/tanh: the float32 pass at +-1e2, +-1e4"
+_SMOOTH = "smooth everywhere (sigmoid and tanh only); float32 saturation of sigmoid/tanh: the float32 pass at +-1e2, +-1e4"
 _MASK_NOTE = "; masks are keywords (0/1 tuples), never differentiated"
 
 for _name, _ref, _man, _k, _st, _oracle in (
