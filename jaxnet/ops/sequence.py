@@ -34,7 +34,7 @@ from jax.experimental import checkify
 
 from jaxnet._checks import check_min_rank, check_rank
 from jaxnet.ops import _sampling as S
-from jaxnet.ops import losses as _losses
+from jaxnet.ops import linear as _linear, losses as _losses
 from jaxnet.ops._registry import OpSpec, case, oracle_case, register
 
 
@@ -186,12 +186,9 @@ def _temporal_affine_bwd(res, dout):
     """
     x, w, b = res
     n, t, d = x.shape
-    x2 = jnp.reshape(x, (n * t, d))
-    dout2 = jnp.reshape(dout, (n * t, w.shape[1]))
-    dx = jnp.reshape(dout2 @ w.T, x.shape)
-    dw = x2.T @ dout2
-    db = None if b is None else jnp.sum(dout2, axis=0)
-    return dx, dw, db
+    dx, dw, db = _linear._affine_bwd((jnp.reshape(x, (n * t, d)), w, b),
+                                     jnp.reshape(dout, (n * t, w.shape[1])))
+    return jnp.reshape(dx, x.shape), dw, db
 
 
 _temporal_affine.defvjp(_temporal_affine_fwd, _temporal_affine_bwd)
