@@ -35,26 +35,34 @@ def test_vmap_matches_a_loop(x64, spec, impl):
     stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *batches)
     if spec.name == "dropout":      # keys are stacked as key data; vmap handles typed keys too
         stacked = (stacked[0], jnp.stack([b[1] for b in batches]))
-    vmapped = jax.vmap(lambda *a: spec.differentiable_output(spec.call(impl, a, case)))(*stacked)
-    looped = jnp.stack([spec.differentiable_output(spec.call(impl, b, case)) for b in batches])
+
+    def out(a):
+        return spec.differentiable_output(spec.call(impl, a, case))
+
+    # each side is jitted (one compile for all slices; eager dispatch is test_jit_matches_eager's job)
+    vmapped = jax.jit(jax.vmap(lambda *a: out(a)))(*stacked)
+    one = jax.jit(lambda *a: out(a))
+    looped = jnp.stack([one(*b) for b in batches])
     assert rel_error(vmapped, looped) < 1e-12
     # and the gradient of the vmapped op equals the per-slice gradients
     diff = [i for i in spec.diff_argnums if batches[0][i] is not None]
 
-    def total(impl_args):
-        full = list(stacked)
-        for i, v in zip(diff, impl_args):
+    def with_diff(args, values):
+        full = list(args)
+        for i, v in zip(diff, values):
             full[i] = v
-        return jnp.sum(jax.vmap(lambda *a: spec.differentiable_output(spec.call(impl, a, case)))(*full) ** 2)
+        return full
 
-    g_vmap = jax.grad(total)([stacked[i] for i in diff])
+    def total(values):
+        return jnp.sum(jax.vmap(lambda *a: out(a))(*with_diff(stacked, values)) ** 2)
+
+    def single(values, b):
+        return jnp.sum(out(with_diff(b, values)) ** 2)
+
+    g_vmap = jax.jit(jax.grad(total))([stacked[i] for i in diff])
+    g_single = jax.jit(jax.grad(single))
     for j, b in enumerate(batches):
-        def single(impl_args, b=b):
-            full = list(b)
-            for i, v in zip(diff, impl_args):
-                full[i] = v
-            return jnp.sum(spec.differentiable_output(spec.call(impl, full, case)) ** 2)
-        g_one = jax.grad(single)([b[i] for i in diff])
+        g_one = g_single([b[i] for i in diff], b)
         assert rel_error([g[j] for g in g_vmap], g_one) < 1e-9
 
 
@@ -73,13 +81,14 @@ def test_per_example_gradients_of_a_small_convnet(x64, impl):
         return F.softmax_cross_entropy(F.affine(h, p["fc"]["w"], p["fc"]["b"], impl=impl), yi[None], impl=impl)
 
     per_example = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))(params, x, y)
+    grad_alone = jax.jit(jax.grad(loss))
     for i in range(5):
-        alone = jax.grad(loss)(params, x[i], y[i])
+        alone = grad_alone(params, x[i], y[i])
         for a, b in zip(jax.tree_util.tree_leaves(per_example), jax.tree_util.tree_leaves(alone)):
             np.testing.assert_allclose(a[i], b, rtol=1e-10, atol=1e-12)
     # and their mean is the batch gradient
     def batch_loss(p):
         return jnp.mean(jax.vmap(loss, in_axes=(None, 0, 0))(p, x, y))
-    full = jax.grad(batch_loss)(params)
+    full = jax.jit(jax.grad(batch_loss))(params)
     for a, b in zip(jax.tree_util.tree_leaves(per_example), jax.tree_util.tree_leaves(full)):
         np.testing.assert_allclose(jnp.mean(a, axis=0), b, rtol=1e-10, atol=1e-12)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,19 @@ def _is_float_array(a) -> bool:
     if dtype is None:
         return False
     return not jnp.issubdtype(dtype, jax.dtypes.prng_key) and jnp.issubdtype(dtype, jnp.floating)
+
+
+def _jax_arrays(sample: Callable) -> Callable:
+    """``sample`` with the NumPy arrays it returns made JAX arrays (the building blocks in
+    ``_sampling.py`` draw with NumPy)."""
+    if getattr(sample, "_returns_jax", False):
+        return sample
+
+    @functools.wraps(sample)
+    def wrapped(key, dims, dtype):
+        return tuple(jnp.asarray(a) if isinstance(a, np.ndarray) else a for a in sample(key, dims, dtype))
+    wrapped._returns_jax = True
+    return wrapped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +134,7 @@ class OpSpec:
     oracle_cases: Any = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "sample", _jax_arrays(self.sample))
         if not self.family:
             object.__setattr__(self, "family", self.reference.__module__.rsplit(".", 1)[-1])
         if callable(self.backward):

@@ -317,7 +317,7 @@ def prelu_manual(x, alpha):
 
 def _sample_prelu(key, d, dt):
     k = S.keys(key, 2)
-    return S.away_from_zero(k[0], d["x"], dt), 0.1 + 0.3 * jax.random.uniform(k[1], d["alpha"], dt)
+    return S.away_from_zero(k[0], d["x"], dt), S.uniform(k[1], d["alpha"], dt, 0.1, 0.4)
 
 
 def _prelu_oracle(x, alpha):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxnet._checks import check_min_rank, check_rank
 from jaxnet.ops import _oracle_inputs as O
@@ -79,7 +80,7 @@ def _sample_affine(key, d, dt):
     k = S.keys(key, 3)
     x = S.normal(k[0], d["x"], dt)
     dim = x.size // x.shape[0]
-    args = (x, S.normal(k[1], (dim, d["m"]), dt) / jnp.sqrt(dim))
+    args = (x, S.normal(k[1], (dim, d["m"]), dt) / float(np.sqrt(dim)))
     return args + ((S.normal(k[2], (d["m"],), dt),) if d.get("bias", True) else (None,))
 
 

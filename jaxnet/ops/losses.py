@@ -41,7 +41,7 @@ from jaxnet.ops._registry import OpSpec, case, register
 def _sample_labels(key, d, dt):
     k = S.keys(key, 2)
     n, c = d["x"]
-    return S.normal(k[0], (n, c), dt), jax.random.randint(k[1], (n,), 0, c)
+    return S.normal(k[0], (n, c), dt), S.randint(k[1], (n,), 0, c)
 
 
 # ------------------------------------------------------------------------------------- label checks
@@ -259,10 +259,10 @@ def svm_hinge_manual(scores, labels, *, margin=1.0):
 def _sample_svm(key, d, dt, margin=1.0):
     for attempt in range(100):   # rejection sampling: every margin at least KINK_GAP from its hinge
         scores, labels = _sample_labels(jax.random.fold_in(key, attempt), d, dt)
-        correct = jnp.take_along_axis(scores, labels[:, None], axis=1)
+        correct = np.take_along_axis(scores, labels[:, None], axis=1)
         m = scores - correct + d.get("margin", margin)
-        m = jnp.where(jax.nn.one_hot(labels, scores.shape[1], dtype=bool), 1.0, m)
-        if float(jnp.min(jnp.abs(m))) > S.KINK_GAP:
+        m = np.where(np.arange(scores.shape[1]) == labels[:, None], 1.0, m)
+        if float(np.min(np.abs(m))) > S.KINK_GAP:
             return scores, labels
     raise RuntimeError("svm_hinge sampler: could not avoid the hinge kinks")
 
@@ -340,7 +340,7 @@ def sigmoid_cross_entropy_manual(logits, targets):
 
 def _sample_sigmoid_cross_entropy(key, d, dt):
     k = S.keys(key, 2)
-    return S.normal(k[0], d["x"], dt), jax.random.uniform(k[1], d["x"], dt)
+    return S.normal(k[0], d["x"], dt), S.uniform(k[1], d["x"], dt)
 
 
 def _sigmoid_cross_entropy_oracle(logits, targets):

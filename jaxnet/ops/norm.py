@@ -267,7 +267,7 @@ def _sample_with_running(key, d, dt):
     k = S.keys(key, 5)
     c = d["x"][-1]
     return (S.normal(k[0], d["x"], dt) * 2 + 0.5, 1 + 0.2 * S.normal(k[1], (c,), dt), S.normal(k[2], (c,), dt),
-            0.1 * S.normal(k[3], (c,), dt), 0.5 + jax.random.uniform(k[4], (c,), dt))
+            0.1 * S.normal(k[3], (c,), dt), S.uniform(k[4], (c,), dt, 0.5, 1.5))
 
 
 def _sample_affine_params(key, d, dt):

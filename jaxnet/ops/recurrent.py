@@ -767,8 +767,8 @@ def _sampler(k, states, step=False):
         x = S.normal(ks[0], xs, dt)
         given = step or d.get("h0", True)
         st = tuple(0.5 * S.normal(ks[1 + i], (n, hd), dt) if given else None for i in range(states))
-        wx = S.normal(ks[3], (dim, k * hd), dt) / np.sqrt(dim)
-        wh = S.normal(ks[4], (hd, k * hd), dt) / np.sqrt(hd)
+        wx = S.normal(ks[3], (dim, k * hd), dt) / float(np.sqrt(dim))
+        wh = S.normal(ks[4], (hd, k * hd), dt) / float(np.sqrt(hd))
         return (x,) + st + (wx, wh, 0.5 * S.normal(ks[5], (k * hd,), dt))
     return sample
 

@@ -118,7 +118,7 @@ def word_embedding_manual(idx, w):
 def _sample_embedding(key, d, dt):
     k = S.keys(key, 2)
     v, dim = d["v"], d["d"]
-    return jax.random.randint(k[0], d["x"], 0, v), S.normal(k[1], (v, dim), dt)
+    return S.randint(k[0], d["x"], 0, v), S.normal(k[1], (v, dim), dt)
 
 
 def _word_embedding_oracle(idx, w):
@@ -204,7 +204,7 @@ def _sample_temporal_affine(key, d, dt):
     k = S.keys(key, 3)
     x = S.normal(k[0], d["x"], dt)
     dim = x.shape[2]
-    args = (x, S.normal(k[1], (dim, d["m"]), dt) / jnp.sqrt(dim))
+    args = (x, S.normal(k[1], (dim, d["m"]), dt) / float(np.sqrt(dim)))
     return args + ((S.normal(k[2], (d["m"],), dt),) if d.get("bias", True) else (None,))
 
 
@@ -328,17 +328,18 @@ def temporal_softmax_cross_entropy_manual(scores, labels, mask=None):
 
 def _lengths_mask(key, n, t):
     """(N, T) bool: row i keeps its first L_i steps, L_i uniform in [1, T], the first row all T."""
-    lengths = jax.random.randint(key, (n,), 1, t + 1).at[0].set(t)
-    return jnp.arange(t)[None, :] < lengths[:, None]
+    lengths = S.randint(key, (n,), 1, t + 1)
+    lengths[0] = t
+    return np.arange(t)[None, :] < lengths[:, None]
 
 
 def _sample_temporal_loss(key, d, dt):
     k = S.keys(key, 3)
     n, t = d["x"]
     scores = S.normal(k[0], (n, t, d["v"]), dt)
-    labels = jax.random.randint(k[1], (n, t), 0, d["v"])
+    labels = S.randint(k[1], (n, t), 0, d["v"])
     pad = d.get("mask", "none")
-    mask = None if pad == "none" else jnp.ones((n, t), bool) if pad == "full" else _lengths_mask(k[2], n, t)
+    mask = None if pad == "none" else np.ones((n, t), bool) if pad == "full" else _lengths_mask(k[2], n, t)
     return scores, labels, mask
 
 
