@@ -21,7 +21,6 @@ call LeCun normal); the symmetric Glorot form is ``glorot_normal``.
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable, Optional
 
@@ -62,54 +61,29 @@ def _resolve(shape, fan_in, fan_out, dtype):
     return shape, fan_in, fan_out, (jnp.result_type(float) if dtype is None else dtype)
 
 
-_CHUNK = 16384     # normal draws are made in chunks of this many numbers (see _normal)
-
-
-@functools.partial(jax.jit, static_argnames=("shape", "scale"))
-def _scaled(flat, *, shape, scale):
-    n = math.prod(shape)
-    return (flat[:n] * scale).reshape(shape).astype(flat.dtype)
-
-
-def _normal(key, shape, dtype, scale):
-    """``scale * N(0, 1)`` of ``shape``, drawn as fixed-size chunks ``normal(fold_in(key, i), (_CHUNK,))``.
-
-    Eagerly, ``jax.random.normal`` compiles its generator for every new shape (seconds per
-    layer on a CPU, the bulk of a model's ``init``); the chunked draw compiles it once per dtype,
-    and each shape costs only a cheap slice-and-scale program.  Under ``jit`` the same ops give
-    the same numbers.
-    """
-    n = math.prod(shape)
-    if n == 0:
-        return jnp.zeros(shape, dtype)
-    parts = [jax.random.normal(jax.random.fold_in(key, i), (_CHUNK,), dtype) for i in range(-(-n // _CHUNK))]
-    flat = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
-    return _scaled(flat, shape=tuple(shape), scale=float(scale))
-
-
 def small(key, shape, fan_in: Optional[int] = None, fan_out: Optional[int] = None, scale: float = 0.01,
           *, dtype=None):
     """``scale * N(0, 1)`` (the course's ``0.01 * np.random.randn(D, H)``); ignores the fans."""
     shape, _, _, dtype = _resolve(shape, fan_in, fan_out, dtype)
-    return _normal(key, shape, dtype, scale)
+    return (scale * jax.random.normal(key, shape, dtype)).astype(dtype)
 
 
 def xavier(key, shape, fan_in: Optional[int] = None, fan_out: Optional[int] = None, *, dtype=None):
     """The course's Xavier: ``N(0, 1) / sqrt(fan_in)`` (variance 1/fan_in; for tanh / linear units)."""
     shape, fan_in, _, dtype = _resolve(shape, fan_in, fan_out, dtype)
-    return _normal(key, shape, dtype, 1.0 / math.sqrt(fan_in))
+    return (jax.random.normal(key, shape, dtype) / math.sqrt(fan_in)).astype(dtype)
 
 
 def glorot_normal(key, shape, fan_in: Optional[int] = None, fan_out: Optional[int] = None, *, dtype=None):
     """Glorot & Bengio: ``N(0, 1) * sqrt(2 / (fan_in + fan_out))``."""
     shape, fan_in, fan_out, dtype = _resolve(shape, fan_in, fan_out, dtype)
-    return _normal(key, shape, dtype, math.sqrt(2.0 / (fan_in + fan_out)))
+    return (jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / (fan_in + fan_out))).astype(dtype)
 
 
 def he(key, shape, fan_in: Optional[int] = None, fan_out: Optional[int] = None, *, dtype=None):
     """He / MSRA / "Xavier/2": ``N(0, 1) * sqrt(2 / fan_in)``, the recommendation for ReLU nets."""
     shape, fan_in, _, dtype = _resolve(shape, fan_in, fan_out, dtype)
-    return _normal(key, shape, dtype, math.sqrt(2.0 / fan_in))
+    return (jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / fan_in)).astype(dtype)
 
 
 def zeros(key, shape, fan_in: Optional[int] = None, fan_out: Optional[int] = None, *, dtype=None):
