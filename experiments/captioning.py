@@ -353,30 +353,30 @@ def _oracle_captions(args, data, split, pred):
 
 # ----------------------------------------------------------------------------------------- training
 
-def _train_captioner(args, cell, feats, caps, *, steps=None, epochs=None, batch=100, lr=5e-3, decay=1.0,
-                     schedule="exp", inject="init", feat_vec=None, noise=0.0, weight_decay=0.0, key=0, label=""):
-    """Adam on the captioning loss; minibatches of ``batch`` (full batch when larger than N).
+def _decayed(params):
+    """The L2 mask: the weight matrices (``w_*``, ``wx``, ``wh``), not the biases or the embedding."""
+    return {k: k.startswith("w") and k != "w_embed" for k in params}
 
-    ``schedule``: "exp" (the learning rate times ``decay`` per epoch) or "cosine" (optax's
-    cosine decay to 0 over all steps). ``noise``: standard deviation of Gaussian noise added
-    to the (standardised) features of every training batch, drawn afresh each step.
-    ``weight_decay``: the course's L2 on the weight matrices (``w_*``, ``wx``, ``wh``; not
-    the biases or the embedding). Returns (params, per-step losses, seconds)."""
+
+@functools.lru_cache(maxsize=16)
+def _train_step_cached(cell, noise, weight_decay, lr):
+    return _train_step_new(cell, noise, weight_decay, lr)
+
+
+def _train_step(cell, noise, weight_decay, sched):
+    """(optimizer, jitted step(params, opt_state, features, captions, key) -> (params, opt_state, loss)).
+
+    A constant learning rate reuses the step of an earlier call (no second compilation: the
+    overfit check and the quick run share it); a schedule gets a new one."""
+    if isinstance(sched, float):
+        return _train_step_cached(cell, noise, weight_decay, sched)
+    return _train_step_new(cell, noise, weight_decay, sched)
+
+
+def _train_step_new(cell, noise, weight_decay, sched):
     from jaxnet.optim import make_optimizer
 
-    n = len(caps)
-    batch = min(batch, n)
-    steps_per_epoch = max(1, n // batch)
-    total = steps if steps is not None else epochs * steps_per_epoch
-    if schedule == "cosine":
-        sched = optax.cosine_decay_schedule(lr, total)
-    else:
-        sched = optax.exponential_decay(lr, transition_steps=steps_per_epoch, decay_rate=decay)
-    params = init_captioner(jax.random.PRNGKey(key), cell, feats.shape[1], args.vocab_size, args.wordvec, args.hidden,
-                            inject=inject, feat_vec=feat_vec)
-    decayed = {k: k.startswith("w") and k != "w_embed" for k in params}
-    opt = make_optimizer("adam", sched, weight_decay=weight_decay, mask=decayed)
-    opt_state = opt.init(params)
+    opt = make_optimizer("adam", sched, weight_decay=weight_decay, mask=_decayed)
 
     @jax.jit
     def step(params, opt_state, f, c, k):
@@ -386,6 +386,32 @@ def _train_captioner(args, cell, feats, caps, *, steps=None, epochs=None, batch=
         upd, opt_state = opt.update(g, opt_state, params)
         return optax.apply_updates(params, upd), opt_state, loss
 
+    return opt, step
+
+
+def _train_captioner(args, cell, feats, caps, *, steps=None, epochs=None, batch=100, lr=5e-3, decay=1.0,
+                     schedule="exp", inject="init", feat_vec=None, noise=0.0, weight_decay=0.0, key=0, label=""):
+    """Adam on the captioning loss; minibatches of ``batch`` (full batch when larger than N).
+
+    ``schedule``: "exp" (the learning rate times ``decay`` per epoch) or "cosine" (optax's
+    cosine decay to 0 over all steps). ``noise``: standard deviation of Gaussian noise added
+    to the (standardised) features of every training batch, drawn afresh each step.
+    ``weight_decay``: the course's L2 on the weight matrices (``w_*``, ``wx``, ``wh``; not
+    the biases or the embedding). Returns (params, per-step losses, seconds)."""
+    n = len(caps)
+    batch = min(batch, n)
+    steps_per_epoch = max(1, n // batch)
+    total = steps if steps is not None else epochs * steps_per_epoch
+    if schedule == "cosine":
+        sched = optax.cosine_decay_schedule(lr, total)
+    elif decay == 1.0:
+        sched = float(lr)  # constant: the step function is then shared by every run with these settings
+    else:
+        sched = optax.exponential_decay(lr, transition_steps=steps_per_epoch, decay_rate=decay)
+    params = init_captioner(jax.random.PRNGKey(key), cell, feats.shape[1], args.vocab_size, args.wordvec, args.hidden,
+                            inject=inject, feat_vec=feat_vec)
+    opt, step = _train_step(cell, float(noise), float(weight_decay), sched)
+    opt_state = opt.init(params)
     rng = np.random.default_rng(key)
     noise_keys = jax.random.split(jax.random.PRNGKey(key + 7919), total)
     losses = []

@@ -43,13 +43,13 @@ def test_quick_run_writes_every_number(quick):
 def test_quick_lstm_reads_held_out_strings(quick):
     res, _ = quick
     # chance of a whole caption (2-5 digits, ten words each) is below 1e-2; the quick run (64 steps,
-    # probabilities fed at every step) measures LSTM 0.49 (BLEU-4 55), RNN 0.78 (BLEU-4 84)
+    # probabilities fed at every step) measures LSTM 0.49-0.50 (BLEU-4 54-56), RNN 0.74-0.75 (BLEU-4 79)
     for dec in ("greedy", "beam"):
         assert res["models"]["lstm"][dec]["accuracy"] > 0.3
         assert res["models"]["lstm"][dec]["bleu4"] > 35.0
         assert res["models"]["rnn"][dec]["accuracy"] > 0.55
     # the per-digit classifiers are good, so the oracle built from their labels is mostly right
-    # (the quick run measures 0.963 per held-out digit and 0.89 per string)
+    # (the quick run measures 0.959 per held-out digit and 0.88 per string)
     assert res["oracle"]["accuracy"] > 0.8
     assert res["classifier"]["test_pool_accuracy"] > 0.93
 
@@ -76,8 +76,9 @@ def test_bleu_wrapper():
         cap.bleu4(refs[:2], refs)
 
 
-# (rnn, every) is decoded by the quick run; each case here costs a few seconds of compilation
-@pytest.mark.parametrize("cell,inject", [("rnn", "init"), ("lstm", "init"), ("lstm", "every")])
+# the other two pairs share these code paths (and the quick run decodes both cells with "every");
+# each case here costs a few seconds of compilation
+@pytest.mark.parametrize("cell,inject", [("rnn", "init"), ("lstm", "every")])
 def test_decoders_match_a_step_by_step_loop(cell, inject):
     vocab, feat = 9, 6
     params = cap.init_captioner(jax.random.PRNGKey(1), cell, feat, vocab, wordvec=5, hidden=7, inject=inject,
@@ -124,21 +125,26 @@ def test_every_step_injection_is_the_concatenated_input():
                                 feat_vec=p)
     assert params["wx"].shape == (w + p, 4 * h) and params["w_fx"].shape == (feat, p)
     f = jax.random.normal(jax.random.PRNGKey(4), (3, feat))
-    caps = jnp.array([[START, 5, 6, END, 0], [START, 7, END, 0, 0], [START, 4, 4, 4, END]], jnp.int32)
-    got = cap.captioner_loss(params, "lstm", f, caps)
-    # the same loss by hand: inputs concatenated, then the plain LSTM loop and masked cross-entropy
-    fx = f @ params["w_fx"] + params["b_fx"]
-    hs, c = f @ params["w_proj"] + params["b_proj"], jnp.zeros((3, h))
+    caps = np.array([[START, 5, 6, END, 0], [START, 7, END, 0, 0], [START, 4, 4, 4, END]], np.int32)
+    got = cap.captioner_loss(params, "lstm", f, jnp.asarray(caps))
+    # the same loss by hand in NumPy: inputs concatenated, then the plain LSTM loop and masked cross-entropy
+    P = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    f = np.asarray(f, np.float64)
+    sig = lambda a: 1.0 / (1.0 + np.exp(-a))  # noqa: E731
+    fx = f @ P["w_fx"] + P["b_fx"]
+    hs, c = f @ P["w_proj"] + P["b_proj"], np.zeros((3, h))
     total = 0.0
     for t in range(caps.shape[1] - 1):
-        x = jnp.concatenate([params["w_embed"][caps[:, t]], fx], axis=-1)
-        i, fg, o, g = jnp.split(x @ params["wx"] + hs @ params["wh"] + params["b"], 4, axis=-1)
-        c = jax.nn.sigmoid(fg) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        hs = jax.nn.sigmoid(o) * jnp.tanh(c)
-        logp = jax.nn.log_softmax(hs @ params["w_vocab"] + params["b_vocab"])
+        x = np.concatenate([P["w_embed"][caps[:, t]], fx], axis=-1)
+        i, fg, o, g = np.split(x @ P["wx"] + hs @ P["wh"] + P["b"], 4, axis=-1)
+        c = sig(fg) * c + sig(i) * np.tanh(g)
+        hs = sig(o) * np.tanh(c)
+        s = hs @ P["w_vocab"] + P["b_vocab"]
+        logp = s - s.max(-1, keepdims=True)
+        logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
         y = caps[:, t + 1]
-        total = total - jnp.sum(jnp.where(y != 0, logp[jnp.arange(3), y], 0.0))
-    np.testing.assert_allclose(float(got), float(total / 3), rtol=1e-5)
+        total -= np.sum(np.where(y != 0, logp[np.arange(3), y], 0.0))
+    np.testing.assert_allclose(float(got), total / 3, rtol=1e-5)
     with pytest.raises(ValueError, match="inject must be one of"):
         cap.init_captioner(jax.random.PRNGKey(0), "rnn", feat, vocab, wordvec=w, hidden=h, inject="each")
 
@@ -150,23 +156,6 @@ def test_feature_transform_per_slot():
     np.testing.assert_allclose(prob.sum(-1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(prob.argmax(-1), z.reshape(4, 3, 10).argmax(-1))
     np.testing.assert_allclose(np.exp(cap._feature_transform(z, 3, "logprob")), prob.reshape(4, 30), rtol=1e-5)
-
-
-def test_train_captioner_options_run_and_learn():
-    """The options the sweep used (every-step injection, cosine schedule, feature noise, L2) train a small
-    captioner: the loss falls, and the L2 leaves the biases and the embedding alone (mask)."""
-    import types
-
-    rng = np.random.default_rng(0)
-    feats = rng.normal(size=(40, 6)).astype(np.float32)
-    caps = np.zeros((40, 4), np.int32)
-    caps[:, 0], caps[:, 1], caps[:, 2] = START, 4 + (feats[:, 0] > 0), END   # the word is read from the image
-    args = types.SimpleNamespace(vocab_size=6, wordvec=5, hidden=8)
-    params, losses, _ = cap._train_captioner(args, "rnn", feats, caps, steps=40, batch=20, lr=2e-2,
-                                             schedule="cosine", inject="every", feat_vec=4, noise=0.1,
-                                             weight_decay=1e-3, key=0, label="options")
-    assert "w_fx" in params and np.all(np.isfinite(losses))
-    assert np.mean(losses[-5:]) < 0.5 * losses[0]
 
 
 def test_cifar_without_a_copy_exits_with_one_line(tmp_path, capsys):
