@@ -20,6 +20,7 @@ from jaxnet._impl import resolve_impl
 from jaxnet.ops import activations as _activations, conv as _conv, linear as _linear, losses as _losses
 from jaxnet.ops import norm as _norm, pool as _pool, regularization as _regularization
 from jaxnet.ops import recurrent as _recurrent, sequence as _sequence  # noqa: F401
+from jaxnet.ops import attention as _attention
 
 _IMPL_DOC = "\n\n    impl: 'autodiff' (alias 'auto') | 'manual' | None (the current default).\n"
 
@@ -93,6 +94,11 @@ rnn = _dispatch(_recurrent.rnn, _recurrent.rnn_manual)
 lstm = _dispatch(_recurrent.lstm, _recurrent.lstm_manual)
 gru = _dispatch(_recurrent.gru, _recurrent.gru_manual)
 
+# attention
+scaled_dot_product_attention = _dispatch(_attention.scaled_dot_product_attention,
+                                         _attention.scaled_dot_product_attention_manual)
+patch_embed = _dispatch(_attention.patch_embed, _attention.patch_embed_manual)
+
 
 __all__ = [
     "affine", "relu", "leaky_relu", "sigmoid", "tanh", "elu", "prelu", "maxout", "softplus", "gelu",
@@ -103,4 +109,6 @@ __all__ = [
     "word_embedding", "temporal_affine", "temporal_softmax_cross_entropy",
     # recurrent
     "rnn_step", "lstm_step", "gru_step", "rnn", "lstm", "gru",
+    # attention
+    "scaled_dot_product_attention", "patch_embed",
 ]

@@ -76,6 +76,13 @@ HYPER = {
                                [np.int64(2)], INT_BAD),
     ("dropout", "rate"): (lambda m, v: m.dropout(_x((4, 6)), KEY, rate=v), 0.5,
                           [np.float32(0.5), np.float64(0.5)], FLOAT_BAD + [-0.1, 1.0]),
+    ("scaled_dot_product_attention", "dropout_rate"): (lambda m, v: m.scaled_dot_product_attention(
+        _x((2, 5, 4)), _x((2, 6, 4)), _x((2, 6, 3)), key=KEY, dropout_rate=v, block_size=4), 0.5,
+        [np.float32(0.5), np.float64(0.5)], FLOAT_BAD + [-0.1, 1.0]),
+    ("scaled_dot_product_attention", "block_size"): (lambda m, v: m.scaled_dot_product_attention(
+        _x((2, 5, 4)), _x((2, 6, 4)), _x((2, 6, 3)), block_size=v), 4, [np.int64(4), np.int32(4)], INT_BAD),
+    ("patch_embed", "patch"): (lambda m, v: m.patch_embed(_x((1, 4, 4, 2)), _x((8, 3)), z(3), patch=v), 2,
+                               [np.int64(2), np.int32(2)], INT_BAD),
 }
 
 
@@ -110,7 +117,7 @@ def test_numpy_scalars_work_like_python_numbers(op, arg, path):
 def test_every_op_hyperparameter_is_in_the_table():
     """Each keyword-only numeric argument of every op has a row."""
     import inspect
-    skip = {"train", "approximate", "mask"}      # flags and mask arrays, not numbers (masks: tests/test_recurrent_ops.py)
+    skip = {"train", "approximate", "mask", "causal", "key"}   # flags, masks, keys: not numbers
     want = set()
     for name in ops.OP_NAMES:
         for p in inspect.signature(getattr(ops, name)).parameters.values():

@@ -7,7 +7,7 @@ import sys
 
 from jaxnet.bench.timing import Candidate, ratio, time_candidates
 
-SUITES = ("ops", "train_step", "train_step_default_flags", "compile", "knn", "rnn")
+SUITES = ("ops", "train_step", "train_step_default_flags", "compile", "knn", "rnn", "attention")
 
 
 def _torch():
@@ -47,6 +47,9 @@ def run(suites=SUITES, *, quick=False) -> dict:
     if "rnn" in suites:
         from jaxnet.bench.rnn import bench_rnn
         rows += bench_rnn(blocks=blocks, reps=reps, torch_mod=torch, quick=quick)
+    if "attention" in suites:
+        from jaxnet.bench.attention import bench_attention
+        rows += bench_attention(blocks=blocks, reps=reps, quick=quick)
     return {"env": S.environment(), "benchmarks": rows}
 
 

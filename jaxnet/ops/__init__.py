@@ -2,14 +2,15 @@
 
 Each op is defined, with its manual twin and its audit registration, in one
 family module (``linear``, ``activations``, ``losses``, ``conv``, ``pool``,
-``norm``, ``regularization``, ``sequence``, ``recurrent``).  This namespace, :mod:`jaxnet.manual` and
-``OP_NAMES`` are derived from the op table those modules fill
+``norm``, ``regularization``, ``sequence``, ``recurrent``, ``attention``).  This namespace,
+:mod:`jaxnet.manual` and ``OP_NAMES`` are derived from the op table those modules fill
 (:mod:`jaxnet.ops._registry`); :mod:`jaxnet.functional` picks a path per call.
 """
 # Importing the family modules registers their ops; this order is the order of
 # OP_NAMES and of the gradient audit.
 from jaxnet.ops import linear, activations, losses, conv, pool, norm, regularization  # noqa: F401
 from jaxnet.ops import sequence, recurrent  # noqa: F401
+from jaxnet.ops import attention  # noqa: F401
 from jaxnet.ops._geometry import conv_output_size
 from jaxnet.ops._registry import REGISTRY as _REGISTRY
 
