@@ -5,10 +5,16 @@ Every script takes the same four options, writes ``results.json`` plus its figur
 
 ``parse_args(name, description, extra=None, argv=None) -> argparse.Namespace``
     Common options: ``--data-dir`` (default ``$JAXNET_CIFAR10_DIR``), ``--quick`` (the
-    few-minute version used by the smoke tests), ``--out`` (default ``results/<name>``),
+    few-minute version, run by ``make test-slow``), ``--smoke`` (``--quick`` made smaller
+    still: the seconds-long run of ``make test``, same code path and outputs, numbers not
+    meant to be read; it sets ``args.quick`` too), ``--out`` (default ``results/<name>``),
     ``--seed`` (default 0). ``extra`` is an optional ``callable(parser)`` that adds the
     script's own options. The returned namespace also carries ``args.name`` and
     ``args.start_time`` (``time.perf_counter()`` at parse time, used for the wall time).
+
+``sized(args, full, quick, smoke=None)``
+    The value for the run's size: ``smoke`` with ``--smoke`` (``quick`` when it is None),
+    ``quick`` with ``--quick``, else ``full``.
 
 ``load_data(args, *, val_size=0) -> jaxnet.data.Dataset``
     CIFAR-10 from ``args.data_dir`` as uint8 NHWC (convert with ``jaxnet.data.to_float``).
@@ -34,7 +40,7 @@ Every script takes the same four options, writes ``results.json`` plus its figur
 
 ``write_results(out_dir, results, args=None) -> str``
     Writes ``<out_dir>/results.json`` atomically (temporary file, then ``os.replace``):
-    ``results`` plus ``experiment``, ``settings`` (all options), ``seed``, ``quick``,
+    ``results`` plus ``experiment``, ``settings`` (all options), ``seed``, ``quick``, ``smoke``,
     ``wall_time_s`` (since ``parse_args``), ``versions`` (python, jax, numpy, backend) and
     ``finished_at``. ``args`` defaults to the namespace from the last ``parse_args`` call.
     numpy scalars/arrays are converted to plain JSON. Returns the path.
@@ -77,7 +83,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["parse_args", "load_data", "cifar_or_digits", "cifar_or_digits_uint8", "quick_cifar_or_digits_uint8", "digits_uint8", "quick_subset",
+__all__ = ["parse_args", "sized", "load_data", "cifar_or_digits", "cifar_or_digits_uint8", "quick_cifar_or_digits_uint8", "digits_uint8", "quick_subset",
            "float_normalized", "write_results", "print_table", "figure", "grid_legend", "save_figure", "Timer"]
 
 ENV_DATA = "JAXNET_CIFAR10_DIR"
@@ -98,17 +104,28 @@ def parse_args(
         help=f"CIFAR-10 copy: cifar10-jpeg.tar.gz, an image-folder root or cifar-10-batches-py "
              f"(default: ${ENV_DATA})",
     )
-    parser.add_argument("--quick", action="store_true", help="small, fast version (smoke test)")
+    parser.add_argument("--quick", action="store_true", help="small, fast version (minutes)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny version for the default test suite (seconds; implies --quick)")
     parser.add_argument("--out", default=os.path.join("results", name),
                         help="output folder for results.json and figures (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed for subsampling/splits/init (default: 0)")
     if extra is not None:
         extra(parser)
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.quick = True
     args.name = name
     args.start_time = time.perf_counter()
     _LAST_ARGS = args
     return args
+
+
+def sized(args: argparse.Namespace, full: Any, quick: Any, smoke: Any = None) -> Any:
+    """``smoke`` under ``--smoke`` (``quick`` if None), ``quick`` under ``--quick``, else ``full``."""
+    if getattr(args, "smoke", False) and smoke is not None:
+        return smoke
+    return quick if getattr(args, "quick", False) else full
 
 
 def load_data(args: argparse.Namespace, *, val_size: int = 0):
@@ -172,6 +189,7 @@ def write_results(out_dir: str | os.PathLike, results: dict, args: argparse.Name
             settings=settings,
             seed=getattr(args, "seed", None),
             quick=bool(getattr(args, "quick", False)),
+            smoke=bool(getattr(args, "smoke", False)),
             wall_time_s=round(time.perf_counter() - args.start_time, 3)
             if hasattr(args, "start_time") else None,
         )

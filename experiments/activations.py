@@ -20,6 +20,8 @@ Data: a CIFAR-10 subset (20,000 training images, 1,000 validation, the full 10,0
 per-channel normalised) when ``--data-dir`` or ``$JAXNET_CIFAR10_DIR`` is given, else the
 embedded 8x8 digits (``jaxnet.data.load_digits``, normalised); ``results.json`` records which.
 ``--quick``: 4 epochs on at most 2,000 training images (well under 20 s on the digits).
+``--smoke`` (the default test suite's run): ReLU and maxout only (``--activations``), 2 epochs on
+300 images.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ import os
 import numpy as np
 
 from experiments._common import (
-    Timer, cifar_or_digits, figure, grid_legend, parse_args, print_table, save_figure, write_results,
+    Timer, cifar_or_digits, figure, grid_legend, parse_args, print_table, save_figure, sized, write_results,
 )
 
 NAME = "activations"
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "maxout")
+SMOKE_ACTIVATIONS = ("relu", "maxout")  # a library activation and the net built here
 HIDDEN = (200, 200)
 LEARNING_RATE = 1e-3
 BATCH_SIZE = 128
@@ -42,10 +45,12 @@ BATCH_SIZE = 128
 
 def _extra(parser) -> None:
     parser.add_argument("--n-train", type=int, default=None,
-                        help="CIFAR-10 training subset (default 20000; quick 2000)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per activation (default 15; quick 4)")
-    parser.add_argument("--activations", default=",".join(ACTIVATIONS),
-                        help="comma-separated subset of %(default)s")
+                        help="training subset (default 20000; quick 2000; smoke 300)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs per activation (default 15; quick 4; smoke 2)")
+    parser.add_argument("--activations", default=None,
+                        help=f"comma-separated subset of {','.join(ACTIVATIONS)} (default all; smoke "
+                             f"{','.join(SMOKE_ACTIVATIONS)})")
 
 
 def build_model(name: str, hidden_dims=HIDDEN, num_classes: int = 10):
@@ -125,9 +130,10 @@ def main(argv=None) -> dict:
                       "same fully connected net.", _extra, argv)
     import jax
 
-    q = args.quick
-    n_train = args.n_train or (2000 if q else 20000)
-    epochs = args.epochs or (4 if q else 15)
+    n_train = args.n_train or sized(args, 20000, 2000, 300)
+    epochs = args.epochs or sized(args, 15, 4, 2)
+    if args.activations is None:
+        args.activations = ",".join(sized(args, ACTIVATIONS, ACTIVATIONS, SMOKE_ACTIVATIONS))
     names = [a.strip() for a in args.activations.split(",") if a.strip()]
     bad = [a for a in names if a not in ACTIVATIONS]
     if bad or not names:

@@ -18,7 +18,8 @@
 Data: CIFAR-10 (a 5,000-image training subset, per-channel normalised) when ``--data-dir``
 or ``$JAXNET_CIFAR10_DIR`` is given, else the embedded 8x8 digits (``jaxnet.data.load_digits``);
 ``results.json`` records which. Model: ``fully_connected_net((100, 100))`` (``--model conv``:
-``small_convnet((16, 32))``). ``--quick``: fewer images and epochs.
+``small_convnet((16, 32))``). ``--quick``: fewer images and epochs. ``--smoke`` (the default test
+suite's run): 300 images.
 
 Every run is ``jaxnet.train.fit`` (same key: same initial weights and batch order for the
 three rates) with a :class:`Babysitter` callback that records the per-step losses and update
@@ -33,7 +34,7 @@ import os
 import numpy as np
 
 from experiments._common import (
-    Timer, cifar_or_digits, figure, grid_legend, parse_args, print_table, save_figure, write_results,
+    Timer, cifar_or_digits, figure, grid_legend, parse_args, print_table, save_figure, sized, write_results,
 )
 
 NAME = "babysitting"
@@ -45,7 +46,7 @@ DEFAULT_LRS = {"tiny": 1e-6, "good": 5e-2, "huge": 10.0}
 def _extra(parser) -> None:
     parser.add_argument("--model", choices=("fc", "conv"), default="fc",
                         help="fc: fully_connected_net((100, 100)); conv: small_convnet((16, 32)) (default fc)")
-    parser.add_argument("--n-train", type=int, default=None, help="CIFAR-10 training subset (default 5000; quick 1000)")
+    parser.add_argument("--n-train", type=int, default=None, help="training subset (default 5000; quick 1000; smoke 300)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per learning rate (default 10; quick 3)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default 100; quick 64)")
     parser.add_argument("--lr-tiny", type=float, default=DEFAULT_LRS["tiny"])
@@ -215,7 +216,7 @@ def main(argv=None) -> dict:
     from jaxnet.train import initial_loss_check, overfit_small_subset
 
     q = args.quick
-    n_train = args.n_train or (1000 if q else 5000)
+    n_train = args.n_train or sized(args, 5000, 1000, 300)
     epochs = args.epochs or (3 if q else 10)
     batch_size = args.batch_size or (64 if q else 100)
     overfit_epochs = args.overfit_epochs or (100 if q else 200)

@@ -44,7 +44,8 @@ the training wall and CPU seconds, the compile time, the validation time, the wa
 the whole net (including validation and test) and the steps made, next to the budget.
 
 ``--quick``: a 200 k-character training text, 20 k of validation/test, tiny nets and a few
-seconds per net (the smoke test).
+seconds per net. ``--smoke`` (the default test suite's run): 50 k characters of training
+text, 5 k of validation/test, the quick RNN and LSTM (``--nets``) for half a second each.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ import time
 
 import numpy as np
 
-from experiments._common import figure, grid_legend, parse_args, print_table, save_figure, write_results
+from experiments._common import figure, grid_legend, parse_args, print_table, save_figure, sized, write_results
 
 NAME = "char_lm"
 DESCRIPTION = "Character-level language models (count models, RNN, GRU, LSTM) of the Python stdlib source."
@@ -70,11 +71,11 @@ def _extra(parser) -> None:
     parser.add_argument("--data-root", default=None,
                         help="folder of .py files (default: this interpreter's standard library)")
     parser.add_argument("--max-train-chars", type=int, default=None,
-                        help="cap on the training text (default: all of it; quick 200000)")
+                        help="cap on the training text (default: all of it; quick 200000; smoke 50000)")
     parser.add_argument("--max-eval-chars", type=int, default=None,
-                        help="cap on each of the validation and test texts (default: all; quick 20000)")
+                        help="cap on each of the validation and test texts (default: all; quick 20000; smoke 5000)")
     parser.add_argument("--time-budget", type=float, default=None,
-                        help="training seconds per net, see --budget-clock (default 600; quick 2.5)")
+                        help="training seconds per net, see --budget-clock (default 600; quick 2.5; smoke 0.5)")
     parser.add_argument("--budget-clock", choices=("cpu", "wall"), default="cpu",
                         help="count --time-budget in process CPU seconds of training (default) or wall seconds")
     parser.add_argument("--embed", type=int, default=None, help="embedding size (default 32; quick 16)")
@@ -85,9 +86,10 @@ def _extra(parser) -> None:
     parser.add_argument("--clip", type=float, default=1.0, help="global-norm gradient clipping (default 1.0)")
     parser.add_argument("--epochs", type=int, default=20, help="most epochs per net (default 20)")
     parser.add_argument("--val-every-s", type=float, default=None,
-                        help="validation every so many training seconds (default 60; quick 1.5)")
+                        help="validation every so many training seconds (default 60; quick 1.5; smoke 0.25)")
     parser.add_argument("--eval-rows", type=int, default=64, help="rows of the val/test streams (default 64)")
-    parser.add_argument("--nets", default=",".join(NETS), help="comma-separated subset of rnn,gru,lstm")
+    parser.add_argument("--nets", default=None,
+                        help="comma-separated subset of rnn,gru,lstm (default all; smoke rnn,lstm)")
     parser.add_argument("--prime", default="def ", help="text the samples start from (default 'def ')")
     parser.add_argument("--sample-len", type=int, default=None, help="sampled characters (default 600; quick 100)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
@@ -108,6 +110,8 @@ def _check_args(args) -> None:
         v = getattr(args, name)
         if v is not None and not (math.isfinite(v) and v > 0):
             _fail(f"--{name.replace('_', '-')} must be a positive finite number, got {v}")
+    if args.nets is None:
+        args.nets = sized(args, ",".join(NETS), ",".join(NETS), "rnn,lstm")
     nets = [n.strip() for n in args.nets.split(",") if n.strip()]
     bad = [n for n in nets if n not in NETS]
     if bad or not nets:
@@ -295,6 +299,20 @@ def make_model(kind: str, ops: dict):
     return apply, init_carry, step
 
 
+_BOUND_STEPS: dict = {}
+
+
+def _bound_step(step, params):
+    """``lambda tokens, carry: step(params, tokens, carry)``, the same function object for the
+    same ``step`` and ``params``: the library sampler compiles once per step function (compared
+    by identity), so every temperature of a net shares one program."""
+    key = (id(step), id(params))
+    if key not in _BOUND_STEPS or _BOUND_STEPS[key][0] is not step or _BOUND_STEPS[key][1] is not params:
+        _BOUND_STEPS.clear()  # one net at a time: drop the previous net's program
+        _BOUND_STEPS[key] = (step, params, lambda t, c: step(params, t, c))
+    return _BOUND_STEPS[key][2]
+
+
 def sample_text(step, params, carry, start, max_len: int, key, temperature: float):
     """``max_len`` ids drawn after the token ids ``start (B,)`` from ``carry``, by a jitted
     ``lax.scan`` (``logits / temperature`` then a categorical draw each step), or by
@@ -309,7 +327,7 @@ def sample_text(step, params, carry, start, max_len: int, key, temperature: floa
         _sample = None
     if _sample is not None:
         try:
-            out = _sample(lambda t, c: step(params, t, c), carry, jnp.asarray(start, jnp.int32), max_len, key,
+            out = _sample(_bound_step(step, params), carry, jnp.asarray(start, jnp.int32), max_len, key,
                           temperature)
             out = np.asarray(out[0] if isinstance(out, tuple) else out)
             if out.shape == (len(start), max_len):
@@ -380,14 +398,14 @@ def main(argv=None) -> dict:
     args = parse_args(NAME, DESCRIPTION, _extra, argv)
     _check_args(args)
     q = args.quick
-    budget = args.time_budget if args.time_budget is not None else (2.5 if q else 600.0)
+    budget = args.time_budget if args.time_budget is not None else sized(args, 600.0, 2.5, 0.5)
     embed = args.embed or (16 if q else 32)
     hidden = args.hidden or (32 if q else 192)
     n_rows = args.batch_size or (16 if q else 32)
     k = args.bptt or (32 if q else 64)
-    val_every_s = args.val_every_s or (1.5 if q else 60.0)
-    max_train = args.max_train_chars or (200_000 if q else None)
-    max_eval = args.max_eval_chars or (20_000 if q else None)
+    val_every_s = args.val_every_s or sized(args, 60.0, 1.5, 0.25)
+    max_train = args.max_train_chars or sized(args, None, 200_000, 50_000)
+    max_eval = args.max_eval_chars or sized(args, None, 20_000, 5_000)
     sample_len = args.sample_len or (100 if q else 600)
     nets_wanted = args.nets.split(",")
 

@@ -34,7 +34,8 @@ training time, per epoch (median over epochs 2.., the first includes compilation
 
 The final params/state are saved to ``<out>/fast_convnet.ckpt`` (``jaxnet.train.save_checkpoint``)
 for ``experiments.what_learned``.  ``--quick``: a few thousand images and 2 epochs (or the
-embedded digits without ``--data-dir``).  Figures: ``convnet_curves.png`` (test accuracy vs
+embedded digits without ``--data-dir``).  ``--smoke`` (the default test suite's run): 300
+training and 200 test images, the best net for 3 epochs.  Figures: ``convnet_curves.png`` (test accuracy vs
 training minutes with the 0.70/0.80/0.85 lines; loss per epoch).
 """
 
@@ -47,7 +48,7 @@ import numpy as np
 
 from experiments._common import (
     Timer, figure, float_normalized, grid_legend, load_data, parse_args, print_table, quick_subset, save_figure,
-    write_results,
+    sized, write_results,
 )
 
 NAME = "convnets"
@@ -57,7 +58,7 @@ THRESHOLDS = (0.70, 0.80, 0.85)
 
 def _extra(parser) -> None:
     parser.add_argument("--part", choices=("course", "best", "both"), default="both")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs of the best net (default 16; quick 2)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of the best net (default 16; quick 2, on the digits 8; smoke 3)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.2, help="peak learning rate (default 0.2)")
     parser.add_argument("--warmup-epochs", type=float, default=2.0)
@@ -277,7 +278,9 @@ def main(argv=None) -> dict:
         else:
             ds = load_digits(seed=args.seed)
             source = "digits"
-        if q and source == "cifar10":
+        if args.smoke:
+            ds = quick_subset(ds, n_train=300, n_test=200, seed=args.seed)
+        elif q and source == "cifar10":
             ds = quick_subset(ds, n_train=3000, n_test=1000, seed=args.seed)
         ds = float_normalized(ds)
     print(f"{source}: {len(ds.y_train)} training, {len(ds.y_val)} validation, {len(ds.y_test)} test images "
@@ -286,9 +289,9 @@ def main(argv=None) -> dict:
     if args.part in ("course", "both"):
         results["course"] = run_course(args, ds, q)
     if args.part in ("best", "both"):
-        epochs = args.epochs or (2 if q else 16)
+        epochs = args.epochs or sized(args, 16, 2, 3)
         if source == "digits":  # 1,257 8x8 digits: smaller batches, more epochs, no mirror images
-            epochs = args.epochs or 8
+            epochs = args.epochs or sized(args, 8, 8, 3)
             args.batch_size = min(args.batch_size, 64)
             args.crop_padding = min(args.crop_padding, 1)
             args.flip = False

@@ -44,6 +44,8 @@ its validation and test accuracy, the last epoch's test accuracy, parameter coun
 (256, 128) net, batch 64, 20 epochs, crop padding 1 and no flips (a flipped digit is another
 digit): well under 30 s. With ``--data-dir``: 5,000 CIFAR-10 training images, the default
 net, 2 epochs (about a minute, most of it loading the data; it measures the speed).
+``--smoke`` (the default test suite's run): the quick settings on 300 training images for 12
+epochs (60 steps: long enough for the cosine to end near 0).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ import time
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits, parse_args, print_table, write_results
+from experiments._common import Timer, cifar_or_digits, parse_args, print_table, sized, write_results
 
 NAME = "fc_net"
 DESCRIPTION = "The best fully connected net on CIFAR-10: batch norm, dropout, Adam, warmup + cosine, augmentation."
@@ -87,10 +89,10 @@ def _extra(parser) -> None:
                         help="warmup_cosine's linear warmup, in epochs (default %(default)s)")
     parser.add_argument("--weight-decay", type=float, default=1e-4,
                         help="L2 strength on the weights (decoupled for adamw) (default %(default)s)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 30; quick 20 digits / 2 CIFAR)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 30; quick 20 digits / 2 CIFAR; smoke 12)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default 256; quick digits 64)")
     parser.add_argument("--n-train", type=int, default=None,
-                        help="training images (default all 49,000; quick CIFAR 5,000)")
+                        help="training images (default all 49,000; quick CIFAR 5,000; smoke 300)")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                         help="random crop + flip inside the train step (default: on)")
     parser.add_argument("--crop-padding", type=int, default=None,
@@ -175,9 +177,9 @@ def main(argv=None) -> dict:
         _fail(f"--hidden must be comma-separated integers, got {args.hidden!r}")
     if not hidden or min(hidden) < 1:
         _fail(f"--hidden must list positive widths, got {args.hidden!r}")
-    epochs = args.epochs if args.epochs is not None else ((2 if cifar else 20) if q else 30)
+    epochs = args.epochs if args.epochs is not None else sized(args, 30, 2 if cifar else 20, 12)
     batch_size = args.batch_size if args.batch_size is not None else (64 if q and not cifar else 256)
-    n_train = args.n_train if args.n_train is not None else (5000 if q and cifar else None)
+    n_train = args.n_train if args.n_train is not None else sized(args, None, 5000 if cifar else None, 300)
     crop = args.crop_padding if args.crop_padding is not None else (2 if cifar else 1)
     flip = args.flip if args.flip is not None else cifar
     lr = args.lr if args.lr is not None else (1e-3 if args.optimizer in ("adam", "adamw", "rmsprop") else 2e-2)
@@ -212,8 +214,8 @@ def main(argv=None) -> dict:
     optimizer = make_optimizer(args.optimizer, schedule, weight_decay=args.weight_decay, **opt_kwargs)
     model = fully_connected_net(hidden_dims=hidden, num_classes=10, normalization=NORMS[args.norm],
                                 dropout=float(args.dropout))
-    params, _ = model.init(jax.random.key(0), (1, *ds.x_train.shape[1:]))
-    n_params = count_params(params)
+    params, _ = jax.eval_shape(lambda: model.init(jax.random.key(0), (1, *ds.x_train.shape[1:])))
+    n_params = count_params(params)  # from the shapes: nothing compiled or drawn
     augment = {"crop_padding": crop, "flip": flip} if args.augment and (crop or flip) else None
     aug_text = (f"crop pad {crop} + {'flip' if flip else 'no flip'}" if augment else "no augmentation")
     print(f"fully_connected_net{hidden} {args.norm}, dropout {args.dropout:g}, {n_params:,} parameters; "

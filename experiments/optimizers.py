@@ -33,7 +33,9 @@ three views of them:
     |g| > 1e-6), next to the analytic values.
 
 ``--quick``: 2 epochs on 2,000 CIFAR images, or 5 epochs on the digits; the 2-D problems
-are the same. Everything goes to ``--out``
+are the same. ``--smoke`` (the default test suite's run): the net part with SGD, Adam and
+Adam without bias correction only (``--net-rules``), 1 epoch on 300 images; (b) and (c)
+unchanged. Everything goes to ``--out``
 (``results.json`` + the PNGs); a short table is printed.
 """
 
@@ -45,7 +47,7 @@ import os
 import numpy as np
 
 from experiments._common import (
-    Timer, cifar_or_digits, figure, grid_legend, parse_args, print_table, save_figure, write_results,
+    Timer, cifar_or_digits, figure, grid_legend, parse_args, print_table, save_figure, sized, write_results,
 )
 
 NAME = "optimizers"
@@ -64,15 +66,20 @@ QUAD_TARGET = 1e-3
 SADDLE_START = (-1.0, 1e-3)
 SADDLE_LR = 0.1
 SADDLE_STEPS = 50
+SMOKE_NET_RULES = ("sgd", "adam", ADAM_NO_BC)
 
 
 def _extra(parser) -> None:
     parser.add_argument("--n-train", type=int, default=None,
-                        help="CIFAR-10 training subsample (default 10000; quick 2000)")
+                        help="training subsample (default 10000; quick 2000; smoke 300)")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="epochs for the net (default 5 on CIFAR-10, 20 on digits; quick 2 / 5)")
+                        help="epochs for the net (default 5 on CIFAR-10, 20 on digits; quick 2 / 5; smoke 1)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default 100 CIFAR, 64 digits)")
     parser.add_argument("--quad-lr", type=float, default=0.2, help="common lr on the quadratic (default 0.2)")
+    parser.add_argument("--net-rules", default=None,
+                        help=f"comma-separated rules trained on the net (default all: {','.join(RULES)} and "
+                             f"{ADAM_NO_BC}; smoke {','.join(SMOKE_NET_RULES)}); Adam and {ADAM_NO_BC} "
+                             f"are always included (part c)")
 
 
 def make_rule(name: str, lr: float):
@@ -244,7 +251,8 @@ def net_first_step(model, ds, batch_size: int, seed: int, lr: float, updates: di
         logits, _ = model.apply(params, state, xb, train=True, key=jax.random.key(seed))
         return default_loss(logits, yb)
 
-    g = np.concatenate([np.abs(np.ravel(a)) for a in jax.tree.leaves(jax.device_get(jax.grad(loss)(params)))])
+    grads = jax.device_get(jax.jit(jax.grad(loss))(params))  # one compiled program, not op by op
+    g = np.concatenate([np.abs(np.ravel(a)) for a in jax.tree.leaves(grads)])
     sel = g > 1e-6
     out = {"lr": lr, "n_weights": int(g.size), "n_used": int(sel.sum())}
     for key, name in (("bias_correction", "adam"), ("no_bias_correction", ADAM_NO_BC)):
@@ -322,7 +330,16 @@ def plot_2d(cmp: dict, lr: float, path: str) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(NAME, DESCRIPTION, _extra, argv)
-    quick = args.quick
+    all_rules = (*RULES, ADAM_NO_BC)
+    if args.net_rules is None:
+        net_rules = sized(args, all_rules, all_rules, SMOKE_NET_RULES)
+    else:
+        asked = {r.strip() for r in args.net_rules.split(",") if r.strip()}
+        unknown = sorted(asked - set(all_rules))
+        if unknown:
+            raise SystemExit(f"experiments.{NAME}: --net-rules: unknown rule(s) {', '.join(unknown)} "
+                             f"(choose from {', '.join(all_rules)})")
+        net_rules = tuple(r for r in all_rules if r in asked | {"adam", ADAM_NO_BC})
 
     from jaxnet.nn import fully_connected_net
 
@@ -333,16 +350,16 @@ def main(argv=None) -> dict:
 
     # ---- (a) the net
     with Timer() as t_load:
-        ds, data_name, _ = cifar_or_digits(args, args.n_train or (2000 if quick else 10000))
+        ds, data_name, _ = cifar_or_digits(args, args.n_train or sized(args, 10000, 2000, 300))
     cifar = data_name == "cifar10"
-    epochs = args.epochs or ((2 if quick else 5) if cifar else (5 if quick else 20))
+    epochs = args.epochs or sized(args, 5 if cifar else 20, 2 if cifar else 5, 1)
     bs = args.batch_size or (100 if cifar else 64)
     print(f"data: {data_name} {ds}  ({t_load.elapsed:.1f} s)", flush=True)
     model = fully_connected_net(hidden_dims=(100, 100), num_classes=10)
     lrs = dict(NET_LR, **{ADAM_NO_BC: NET_LR["adam"]})
     curves, times = {}, {}
     start = start_state(model, ds, bs, args.seed)
-    for name in (*RULES, ADAM_NO_BC):
+    for name in net_rules:
         with Timer() as t:
             curves[name] = train_curves(model, ds, make_rule(name, lrs[name]), epochs=epochs, batch_size=bs,
                                         seed=args.seed, params0=start[0])
@@ -353,7 +370,8 @@ def main(argv=None) -> dict:
                                {k: curves[k]["first_update"] for k in ("adam", ADAM_NO_BC)}, start)
 
     os.makedirs(args.out, exist_ok=True)
-    steps_per_epoch = len(curves["sgd"]["step_loss"]) // epochs
+    steps = len(curves["adam"]["step_loss"])
+    steps_per_epoch = steps // epochs
     figures = {
         "net_loss": plot_net(curves, lrs, steps_per_epoch, os.path.join(args.out, "net_loss.png"),
                              f"fully connected net (100, 100) on {data_name}: {len(ds.y_train)} training images, "
@@ -364,7 +382,7 @@ def main(argv=None) -> dict:
         "net": {
             "data": data_name, "model": "fully_connected_net(hidden_dims=(100, 100)), He init, ReLU",
             "n_train": int(len(ds.y_train)), "n_val": int(len(ds.y_val)), "epochs": epochs, "batch_size": bs,
-            "steps": int(len(curves["sgd"]["step_loss"])), "learning_rates": lrs,
+            "steps": int(steps), "learning_rates": {name: lrs[name] for name in net_rules},
             "optimizers": {name: {k: v for k, v in c.items() if k != "first_update"} | {"time_s": times[name]}
                            for name, c in curves.items()},
         },
@@ -383,9 +401,10 @@ def main(argv=None) -> dict:
     }
     path = write_results(args.out, results, args)
     rows = []
-    for name in (*RULES, ADAM_NO_BC):
+    for name in all_rules:
         q, s = cmp["quadratic"].get(name), cmp["saddle"].get(name)
-        rows.append([name, lrs[name], curves[name]["final_train_loss"], curves[name]["final_val_acc"],
+        c = curves.get(name, {"final_train_loss": "-", "final_val_acc": "-"})
+        rows.append([name, lrs[name], c["final_train_loss"], c["final_val_acc"],
                      q["final_loss"] if q else "-", (q["steps_to_target"] if q["steps_to_target"] is not None
                                                        else "never") if q else "-",
                      s["final_abs_y"] if s else "-"])

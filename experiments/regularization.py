@@ -41,6 +41,9 @@ Data: CIFAR-10 (``--n-train`` default 10,000 training images, 1,000 validation, 
 10,000 test, per-channel normalised) with ``--data-dir`` / ``$JAXNET_CIFAR10_DIR``, else the
 embedded 8x8 digits (all 1,257 training images). ``--quick``: fewer epochs, L2 0 / 1e-2 / 1e-1,
 dropout 0 / 0.5, 3 members (and 2,000 CIFAR images); well under 60 s on the digits.
+``--smoke`` (the default test suite's run): 300 training images, 2 epochs, no L2 sweep (0
+only), dropout 0 / 0.5, 2 members: every part and figure with four trainings (baseline,
+dropout, augmentation, a second member), mostly compile time.
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ import os
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits, figure, parse_args, print_table, save_figure, write_results
+from experiments._common import (
+    Timer, cifar_or_digits, figure, parse_args, print_table, save_figure, sized, write_results,
+)
 
 NAME = "regularization"
 DESCRIPTION = "Regularization: L2 and dropout sweeps, data augmentation, ensembles, EMA of the params."
@@ -59,6 +64,7 @@ DEFAULT_L2 = "0,1e-4,1e-3,1e-2,1e-1"
 DEFAULT_DROPOUT = "0,0.25,0.5,0.75"
 QUICK_L2 = "0,1e-2,1e-1"
 QUICK_DROPOUT = "0,0.5"
+SMOKE_L2 = "0"
 AUGMENT = {"cifar10": {"crop_padding": 4, "flip": True}, "digits": {"crop_padding": 1, "flip": False}}
 EVAL_BATCH = 500
 
@@ -72,18 +78,18 @@ def _floats(text: str) -> tuple:
 
 def _extra(parser) -> None:
     parser.add_argument("--n-train", type=int, default=None,
-                        help="CIFAR-10 training subset (default 10000; quick 2000)")
+                        help="training subset (default 10000; quick 2000; smoke 300)")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="epochs per run (default 20 on CIFAR-10, 40 on digits; quick 3 / 12)")
+                        help="epochs per run (default 20 on CIFAR-10, 40 on digits; quick 3 / 12; smoke 2)")
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, constant (default 1e-3)")
     parser.add_argument("--l2", default=None,
                         help=f"comma-separated L2 strengths to sweep, 0 included (default {DEFAULT_L2}; "
-                             f"quick {QUICK_L2})")
+                             f"quick {QUICK_L2}; smoke {SMOKE_L2})")
     parser.add_argument("--dropout", default=None,
                         help=f"comma-separated dropout rates (probability of dropping), 0 included "
                              f"(default {DEFAULT_DROPOUT}; quick {QUICK_DROPOUT})")
-    parser.add_argument("--members", type=int, default=None, help="ensemble size (default 5; quick 3)")
+    parser.add_argument("--members", type=int, default=None, help="ensemble size (default 5; quick 3; smoke 2)")
     parser.add_argument("--ema-decay", type=float, default=0.995,
                         help="decay of the EMA of the params (default %(default)s)")
 
@@ -227,13 +233,12 @@ def main(argv=None) -> dict:
     args = parse_args(NAME, DESCRIPTION, _extra, argv)
     from jaxnet.train import evaluate_ensemble
 
-    q = args.quick
     cifar = bool(args.data_dir)
-    n_train = args.n_train or (2000 if q else 10000)
-    epochs = args.epochs or ((3 if q else 20) if cifar else (12 if q else 40))
-    members = args.members or (3 if q else 5)
-    l2_values = _floats(args.l2 or (QUICK_L2 if q else DEFAULT_L2))
-    dropout_values = _floats(args.dropout or (QUICK_DROPOUT if q else DEFAULT_DROPOUT))
+    n_train = args.n_train or sized(args, 10000, 2000, 300)
+    epochs = args.epochs or sized(args, 20 if cifar else 40, 3 if cifar else 12, 2)
+    members = args.members or sized(args, 5, 3, 2)
+    l2_values = _floats(args.l2 or sized(args, DEFAULT_L2, QUICK_L2, SMOKE_L2))
+    dropout_values = _floats(args.dropout or sized(args, DEFAULT_DROPOUT, QUICK_DROPOUT))
     if 0.0 not in l2_values or 0.0 not in dropout_values:
         raise SystemExit(f"experiments.{NAME}: --l2 and --dropout must include 0 (the baseline)")
     if members < 2:

@@ -28,6 +28,8 @@ Data: CIFAR-10 (20,000 training images, 1,000 validation, the full 10,000 test s
 per-channel normalised) when ``--data-dir`` / ``$JAXNET_CIFAR10_DIR`` is given, else the
 embedded 8x8 digits (``jaxnet.data.load_digits``, normalised); ``results.json["data_source"]``
 says which. ``--quick``: fewer epochs (and 2,000 CIFAR images); well under 20 s on the digits.
+``--smoke`` (the default test suite's run): the ``step`` and ``warmup_cosine`` schedules only
+(``--schedules``), 4 epochs on 300 images.
 """
 
 from __future__ import annotations
@@ -37,13 +39,14 @@ import os
 import numpy as np
 
 from experiments._common import (
-    Timer, cifar_or_digits, figure, grid_legend, parse_args, print_table, save_figure, write_results,
+    Timer, cifar_or_digits, figure, grid_legend, parse_args, print_table, save_figure, sized, write_results,
 )
 
 NAME = "schedules"
 DESCRIPTION = "Learning-rate schedules: constant, step, exponential, 1/t, cosine, warmup + cosine."
 
 SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine", "warmup_cosine")
+SMOKE_SCHEDULES = ("step", "warmup_cosine")
 DEFAULT_LR = {"momentum": 1e-2, "adam": 1e-3}
 COLORS = {"constant": "tab:gray", "step": "tab:blue", "exponential": "tab:green",
           "inverse_time": "tab:orange", "cosine": "tab:red", "warmup_cosine": "tab:purple"}
@@ -55,9 +58,12 @@ def _extra(parser) -> None:
     parser.add_argument("--lr", type=float, default=None,
                         help="base (peak) learning rate (default 1e-2 for momentum, 1e-3 for adam)")
     parser.add_argument("--n-train", type=int, default=None,
-                        help="CIFAR-10 training subset (default 20000; quick 2000)")
+                        help="training subset (default 20000; quick 2000; smoke 300)")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="epochs per schedule (default 10 on CIFAR-10, 30 on digits; quick 3 / 6)")
+                        help="epochs per schedule (default 10 on CIFAR-10, 30 on digits; quick 3 / 6; smoke 4)")
+    parser.add_argument("--schedules", default=None,
+                        help=f"comma-separated schedules to train (default all: {','.join(SCHEDULES)}; "
+                             f"smoke {','.join(SMOKE_SCHEDULES)})")
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
     parser.add_argument("--warmup-epochs", type=float, default=2.0,
                         help="warmup length of warmup_cosine in epochs (default 2)")
@@ -127,10 +133,18 @@ def main(argv=None) -> dict:
     from jaxnet.train import evaluate, fit
     from jaxnet.train import num_batches
 
-    q = args.quick
     cifar = bool(args.data_dir)
-    n_train = args.n_train or (2000 if q else 20000)
-    epochs = args.epochs or ((3 if q else 10) if cifar else (6 if q else 30))
+    n_train = args.n_train or sized(args, 20000, 2000, 300)
+    epochs = args.epochs or sized(args, 10 if cifar else 30, 3 if cifar else 6, 4)
+    if args.schedules is None:
+        names = sized(args, SCHEDULES, SCHEDULES, SMOKE_SCHEDULES)
+    else:
+        asked = [n.strip() for n in args.schedules.split(",") if n.strip()]
+        unknown = [n for n in asked if n not in SCHEDULES]
+        if unknown or not asked:
+            raise SystemExit(f"experiments.{NAME}: --schedules: unknown or no schedule in {args.schedules!r} "
+                             f"(choose from {', '.join(SCHEDULES)})")
+        names = tuple(n for n in SCHEDULES if n in asked)
     bs = args.batch_size
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
 
@@ -145,7 +159,7 @@ def main(argv=None) -> dict:
           f"warmup {warmup_steps} steps", flush=True)
 
     model = fully_connected_net(hidden_dims=(200, 200), num_classes=10)
-    schedules = {name: build_schedule(name, lr, total, warmup_steps) for name in SCHEDULES}
+    schedules = {name: build_schedule(name, lr, total, warmup_steps) for name in names}
     values = {name: schedule_values(s, total) for name, s in schedules.items()}
 
     runs, times = {}, {}

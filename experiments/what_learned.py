@@ -15,6 +15,8 @@ draws the course's three pictures (lecture "Visualizing and understanding"):
    label equals the query's label in each space (a k-NN accuracy over 1,000 test images).
 3. ``tsne.png``: a 2-D t-SNE (``sklearn.manifold.TSNE``, perplexity 30) of the features of
    ``--tsne-n`` test images coloured by class, with a grid of thumbnails placed by the map.
+
+``--smoke`` (the default test suite's run): 300 training and 200 test images, a t-SNE of 60.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import numpy as np
 
 from experiments._common import (
-    Timer, figure, load_data, parse_args, print_table, quick_subset, save_figure, write_results,
+    Timer, figure, load_data, parse_args, print_table, quick_subset, save_figure, sized, write_results,
 )
 
 NAME = "what_learned"
@@ -36,7 +38,8 @@ def _extra(parser) -> None:
     parser.add_argument("--checkpoint", default=os.path.join("results", "convnets", "fast_convnet.ckpt"),
                         help="the fast_convnet checkpoint written by experiments.convnets")
     parser.add_argument("--queries", type=int, default=8, help="test images shown with their neighbours")
-    parser.add_argument("--tsne-n", type=int, default=2000, help="test images in the t-SNE map (quick: 300)")
+    parser.add_argument("--tsne-n", type=int, default=None,
+                        help="test images in the t-SNE map (default 2000; quick 300; smoke 60)")
 
 
 def load_fast_convnet(path: str):
@@ -200,6 +203,8 @@ def main(argv=None) -> dict:
     else:
         ds = load_digits(seed=args.seed)
         source, names = "digits", tuple(str(i) for i in range(10))
+    if args.smoke:
+        ds = quick_subset(ds, n_train=300, n_test=200, seed=args.seed)
     raw_train, raw_test = to_float(ds.x_train), to_float(ds.x_test)
     ds = normalize_dataset(ds.replace(x_train=raw_train, x_val=to_float(ds.x_val), x_test=raw_test), "channel")
 
@@ -244,7 +249,7 @@ def main(argv=None) -> dict:
     # 3. t-SNE
     from sklearn.manifold import TSNE
 
-    n_tsne = min(args.tsne_n if not q else 300, len(f_test))
+    n_tsne = min(args.tsne_n or sized(args, 2000, 300, 60), len(f_test))
     tsne_idx = rng.choice(len(f_test), n_tsne, replace=False)
     with Timer() as t_tsne:
         emb = TSNE(n_components=2, perplexity=min(30.0, (n_tsne - 1) / 3), init="pca",

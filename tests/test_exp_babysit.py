@@ -1,18 +1,32 @@
-"""experiments.babysitting --quick on the embedded digits: learning-rate diagnostics,
-update/weight ratios and the course's sanity checks (initial loss, overfit 20 examples)."""
+"""experiments.babysitting on the embedded digits: learning-rate diagnostics, update/weight
+ratios and the course's sanity checks (initial loss, overfit 20 examples).
+
+Every claim holds at the ``--smoke`` size (300 images), which the default suite runs; the same
+checks on the ``--quick`` run (1,000 images) are marked slow (``make test-slow``)."""
 
 import json
 import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 
+def test_babysitting_smoke_on_digits(tmp_path, monkeypatch, capsys):
+    saved = _run_and_check(tmp_path, monkeypatch, capsys, "--smoke")
+    assert saved["smoke"] is True and saved["protocol"]["n_train"] == 300
+
+
+@pytest.mark.slow
 def test_babysitting_quick_on_digits(tmp_path, monkeypatch, capsys):
+    _run_and_check(tmp_path, monkeypatch, capsys, "--quick")
+
+
+def _run_and_check(tmp_path, monkeypatch, capsys, flag):
     monkeypatch.delenv("JAXNET_CIFAR10_DIR", raising=False)
     from experiments import babysitting
 
-    out = babysitting.main(["--quick", "--out", str(tmp_path)])
+    out = babysitting.main([flag, "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["quick"] is True and saved["experiment"] == "babysitting"
     assert saved["data_source"] == "digits" and out["data_source"] == "digits"
@@ -45,3 +59,4 @@ def test_babysitting_quick_on_digits(tmp_path, monkeypatch, capsys):
         assert Path(saved["figures"][Path(name).stem]).resolve() == path.resolve()
     printed = capsys.readouterr().out
     assert "early break" in printed and "update / weight ratio" in printed
+    return saved

@@ -1,6 +1,11 @@
-"""experiments.char_lm: the --quick run (count models, RNN, GRU, LSTM on a slice of the stdlib
-source), the count models on a corpus small enough to compute by hand, parameter counts, and
-the one-line exits for bad flags and a missing corpus."""
+"""experiments.char_lm: the count models on a corpus small enough to compute by hand, parameter
+counts, the one-line exits for bad flags and a missing corpus, and the experiment run end to end
+on a slice of the stdlib source.
+
+The default suite runs ``--smoke`` (count models, RNN and LSTM for half a second each on 50 k
+characters) and checks the files, finite bpc for every model, the training histories, the samples
+and that the bigram model beats the unigram one; the ``--quick`` run (all three nets, 2.5 s each)
+and its checks are marked slow (``make test-slow``)."""
 import json
 import math
 
@@ -17,16 +22,38 @@ pytestmark = pytest.mark.xdist_group("exp_char_lm")
 
 
 @pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("char_lm_smoke")
+    return run_quick_experiment(exp, out, "--smoke", "--no-progress"), out
+
+
+@pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("char_lm")
     return run_quick_experiment(exp, out, "--no-progress"), out
 
 
+def test_smoke_run_writes_finite_bpc_for_every_model(smoke_run):
+    results, out = smoke_run
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["smoke"] is True and saved["data"]["train_chars"] == 50_000
+    assert set(saved["nets"]) == {"rnn", "lstm"}
+    _check_files_and_bpc(saved, out)
+    # the bigram model beats the unigram model on the same text
+    assert results["count_models"]["bigram"]["test_bpc"] < results["count_models"]["unigram"]["test_bpc"]
+
+
+@pytest.mark.slow
 def test_quick_run_writes_finite_bpc_for_every_model(quick_run):
     results, out = quick_run
     saved = json.loads((out / "results.json").read_text())
+    assert set(saved["nets"]) == set(exp.NETS)
+    _check_files_and_bpc(saved, out)
+
+
+def _check_files_and_bpc(saved, out):
     assert saved["experiment"] == "char_lm" and saved["quick"] is True
-    assert set(saved["count_models"]) == {"unigram", "bigram"} and set(saved["nets"]) == set(exp.NETS)
+    assert set(saved["count_models"]) == {"unigram", "bigram"}
     for name, m in {**saved["count_models"], **saved["nets"]}.items():
         for key in ("val_bpc", "test_bpc"):
             assert m[key] is not None and math.isfinite(m[key]) and 0 < m[key] < 8, (name, key)
@@ -35,13 +62,14 @@ def test_quick_run_writes_finite_bpc_for_every_model(quick_run):
         assert r["history"]["step"][0] == 0 and r["history"]["step"][-1] == r["steps"]
     assert (out / "char_lm_val_bpc.png").stat().st_size > 0
     text = (out / "samples.txt").read_text()
-    for kind in exp.NETS:
+    for kind in saved["nets"]:
         for temp in ("0.5", "1"):
             sample = saved["samples"][kind][temp]
             assert sample.startswith("def ") and len(sample) == 4 + 100
             assert f"{kind.upper()} (H=" in text and sample in text
 
 
+@pytest.mark.slow
 def test_quick_lstm_beats_the_unigram_model(quick_run):
     results, _ = quick_run
     assert results["nets"]["lstm"]["test_bpc"] < results["count_models"]["unigram"]["test_bpc"]
@@ -77,8 +105,8 @@ def test_fit_count_model_tunes_k_on_validation():
 
 
 def test_parameter_counts_match_the_parameters():
-    for kind in exp.NETS:
-        params = exp.init_params(kind, jax.random.PRNGKey(0), 97, 32, 50)
+    for kind in exp.NETS:  # the shapes init_params builds (eval_shape: nothing compiled or drawn)
+        params = jax.eval_shape(lambda: exp.init_params(kind, jax.random.PRNGKey(0), 97, 32, 50))
         n = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
         assert n == exp.param_count(kind, 97, 32, 50), kind
     target = exp.param_count("lstm", 97, 32, 192)

@@ -1,5 +1,11 @@
-"""experiments.convnets and experiments.what_learned: the --quick runs on the embedded digits
-(no CIFAR-10 needed), and the checkpoint hand-over between them."""
+"""experiments.convnets and experiments.what_learned on the embedded digits (no CIFAR-10
+needed), and the checkpoint hand-over between them.
+
+The default suite runs both with ``--smoke`` (300 training and 200 test images; the course's
+net for its one epoch, the best net for 3) and checks the files, the structure and the
+bookkeeping (history, times, time to a threshold, the cosine's decay, the time budget, the
+checkpoint read back); the ``--quick`` runs and their accuracy claims are marked slow
+(``make test-slow``)."""
 
 import json
 import os
@@ -18,11 +24,47 @@ pytestmark = pytest.mark.xdist_group("exp_convnets")
 
 
 @pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("convnets_smoke")
+    return out, run_quick_experiment(exp, out, "--smoke")
+
+
+@pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("convnets")
     return out, run_quick_experiment(exp, out)
 
 
+def test_smoke_files_and_course_part(smoke):
+    out, results = smoke
+    for name in ("results.json", "convnet_curves.png", "fast_convnet.ckpt"):
+        assert (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["experiment"] == "convnets" and saved["data_source"] == "digits" and saved["smoke"] is True
+    assert (saved["n_train"], saved["n_test"]) == (300, 200)
+    course = saved["course"]
+    assert course["n_train"] == 300 and course["images_per_second"] > 0
+    for key in ("train_acc_1000", "val_acc", "test_acc"):
+        assert 0.0 <= course[key] <= 1.0, key
+
+
+def test_smoke_best_part_history_and_times(smoke):
+    _, results = smoke
+    assert results["best"]["recipe"]["epochs"] == 3
+    _check_best_history(results["best"])
+
+
+def test_smoke_what_learned_reads_the_checkpoint(smoke, tmp_path):
+    out, _ = smoke
+    res = run_quick_experiment(wl, tmp_path, "--smoke", "--checkpoint", str(out / "fast_convnet.ckpt"))
+    _check_what_learned(out, res, tmp_path)
+    assert res["tsne"]["n"] == 60 and res["neighbours"]["n_queries_scored"] == 200
+    for key in ("same_label_fraction_features", "same_label_fraction_pixels"):
+        assert 0.0 <= res["neighbours"][key] <= 1.0
+    assert 0.0 <= res["tsne"]["five_nn_same_label_in_map"] <= 1.0
+
+
+@pytest.mark.slow
 def test_files_and_course_part(run):
     out, results = run
     for name in ("results.json", "convnet_curves.png", "fast_convnet.ckpt"):
@@ -35,9 +77,15 @@ def test_files_and_course_part(run):
     assert course["images_per_second"] > 0
 
 
+@pytest.mark.slow
 def test_best_part_history_and_times(run):
     _, results = run
     b = results["best"]
+    _check_best_history(b)
+    assert b["final_test_acc"] > 0.8  # 8 epochs on the digits
+
+
+def _check_best_history(b):
     h = b["history"]
     n = len(h["epoch"])
     assert n == b["recipe"]["epochs"] and not b["stopped_at_budget"]
@@ -45,7 +93,6 @@ def test_best_part_history_and_times(run):
     assert np.all(np.diff(h["cum_train_time_s"]) > 0)
     np.testing.assert_allclose(np.cumsum(h["train_time_s"]), h["cum_train_time_s"], rtol=1e-9)
     assert b["final_test_acc"] == h["test_acc"][-1] and b["headline"] == "test_acc"  # digits: no mirror TTA
-    assert b["final_test_acc"] > 0.8  # 8 epochs on the digits
     assert h["train_loss"][-1] < h["train_loss"][0]
     assert h["lr"][-1] < max(h["lr"])  # the cosine has decayed
     # time to a threshold = cumulative training time at the first epoch reaching it
@@ -55,24 +102,29 @@ def test_best_part_history_and_times(run):
 
 
 def test_time_budget_stops_training(tmp_path):
-    results = run_quick_experiment(exp, tmp_path, "--part", "best", "--time-budget", "0")
+    results = run_quick_experiment(exp, tmp_path, "--smoke", "--part", "best", "--time-budget", "0")
     b = results["best"]
     assert b["stopped_at_budget"] and len(b["history"]["epoch"]) == 1
 
 
+@pytest.mark.slow
 def test_what_learned_reads_the_checkpoint(run, tmp_path):
     out, _ = run
-    model, params, state, config = wl.load_fast_convnet(str(out / "fast_convnet.ckpt"))
-    assert config["widths"] == [32, 64] and params["stem"]["conv"]["w"].shape == (3, 3, 1, 16)
     res = run_quick_experiment(wl, tmp_path, "--checkpoint", str(out / "fast_convnet.ckpt"))
-    assert res["model_from"].endswith("fast_convnet.ckpt")
-    for name in ("filters.png", "neighbours.png", "tsne.png", "results.json"):
-        assert os.path.getsize(tmp_path / name) > 0
+    _check_what_learned(out, res, tmp_path)
     nb = res["neighbours"]
     # features learned for classification put same-class digits together
     assert nb["same_label_fraction_features"] > 0.8
     assert res["tsne"]["five_nn_same_label_in_map"] > 0.7
     assert res["first_layer"]["shape"] == [3, 3, 1, 16]
+
+
+def _check_what_learned(out, res, tmp_path):
+    model, params, state, config = wl.load_fast_convnet(str(out / "fast_convnet.ckpt"))
+    assert config["widths"] == [32, 64] and params["stem"]["conv"]["w"].shape == (3, 3, 1, 16)
+    assert res["model_from"].endswith("fast_convnet.ckpt")
+    for name in ("filters.png", "neighbours.png", "tsne.png", "results.json"):
+        assert os.path.getsize(tmp_path / name) > 0
 
 
 def test_nearest_matches_brute_force():

@@ -1,6 +1,11 @@
-"""experiments.optimizers: the --quick run on the embedded digits (no CIFAR-10 needed), the
-same-lr comparison on the ill-conditioned quadratic and Adam's first step with and without
-bias correction."""
+"""experiments.optimizers on the embedded digits (no CIFAR-10 needed): the same-lr comparison on
+the ill-conditioned quadratic and Adam's first step with and without bias correction.
+
+The default suite runs ``--smoke`` (the 2-D problems as in every run; the net trained by SGD,
+Adam and Adam without bias correction for 1 epoch on 300 images) and checks the files, the
+structure, the quadratic's claims and Adam's first step (on the quadratic and on the net: both
+hold at any size). The ``--quick`` run (all seven rules on the net) and its checks are marked
+slow (``make test-slow``)."""
 
 import json
 import math
@@ -18,12 +23,49 @@ pytestmark = pytest.mark.xdist_group("exp_optimizers")
 
 
 @pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("optimizers_smoke")
+    results = run_quick_experiment(exp, out, "--smoke")
+    return results, out
+
+
+@pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("optimizers")
     results = run_quick_experiment(exp, out)
     return results, out
 
 
+def test_smoke_run_writes_files(smoke_run):
+    results, out = smoke_run
+    for name in ("results.json", "net_loss.png", "quadratic.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["experiment"] == "optimizers" and saved["quick"] is True and saved["smoke"] is True
+    net = saved["net"]
+    assert net["data"] == "digits" and (net["n_train"], net["epochs"]) == (300, 1)
+    assert set(net["optimizers"]) == set(exp.SMOKE_NET_RULES) == set(net["learning_rates"])
+    assert set(saved["quadratic"]["optimizers"]) == set(saved["saddle"]["optimizers"]) == set(exp.RULES)
+    for name, r in results["net"]["optimizers"].items():
+        assert len(r["step_loss"]) == net["steps"] == 5 and np.all(np.isfinite(r["step_loss"])), name
+        assert len(r["val_acc"]) == 1 and math.isfinite(r["final_train_loss"]), name
+
+
+def test_smoke_quadratic_and_adam_first_step(smoke_run):
+    """The 2-D problems are the same in every run, and Adam's first step on the net is one step:
+    the quick run's claims hold at the smoke size."""
+    _check_quadratic(smoke_run[0])
+    _check_adam_first_step(smoke_run[0])
+    for r in smoke_run[0]["quadratic"]["optimizers"].values():  # all start from the same point
+        assert tuple(r["path"][0]) == exp.QUAD_START
+
+
+def test_net_rules_option(tmp_path):
+    with pytest.raises(SystemExit, match="--net-rules: unknown rule"):
+        exp.main(["--smoke", "--out", str(tmp_path), "--net-rules", "sgd,lion"])
+
+
+@pytest.mark.slow
 def test_quick_run_writes_files(quick_run):
     results, out = quick_run
     for name in ("results.json", "net_loss.png", "quadratic.png"):
@@ -41,8 +83,12 @@ def test_quick_run_writes_files(quick_run):
         assert len(r["step_loss"]) == results["net"]["steps"]
 
 
+@pytest.mark.slow
 def test_quadratic_momentum_nesterov_adam_beat_sgd_at_same_lr(quick_run):
-    results, _ = quick_run
+    _check_quadratic(quick_run[0])
+
+
+def _check_quadratic(results):
     q = results["quadratic"]["optimizers"]
     sgd = q["sgd"]["final_loss"]
     for name in ("momentum", "nesterov", "adam"):
@@ -51,17 +97,12 @@ def test_quadratic_momentum_nesterov_adam_beat_sgd_at_same_lr(quick_run):
     assert q["sgd"]["steps_to_target"] is None  # SGD does not reach 1e-3 in 100 steps at lr 0.2
 
 
-def test_quadratic_comparison_directly():
-    cmp = exp.compare_2d(0.2, rules=("sgd", "momentum", "nesterov", "adam"))["quadratic"]
-    for name in ("momentum", "nesterov", "adam"):
-        assert cmp[name]["final_loss"] < cmp["sgd"]["final_loss"]
-    # all start from the same point
-    starts = {tuple(r["path"][0]) for r in cmp.values()}
-    assert starts == {exp.QUAD_START}
-
-
+@pytest.mark.slow
 def test_adam_first_step_bias_correction(quick_run):
-    results, _ = quick_run
+    _check_adam_first_step(quick_run[0])
+
+
+def _check_adam_first_step(results):
     first = results["adam_first_step"]["quadratic"]
     lr = first["lr"]
     ratio = (1 - 0.9) / math.sqrt(1 - 0.999)
