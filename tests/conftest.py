@@ -1,15 +1,7 @@
 import os
 
-# The suite is bound by XLA's compile time (thousands of small programs, each run a few times), so
-# it compiles with LLVM's optimisation level 0: measured on a subset of test_nn/test_recurrent_ops,
-# 31% less CPU time than the default level. Only the test processes (and the CLI subprocesses they
-# start) get it; benchmarks and users never do. A user's own XLA_FLAGS setting of it wins.
-_O0 = "--xla_backend_optimization_level=0"
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _O0).strip()
-
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
 
 # The CLI turns on JAX's persistent compilation cache; tests run without it (isolation:
 # no files in ~/.cache, no programs carried over between runs). test_compile_cache.py tests it.
