@@ -32,8 +32,9 @@ Every script takes the same four options, writes ``results.json`` plus its figur
     same pixel scale (uint8 0..255); ``source`` is "cifar10" or "digits".
 
 ``quick_cifar_or_digits_uint8(args, *, val_size=1000, normalize=False) -> (Dataset, source)``
-    ``cifar_or_digits_uint8``, cut to 4,000 training and 2,000 test images with ``--quick``,
-    optionally ``float_normalized``; prints the data set and its loading time.
+    ``cifar_or_digits_uint8``, cut to 4,000 training and 2,000 test images with ``--quick``
+    (400 and 200 with ``--smoke``), optionally ``float_normalized``; prints the data set and
+    its loading time.
 
 ``quick_subset(ds, *, n_train, n_test, seed) -> Dataset``
     The smoke-test subsample of a Dataset (at most the examples there are).
@@ -340,13 +341,14 @@ def cifar_or_digits_uint8(args: argparse.Namespace, *, val_size: int = 0):
 
 def quick_cifar_or_digits_uint8(args: argparse.Namespace, *, val_size: int = 1000, normalize: bool = False):
     """:func:`cifar_or_digits_uint8` as the trained classifiers use it: with ``--quick`` a
-    smoke-test subsample (4,000 training, 2,000 test images), with ``normalize`` float32 images
-    normalised per channel (:func:`float_normalized`). Prints the data set and the loading time.
-    Returns ``(Dataset, source)``."""
+    subsample (4,000 training, 2,000 test images; ``--smoke``: 400 and 200), with ``normalize``
+    float32 images normalised per channel (:func:`float_normalized`). Prints the data set and
+    the loading time. Returns ``(Dataset, source)``."""
     with Timer() as t_load:
         ds, source = cifar_or_digits_uint8(args, val_size=val_size)
         if args.quick:
-            ds = quick_subset(ds, n_train=4000, n_test=2000, seed=args.seed)
+            n_train, n_test = sized(args, None, (4000, 2000), (400, 200))
+            ds = quick_subset(ds, n_train=n_train, n_test=n_test, seed=args.seed)
         if normalize:
             ds = float_normalized(ds)
     print(f"data: {ds}  ({t_load.elapsed:.1f} s){'  [quick: subsampled]' if args.quick else ''}", flush=True)

@@ -22,6 +22,9 @@ the embedded 8x8 digits (their own 1,257 / 270 / 270 split): grey images, so no 
 144 numbers; an 8-pixel cell would be the whole image).
 
 Writes in ``--out``: results.json, curves.png, search.png.
+
+``--smoke`` (the default test suite's run): 400 training and 200 test images, one SVM trial of
+50 iterations, one net trial of one epoch, 2 final epochs.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from functools import partial
 
 import numpy as np
 
-from experiments._common import Timer, parse_args, print_table, quick_cifar_or_digits_uint8, write_results
+from experiments._common import Timer, parse_args, print_table, quick_cifar_or_digits_uint8, sized, write_results
 
 NAME = "features_net"
 DESCRIPTION = "HOG + HSV colour-histogram features -> linear SVM and two-layer net on CIFAR-10."
@@ -41,13 +44,13 @@ DIGITS_CELL_SIZE = 2
 
 def _extra(parser) -> None:
     parser.add_argument("--epochs", type=int, default=None,
-                        help="final training epochs (default 30; quick 2; on the digits 100; quick 20)")
+                        help="final training epochs (default 30; quick 2; on the digits 100; quick 20; smoke 2)")
     parser.add_argument("--batch-size", type=int, default=200, help="minibatch size (default: %(default)s)")
-    parser.add_argument("--trials", type=int, default=None, help="net random-search trials (default 12; quick 2)")
+    parser.add_argument("--trials", type=int, default=None, help="net random-search trials (default 12; quick 2; smoke 1)")
     parser.add_argument("--search-epochs", type=int, default=None,
-                        help="epochs per net trial (default 10; quick 1; on the digits 20; quick 5)")
-    parser.add_argument("--svm-trials", type=int, default=None, help="linear SVM trials (default 10; quick 2)")
-    parser.add_argument("--svm-iters", type=int, default=None, help="SGD iterations per SVM (default 2000; quick 200)")
+                        help="epochs per net trial (default 10; quick 1; on the digits 20; quick 5; smoke 1)")
+    parser.add_argument("--svm-trials", type=int, default=None, help="linear SVM trials (default 10; quick 2; smoke 1)")
+    parser.add_argument("--svm-iters", type=int, default=None, help="SGD iterations per SVM (default 2000; quick 200; smoke 50)")
     parser.add_argument("--hsv-bins", type=int, default=10, help="hue histogram bins (default: %(default)s)")
     parser.add_argument("--cell-size", type=int, default=None,
                         help=f"HOG cell size in pixels (default: {CIFAR_CELL_SIZE}; {DIGITS_CELL_SIZE} on the digits)")
@@ -71,9 +74,9 @@ def _optimizer(lr: float, weight_decay: float, total_steps: int):
 def main(argv=None) -> dict:
     args = parse_args(NAME, DESCRIPTION, _extra, argv)
     quick = args.quick
-    trials = args.trials or (2 if quick else 12)
-    svm_trials = args.svm_trials or (2 if quick else 10)
-    svm_iters = args.svm_iters or (200 if quick else 2000)
+    trials = args.trials or sized(args, 12, 2, 1)
+    svm_trials = args.svm_trials or sized(args, 10, 2, 1)
+    svm_iters = args.svm_iters or sized(args, 2000, 200, 50)
     bs = args.batch_size
 
     from jaxnet.classic.features import color_histogram_hsv, feature_dataset, hog_features
@@ -87,11 +90,11 @@ def main(argv=None) -> dict:
 
     # the digits' 1,257 training images make 7 steps per epoch: more epochs for a comparable run
     if source == "cifar10":
-        epochs = args.epochs or (2 if quick else 30)
-        search_epochs = args.search_epochs or (1 if quick else 10)
+        epochs = args.epochs or sized(args, 30, 2, 2)
+        search_epochs = args.search_epochs or sized(args, 10, 1, 1)
     else:
-        epochs = args.epochs or (20 if quick else 100)
-        search_epochs = args.search_epochs or (5 if quick else 20)
+        epochs = args.epochs or sized(args, 100, 20, 2)
+        search_epochs = args.search_epochs or sized(args, 20, 5, 1)
     if args.cell_size is None:
         args.cell_size = CIFAR_CELL_SIZE if source == "cifar10" else DIGITS_CELL_SIZE
     hsv_bins = args.hsv_bins if ds.x_train.shape[-1] == 3 else 0      # grey images have no hue

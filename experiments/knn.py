@@ -19,7 +19,8 @@ D = 64); the subsample sizes are capped at what the digits have.
   (accuracy vs k, every fold as a dot, mean +- std as error bars).
 
 ``--quick``: 1,000 / 100, 3 folds, ks = 1, 3, 5, 10, a 10 x 100 speed subset, no full
-run: well under 30 s after the data are loaded. Everything goes to ``--out``
+run: well under 30 s after the data are loaded. ``--smoke`` (the default test suite's run):
+300 / 50, 2 folds, ks = 1, 3, a 5 x 50 speed subset. Everything goes to ``--out``
 (``results.json`` + the PNGs); a short table is printed.
 """
 
@@ -31,20 +32,21 @@ import statistics
 import numpy as np
 
 from experiments._common import (
-    Timer, cifar_or_digits_uint8, figure, parse_args, print_table, save_figure, write_results,
+    Timer, cifar_or_digits_uint8, figure, parse_args, print_table, save_figure, sized, write_results,
 )
 
 NAME = "knn"
 KS = (1, 3, 5, 8, 10, 12, 15, 20, 50, 100)
 QUICK_KS = (1, 3, 5, 10)
+SMOKE_KS = (1, 3)
 COURSE_ACCURACY = 0.27
 TARGET_ACCURACY = 0.28
 
 
 def _extra(parser) -> None:
-    parser.add_argument("--n-train", type=int, default=None, help="training subsample (default 5000; quick 1000)")
-    parser.add_argument("--n-test", type=int, default=None, help="test subsample (default 500; quick 100)")
-    parser.add_argument("--folds", type=int, default=None, help="cross-validation folds (default 5; quick 3)")
+    parser.add_argument("--n-train", type=int, default=None, help="training subsample (default 5000; quick 1000; smoke 300)")
+    parser.add_argument("--n-test", type=int, default=None, help="test subsample (default 500; quick 100; smoke 50)")
+    parser.add_argument("--folds", type=int, default=None, help="cross-validation folds (default 5; quick 3; smoke 2)")
     parser.add_argument("--chunk-size", type=int, default=256, help="test rows per distance chunk (default 256)")
     parser.add_argument("--no-full", action="store_true", help="skip the 50,000 / 10,000 run")
 
@@ -141,11 +143,11 @@ def plot_cv(cvs: dict, path: str, folds: int) -> str:
 def main(argv=None) -> dict:
     args = parse_args(NAME, "k-nearest neighbours on CIFAR-10 (course assignment 1).", _extra, argv)
     quick = args.quick
-    n_train = args.n_train or (1000 if quick else 5000)
-    n_test = args.n_test or (100 if quick else 500)
-    folds = args.folds or (3 if quick else 5)
-    ks = QUICK_KS if quick else KS
-    speed_shape = (10, 100) if quick else (50, 500)
+    n_train = args.n_train or sized(args, 5000, 1000, 300)
+    n_test = args.n_test or sized(args, 500, 100, 50)
+    folds = args.folds or sized(args, 5, 3, 2)
+    ks = sized(args, KS, QUICK_KS, SMOKE_KS)
+    speed_shape = sized(args, (50, 500), (10, 100), (5, 50))
     run_full = not (quick or args.no_full)
 
     with Timer() as t_load:

@@ -14,6 +14,9 @@ that single model. Writes results.json, templates.png, search.png and loss.png i
 Without a CIFAR-10 copy (no ``--data-dir``, no ``$JAXNET_CIFAR10_DIR``) the same pipeline runs
 on the embedded 8x8 digits (pixels on the same 0..255 scale; their own 1,257 / 270 / 270 split).
 
+``--quick``: 5,000 training images, a 4-trial random search; ``--smoke`` (the default test
+suite's run): 400 images, 2 trials, checks on 100 rows.
+
 :func:`run` is shared with ``experiments.softmax`` (same pipeline, the other loss).
 """
 from __future__ import annotations
@@ -25,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits_uint8, parse_args, print_table, write_results
+from experiments._common import Timer, cifar_or_digits_uint8, parse_args, print_table, sized, write_results
 from jaxnet.classic.linear import (
     accuracy, linear_features, plot_loss_curve, plot_templates, softmax_loss_naive, softmax_loss_vectorized,
     svm_loss_naive, svm_loss_vectorized, train_linear,
@@ -38,7 +41,12 @@ LOSS_FNS = {
     "softmax": (softmax_loss_naive, softmax_loss_vectorized),
 }
 
-# Settings per loss: full run and --quick. Ranges are for 0..255 pixels (mean-image subtracted);
+# --smoke (the default test suite's run): the quick protocol on 400 training images, 2 trials of
+# 50 steps, 100 final steps; the sanity checks on 100 rows instead of 500.
+SMOKE = dict(search="random", stages=1, trials=2, search_iters=50, iters=100, batch_size=100, lr_decay=0.9,
+             train_subset=400, check_rows=100)
+
+# Settings per loss: full run, --quick and --smoke. Ranges are for 0..255 pixels (mean-image subtracted);
 # lr and reg move together with the pixel scale, so other --normalize modes get their own.
 # The digits (65 columns instead of 3,073, same 0..255 scale) take larger steps: ``space_digits``
 # replaces a mode's ranges on the digits where it is given.
@@ -48,6 +56,7 @@ DEFAULTS = {
                   lr_decay=0.9),
         quick=dict(search="random", stages=1, trials=4, search_iters=200, iters=300, batch_size=200,
                    lr_decay=0.9, train_subset=5000),
+        smoke=SMOKE,
         space={"mean_image": {"learning_rate": (1e-8, 1e-6, "log"), "reg": (1e1, 1e5, "log")},
                "channel": {"learning_rate": (1e-5, 1e-2, "log"), "reg": (1e-3, 1e1, "log")},
                "feature": {"learning_rate": (1e-5, 1e-2, "log"), "reg": (1e-3, 1e1, "log")}},
@@ -59,6 +68,7 @@ DEFAULTS = {
                   lr_decay=0.9),
         quick=dict(search="random", stages=1, trials=4, search_iters=200, iters=300, batch_size=200,
                    lr_decay=0.9, train_subset=5000),
+        smoke=SMOKE,
         space={"mean_image": {"learning_rate": (1e-8, 1e-5, "log"), "reg": (1e0, 1e5, "log")},
                "channel": {"learning_rate": (1e-5, 1e-1, "log"), "reg": (1e-4, 1e1, "log")},
                "feature": {"learning_rate": (1e-5, 1e-1, "log"), "reg": (1e-4, 1e1, "log")}},
@@ -127,7 +137,7 @@ def _downsample(h, n=500):
 
 def run(loss: str, name: str, description: str, argv=None) -> dict:
     args = parse_args(name, description, extra=_options, argv=argv)
-    cfg = dict(DEFAULTS[loss]["quick" if args.quick else "full"])
+    cfg = dict(DEFAULTS[loss][sized(args, "full", "quick", "smoke")])
     for key in ("search", "trials", "stages", "search_iters", "iters", "batch_size", "lr_decay"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
@@ -145,8 +155,9 @@ def run(loss: str, name: str, description: str, argv=None) -> dict:
         space = DEFAULTS[loss]["space_digits"].get(args.normalize, space)
     print(f"{name}: {ds!r}; features {prep} ({t_load.elapsed:.1f} s)", flush=True)
 
-    # ---- sanity checks on a 500-row dev set
-    dev = np.random.default_rng(args.seed).permutation(len(X_train))[:500]
+    # ---- sanity checks on a 500-row dev set (smoke: 100)
+    check_rows = cfg.get("check_rows", 500)
+    dev = np.random.default_rng(args.seed).permutation(len(X_train))[:check_rows]
     with Timer() as t_checks:
         reg_check = float(np.sqrt(space["reg"][0] * space["reg"][1]))
         (initial, initial_tiny), agree, speed = _checks(loss, X_train[dev], y_train[dev], args.seed, reg_check)
@@ -207,7 +218,7 @@ def run(loss: str, name: str, description: str, argv=None) -> dict:
         "data_source": source,
         "preprocessing": prep,
         "initial_loss": {"value": initial, "W_init": "1e-4 * randn(D, C)", "value_W_1e-7": initial_tiny,
-                         "expected": expected, "reg": 0.0, "rows": 500},
+                         "expected": expected, "reg": 0.0, "rows": int(len(dev))},
         "naive_vs_vectorized": agree,
         "speed": speed,
         "search": {"method": "fixed" if not results else cfg["search"], "space": space, "stages": stages,
@@ -230,7 +241,7 @@ def run(loss: str, name: str, description: str, argv=None) -> dict:
         ["loss", "lr", "reg", "iters", "train acc", "val acc", "test acc", "initial loss", "speedup"],
         [[loss, f"{best['learning_rate']:.3g}", f"{best['reg']:.3g}", cfg["iters"], final["train_acc"],
           final["val_acc"], final["test_acc"], initial, f"x{speed['speedup']:.0f}"]],
-        title=f"{title} ({'quick' if args.quick else 'full'}; results in {path})",
+        title=f"{title} ({sized(args, 'full', 'quick', 'smoke')}; results in {path})",
     )
     return out
 

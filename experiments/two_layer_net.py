@@ -23,6 +23,9 @@ digit is another symbol).
 Writes in ``--out``: results.json (val/test accuracy, the chosen hyperparameters, every
 search trial, history, wall times), curves.png (loss/accuracy per epoch), weights.png
 (first-layer weights as 32x32x3 images, as in the course), search.png.
+
+``--smoke`` (the default test suite's run): 400 training and 200 test images, one search trial
+of one epoch, 2 final epochs.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ import os
 import numpy as np
 
 from experiments._common import (
-    Timer, figure, parse_args, print_table, quick_cifar_or_digits_uint8, save_figure, write_results,
+    Timer, figure, parse_args, print_table, quick_cifar_or_digits_uint8, save_figure, sized, write_results,
 )
 
 NAME = "two_layer_net"
@@ -41,11 +44,11 @@ DESCRIPTION = "Two-layer net (affine-relu-affine) on CIFAR-10 raw pixels, with a
 
 def _extra(parser) -> None:
     parser.add_argument("--epochs", type=int, default=None,
-                        help="final training epochs (default 25; quick 2; on the digits 100; quick 20)")
+                        help="final training epochs (default 25; quick 2; on the digits 100; quick 20; smoke 2)")
     parser.add_argument("--batch-size", type=int, default=200, help="minibatch size (default: %(default)s)")
-    parser.add_argument("--trials", type=int, default=None, help="random-search trials (default 8; quick 2)")
+    parser.add_argument("--trials", type=int, default=None, help="random-search trials (default 8; quick 2; smoke 1)")
     parser.add_argument("--search-epochs", type=int, default=None,
-                        help="epochs per trial (default 3; quick 1; on the digits 20; quick 5)")
+                        help="epochs per trial (default 3; quick 1; on the digits 20; quick 5; smoke 1)")
     parser.add_argument("--search-train", type=int, default=None,
                         help="training images per trial (default 20000; quick 2000)")
     parser.add_argument("--hidden", type=int, default=None,
@@ -108,7 +111,7 @@ def plot_weight_grid(w, path, *, image_shape=(32, 32, 3), max_units: int = 100, 
 def main(argv=None) -> dict:
     args = parse_args(NAME, DESCRIPTION, _extra, argv)
     quick = args.quick
-    trials = args.trials or (2 if quick else 8)
+    trials = args.trials or sized(args, 8, 2, 1)
     search_train = args.search_train or (2000 if quick else 20000)
     bs = args.batch_size
 
@@ -125,11 +128,11 @@ def main(argv=None) -> dict:
         args.augment = "flip" if source == "cifar10" else "none"
     # the digits' 1,257 training images make 7 steps per epoch: more epochs for a comparable run
     if source == "cifar10":
-        epochs = args.epochs or (2 if quick else 25)
-        search_epochs = args.search_epochs or (1 if quick else 3)
+        epochs = args.epochs or sized(args, 25, 2, 2)
+        search_epochs = args.search_epochs or sized(args, 3, 1, 1)
     else:
-        epochs = args.epochs or (20 if quick else 100)
-        search_epochs = args.search_epochs or (5 if quick else 20)
+        epochs = args.epochs or sized(args, 100, 20, 2)
+        search_epochs = args.search_epochs or sized(args, 20, 5, 1)
     augment = _augment(args.augment)
 
     # ---- random search on the validation split

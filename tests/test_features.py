@@ -212,43 +212,84 @@ def test_bad_inputs_raise():
 
 
 # ------------------------------------------------------------------ experiments on the embedded digits
+# The default suite runs each experiment's --smoke (400 training and 200 test images, one search
+# trial, 2 epochs) and checks the files and the structure; the --quick runs and their accuracy
+# bars are marked slow (`make test-slow`).
 
+def _two_layer_net_files_and_structure(out, returned, n_train, n_test):
+    res = json.loads((out / "results.json").read_text())
+    assert res["test_acc"] == returned["test_acc"]
+    assert res["data_source"] == "digits" and res["quick"] is True
+    assert (res["n_train"], res["n_val"], res["n_test"]) == (n_train, 270, n_test)
+    hp = res["hyperparameters"]
+    assert hp["augment"] == "none" and res["settings"]["augment"] == "none"   # no mirrored digits
+    for fig in ("curves", "weights", "search"):
+        assert (out / res["figures"][fig]).read_bytes()[:4] == b"\x89PNG"
+    return res, hp
+
+
+def test_two_layer_net_smoke_on_digits(tmp_path):
+    from experiments import two_layer_net as exp
+
+    out = tmp_path / "two_layer_net"
+    returned = run_quick_experiment(exp, out, "--smoke")
+    res, hp = _two_layer_net_files_and_structure(out, returned, 400, 200)
+    assert res["smoke"] is True and hp["epochs"] == 2 == len(res["history"]["val_acc"])
+    assert res["search"]["epochs_per_trial"] == 1 and len(res["search"]["results"]) == 1
+    for key in ("train_acc", "val_acc", "test_acc"):
+        assert 0.0 <= res[key] <= 1.0
+    assert res["history"]["train_loss"][-1] < res["history"]["train_loss"][0]
+
+
+@pytest.mark.slow
 def test_two_layer_net_quick_on_digits(tmp_path):
     from experiments import two_layer_net as exp
 
     out = tmp_path / "two_layer_net"
     returned = run_quick_experiment(exp, out)
-    res = json.loads((out / "results.json").read_text())
-    assert res["test_acc"] == returned["test_acc"]
-    assert res["data_source"] == "digits" and res["quick"] is True
-    assert (res["n_train"], res["n_val"], res["n_test"]) == (1257, 270, 270)
-    hp = res["hyperparameters"]
-    assert hp["augment"] == "none" and res["settings"]["augment"] == "none"   # no mirrored digits
+    res, hp = _two_layer_net_files_and_structure(out, returned, 1257, 270)
     assert hp["epochs"] == 20 == len(res["history"]["val_acc"]) and res["search"]["epochs_per_trial"] == 5
     # measured with seed 0: val 0.948, test 0.944 (seeds 1, 2: test 0.926, 0.900); chance is 0.1
     assert res["val_acc"] >= 0.88 and res["test_acc"] >= 0.88
     assert res["history"]["train_loss"][-1] < 0.5 * res["history"]["train_loss"][0]
-    for fig in ("curves", "weights", "search"):
-        assert (out / res["figures"][fig]).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_features_net_quick_on_digits(tmp_path):
-    from experiments import features_net as exp
-
-    out = tmp_path / "features_net"
-    returned = run_quick_experiment(exp, out)
+def _features_net_files_and_structure(out, returned):
     res = json.loads((out / "results.json").read_text())
     assert res["test_acc"] == returned["test_acc"]
     assert res["data_source"] == "digits" and res["quick"] is True
     # grey 8x8 images: HOG on 2-pixel cells (4 x 4 cells x 9 bins), no hue histogram
     f = res["features"]
     assert f["hog"]["cell_size"] == 2 and f["hog"]["dims"] == 144 and f["hsv_hue_bins"] == 0 and f["dims"] == 144
+    for fig in res["figures"].values():
+        assert (out / fig).read_bytes()[:4] == b"\x89PNG"
+    return res
+
+
+def test_features_net_smoke_on_digits(tmp_path):
+    from experiments import features_net as exp
+
+    out = tmp_path / "features_net"
+    returned = run_quick_experiment(exp, out, "--smoke")
+    res = _features_net_files_and_structure(out, returned)
+    assert res["smoke"] is True and (res["n_train"], res["n_test"]) == (400, 200)
+    assert res["hyperparameters"]["epochs"] == 2 == len(res["history"]["val_acc"])
+    assert len(res["linear_svm"]["trials"]) == 1 and res["linear_svm"]["num_iters"] == 50
+    for key in ("train_acc", "val_acc", "test_acc"):
+        assert 0.0 <= res[key] <= 1.0 and 0.0 <= res["linear_svm"][key] <= 1.0
+
+
+@pytest.mark.slow
+def test_features_net_quick_on_digits(tmp_path):
+    from experiments import features_net as exp
+
+    out = tmp_path / "features_net"
+    returned = run_quick_experiment(exp, out)
+    res = _features_net_files_and_structure(out, returned)
     assert res["hyperparameters"]["epochs"] == 20 == len(res["history"]["val_acc"])
     # measured with seed 0: SVM test 0.937, net test 0.911 (seeds 1, 2: SVM 0.959, 0.944; net 0.944, 0.863)
     assert res["linear_svm"]["test_acc"] >= 0.88 and res["linear_svm"]["val_acc"] >= 0.88
     assert res["test_acc"] >= 0.85 and res["val_acc"] >= 0.85
-    for fig in res["figures"].values():
-        assert (out / fig).read_bytes()[:4] == b"\x89PNG"
 
 
 # ------------------------------------------------------------------ experiments (need the CIFAR-10 copy)
@@ -257,19 +298,17 @@ def _cifar_dir() -> str:
     return cifar10_or_skip()
 
 
-@pytest.mark.parametrize("name", ["two_layer_net", "features_net"])
-def test_experiment_quick(name, tmp_path, capsys):
+def _run_on_cifar(name, tmp_path, capsys, flag):
     import importlib
 
     data_dir = _cifar_dir()
     mod = importlib.import_module(f"experiments.{name}")
     out = tmp_path / name
-    mod.main(["--data-dir", data_dir, "--quick", "--out", str(out)])
+    mod.main(["--data-dir", data_dir, flag, "--out", str(out)])
     res = json.loads((out / "results.json").read_text())
     assert res["experiment"] == name and res["quick"] is True and res["seed"] == 0
     for key in ("train_acc", "val_acc", "test_acc"):
         assert 0.0 <= res[key] <= 1.0
-    assert res["val_acc"] > 0.15 and res["test_acc"] > 0.15          # above chance even in 2 epochs
     assert res["hyperparameters"]["hidden"] >= 1 and res["wall_time_s"] > 0
     assert len(res["history"]["val_acc"]) == res["hyperparameters"]["epochs"]
     for fig in res["figures"].values():
@@ -280,3 +319,17 @@ def test_experiment_quick(name, tmp_path, capsys):
         assert res["features"]["dims"] == 154
         assert 0.0 <= res["linear_svm"]["test_acc"] <= 1.0
     assert "test acc" in capsys.readouterr().out
+    return res
+
+
+@pytest.mark.parametrize("name", ["two_layer_net", "features_net"])
+def test_experiment_smoke(name, tmp_path, capsys):
+    res = _run_on_cifar(name, tmp_path, capsys, "--smoke")
+    assert res["smoke"] is True and (res["n_train"], res["n_test"]) == (400, 200)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["two_layer_net", "features_net"])
+def test_experiment_quick(name, tmp_path, capsys):
+    res = _run_on_cifar(name, tmp_path, capsys, "--quick")
+    assert res["val_acc"] > 0.15 and res["test_acc"] > 0.15          # above chance even in 2 epochs

@@ -1,6 +1,6 @@
 """k-nearest neighbours: the three L2 implementations, L1, chunking, votes and tie rules,
-cross-validation, and the experiment's --quick run on the embedded digits (always) and on
-real CIFAR-10 (when a copy exists)."""
+cross-validation, and the experiment on the embedded digits (always) and on real CIFAR-10 (when
+a copy exists): its --smoke run in the default suite, its --quick run marked slow."""
 
 import json
 import os
@@ -203,28 +203,49 @@ def test_experiment_exits_cleanly_when_the_given_copy_is_missing(tmp_path, monke
     assert not (tmp_path / "results.json").exists()
 
 
-def test_experiment_quick_on_digits(tmp_path):
-    """Without a CIFAR-10 copy the protocol runs on the embedded digits (D = 64)."""
+def _digits_run(tmp_path, *flags):
     from experiments import knn as exp
 
     out = tmp_path / "knn"
-    returned = run_quick_experiment(exp, out)
+    returned = run_quick_experiment(exp, out, *flags)
     res = json.loads((out / "results.json").read_text())
     assert res["test_accuracy"] == returned["test_accuracy"]
     assert res["data_source"] == "digits" and res["quick"] is True and res["full"] is None
-    assert res["protocol"]["n_train"] == 1000 and res["protocol"]["n_test"] == 100
     assert res["meets_target"] is None                       # the 0.28 target is CIFAR-10's
     for metric in ("l2", "l1"):
         cv = res["cv"][metric]
+        assert np.asarray(cv["accuracies"]).shape == (len(cv["ks"]), res["protocol"]["folds"])
+        assert cv["best_k"] in cv["ks"] and res["best_k"][metric] == cv["best_k"]
+    assert max(res["speed"]["max_abs_diff_vs_vectorized"].values()) < 1e-3
+    for fig in ("distances.png", "cv.png"):
+        assert (out / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return res
+
+
+def test_experiment_smoke_on_digits(tmp_path):
+    """--smoke (300 / 50, 2 folds, ks 1 and 3): the protocol's files and structure; far above
+    chance (0.1) even at this size."""
+    res = _digits_run(tmp_path, "--smoke")
+    assert res["smoke"] is True
+    assert res["protocol"] == {**res["protocol"], "n_train": 300, "n_test": 50, "folds": 2, "ks": [1, 3]}
+    assert res["speed"]["n_test"] == 5 and res["speed"]["n_train"] == 50
+    for metric in ("l2", "l1"):
+        assert res["test_accuracy"][metric] > 0.5 and res["test_accuracy_k1"][metric] > 0.5
+
+
+@pytest.mark.slow
+def test_experiment_quick_on_digits(tmp_path):
+    """Without a CIFAR-10 copy the protocol runs on the embedded digits (D = 64)."""
+    res = _digits_run(tmp_path)
+    assert res["protocol"]["n_train"] == 1000 and res["protocol"]["n_test"] == 100
+    for metric in ("l2", "l1"):
+        cv = res["cv"][metric]
         assert np.asarray(cv["accuracies"]).shape == (len(cv["ks"]), 3)
-        assert cv["best_k"] in cv["ks"] and max(cv["mean"]) >= 0.92
+        assert max(cv["mean"]) >= 0.92
         # the digits are easy for nearest neighbours: 0.97 measured with seed 0 (chance 0.1)
         assert res["test_accuracy"][metric] >= 0.92
         assert res["test_accuracy_k1"][metric] >= 0.92
     assert res["speed"]["n_test"] == 10 and res["speed"]["n_train"] == 100
-    assert max(res["speed"]["max_abs_diff_vs_vectorized"].values()) < 1e-3
-    for fig in ("distances.png", "cv.png"):
-        assert (out / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _cifar_copy():
@@ -232,28 +253,41 @@ def _cifar_copy():
     return None if found is None else str(found)
 
 
-def test_experiment_quick_smoke(tmp_path, monkeypatch):
+def _cifar_run(tmp_path, monkeypatch, flag):
     data = _cifar_copy()
     if data is None:
         pytest.skip("CIFAR-10 copy not found: set JAXNET_CIFAR10_DIR to cifar10-jpeg.tar.gz "
-                    "(or place it at ../shared/data/) to run the kNN experiment smoke test")
+                    "(or place it at ../shared/data/) to run the kNN experiment on CIFAR-10")
     monkeypatch.syspath_prepend(str(REPO))
     from experiments import knn as exp
 
     out = tmp_path / "knn"
-    exp.main(["--quick", "--data-dir", data, "--out", str(out)])
+    exp.main([flag, "--data-dir", data, "--out", str(out)])
     res = json.loads((out / "results.json").read_text())
     assert res["experiment"] == "knn" and res["quick"] is True and res["seed"] == 0
-    assert res["wall_time_s"] > 0 and res["full"] is None
-    assert res["protocol"]["n_train"] == 1000 and res["protocol"]["n_test"] == 100
+    assert res["wall_time_s"] > 0 and res["full"] is None and res["data_source"] == "cifar10"
     for metric in ("l2", "l1"):
         cv = res["cv"][metric]
         assert np.asarray(cv["accuracies"]).shape == (len(cv["ks"]), res["protocol"]["folds"])
         assert cv["best_k"] in cv["ks"] and res["best_k"][metric] == cv["best_k"]
-        assert 0.15 < res["test_accuracy"][metric] < 0.5  # well above chance (0.1)
     speed = res["speed"]
     assert set(speed["ratio_vs_vectorized"]) == {"two_loops", "one_loop", "vectorized", "chunked_default"}
-    assert speed["ratio_vs_vectorized"]["two_loops"] > 1
     assert max(speed["max_abs_diff_vs_vectorized"].values()) < 1e-3
     for fig in ("distances.png", "cv.png"):
         assert (out / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return res
+
+
+def test_experiment_smoke_on_cifar10(tmp_path, monkeypatch):
+    res = _cifar_run(tmp_path, monkeypatch, "--smoke")
+    assert res["smoke"] is True and res["protocol"]["n_train"] == 300 and res["protocol"]["n_test"] == 50
+    assert res["protocol"]["ks"] == [1, 3] and res["speed"]["n_train"] == 50
+
+
+@pytest.mark.slow
+def test_experiment_quick_smoke(tmp_path, monkeypatch):
+    res = _cifar_run(tmp_path, monkeypatch, "--quick")
+    assert res["protocol"]["n_train"] == 1000 and res["protocol"]["n_test"] == 100
+    for metric in ("l2", "l1"):
+        assert 0.15 < res["test_accuracy"][metric] < 0.5  # well above chance (0.1)
+    assert res["speed"]["ratio_vs_vectorized"]["two_loops"] > 1

@@ -1,6 +1,6 @@
 """The course's linear classifier (jaxnet.classic): hand gradients, sanity values, SGD,
-hyperparameter search, templates, and the two experiments' --quick runs (on the embedded
-digits always, on CIFAR-10 when a copy exists)."""
+hyperparameter search, templates, and the two experiments (on the embedded digits always, on
+CIFAR-10 when a copy exists): their --smoke runs in the default suite, --quick marked slow."""
 import json
 import math
 import os
@@ -252,20 +252,22 @@ def test_coarse_to_fine_narrows_around_best():
 
 
 # ---------------------------------------------------------------- experiments on the embedded digits
+# The default suite runs each experiment's --smoke (400 training images, 2 search trials, checks on
+# 100 rows) and checks the files, the structure and what holds at any size (the initial losses,
+# naive = vectorised in float64, the loss going down); the --quick runs and their accuracy bars
+# are marked slow (`make test-slow`).
 
 # test accuracy of the --quick run with seed 0, measured: SVM 0.948, softmax 0.970 (seeds 1, 2:
 # 0.981 / 0.967 and 0.974 / 0.978); chance is 0.1
 DIGITS_MIN_TEST_ACC = {"linear_svm": 0.90, "softmax": 0.92}
 
 
-@pytest.mark.parametrize("name", ["linear_svm", "softmax"])
-def test_experiment_quick_on_digits(tmp_path, name):
+def _digits_run(tmp_path, name, *flags):
     import importlib
     module = importlib.import_module(f"experiments.{name}")
-    out = run_quick_experiment(module, tmp_path)
+    out = run_quick_experiment(module, tmp_path, *flags)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["data_source"] == "digits" and saved["experiment"] == name and saved["quick"] is True
-    assert saved["data"] == {"name": "digits", "train": 1257, "val": 270, "test": 270}
     assert saved["preprocessing"]["dim"] == 8 * 8 * 1 + 1
     init = saved["initial_loss"]
     if name == "linear_svm":
@@ -278,11 +280,29 @@ def test_experiment_quick_on_digits(tmp_path, name):
     assert all(saved["search"]["space"]["learning_rate"][0] <= t["learning_rate"]
                <= saved["search"]["space"]["learning_rate"][1] for t in saved["search"]["trials"])
     final = saved["final"]
-    assert final["test_acc"] >= DIGITS_MIN_TEST_ACC[name] and final["val_acc"] >= DIGITS_MIN_TEST_ACC[name]
     assert final["final_minibatch_loss_mean_last_100"] < final["initial_minibatch_loss"]
     for fig in ("templates", "search", "loss_curve"):
         assert Path(saved["figures"][fig]).read_bytes()[:4] == b"\x89PNG"
     assert out["final"]["test_acc"] == final["test_acc"]
+    return saved
+
+
+@pytest.mark.parametrize("name", ["linear_svm", "softmax"])
+def test_experiment_smoke_on_digits(tmp_path, name):
+    saved = _digits_run(tmp_path, name, "--smoke")
+    assert saved["smoke"] is True and saved["data"] == {"name": "digits", "train": 400, "val": 270, "test": 270}
+    assert saved["initial_loss"]["rows"] == 100 and saved["search"]["n_trials"] == 2
+    for key in ("train_acc", "val_acc", "test_acc"):
+        assert 0.0 <= saved["final"][key] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["linear_svm", "softmax"])
+def test_experiment_quick_on_digits(tmp_path, name):
+    saved = _digits_run(tmp_path, name)
+    assert saved["data"] == {"name": "digits", "train": 1257, "val": 270, "test": 270}
+    final = saved["final"]
+    assert final["test_acc"] >= DIGITS_MIN_TEST_ACC[name] and final["val_acc"] >= DIGITS_MIN_TEST_ACC[name]
 
 
 # ---------------------------------------------------------------- experiments (real CIFAR-10 copy)
@@ -291,12 +311,11 @@ def _cifar_copy():
     return cifar10_or_skip()
 
 
-@pytest.mark.parametrize("name", ["linear_svm", "softmax"])
-def test_experiment_quick(tmp_path, name, capsys):
+def _cifar_run(tmp_path, name, capsys, flag):
     import importlib
     data = _cifar_copy()
     module = importlib.import_module(f"experiments.{name}")
-    out = module.main(["--data-dir", data, "--quick", "--out", str(tmp_path)])
+    out = module.main(["--data-dir", data, flag, "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["quick"] is True and saved["experiment"] == name
     init = saved["initial_loss"]
@@ -306,11 +325,27 @@ def test_experiment_quick(tmp_path, name, capsys):
         assert init["value_W_1e-7"] == pytest.approx(math.log(10), abs=1e-3)
         assert init["value"] == pytest.approx(math.log(10), abs=0.1)
     assert saved["naive_vs_vectorized"]["grad_rel_error"] < 1e-8
-    assert saved["speed"]["speedup"] > 1
     final = saved["final"]
-    assert final["test_acc"] > 0.2 and final["val_acc"] > 0.2           # chance is 0.1
     assert saved["search"]["n_trials"] >= 1 and saved["best"]["learning_rate"] > 0
     for fig in ("templates", "search", "loss_curve"):
         assert Path(saved["figures"][fig]).is_file()
     assert out["final"]["test_acc"] == final["test_acc"]
     assert "test acc" in capsys.readouterr().out
+    return saved
+
+
+@pytest.mark.parametrize("name", ["linear_svm", "softmax"])
+def test_experiment_smoke(tmp_path, name, capsys):
+    saved = _cifar_run(tmp_path, name, capsys, "--smoke")
+    assert saved["smoke"] is True and saved["data"]["train"] == 400 and saved["preprocessing"]["dim"] == 3073
+    for key in ("train_acc", "val_acc", "test_acc"):
+        assert 0.0 <= saved["final"][key] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["linear_svm", "softmax"])
+def test_experiment_quick(tmp_path, name, capsys):
+    saved = _cifar_run(tmp_path, name, capsys, "--quick")
+    assert saved["speed"]["speedup"] > 1
+    final = saved["final"]
+    assert final["test_acc"] > 0.2 and final["val_acc"] > 0.2           # chance is 0.1

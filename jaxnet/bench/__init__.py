@@ -43,7 +43,7 @@ def run(suites=SUITES, *, quick=False) -> dict:
     if "compile" in suites:
         rows.append(S.bench_compile())
     if "knn" in suites:
-        rows.append(S.bench_knn(blocks=blocks, reps=2))
+        rows.append(S.bench_knn(blocks=blocks, reps=2, quick=quick))
     if "rnn" in suites:
         from jaxnet.bench.rnn import bench_rnn
         rows += bench_rnn(blocks=blocks, reps=reps, torch_mod=torch, quick=quick)

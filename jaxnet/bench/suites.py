@@ -247,18 +247,20 @@ def bench_compile() -> dict:
             "ratios": {}}
 
 
-def bench_knn(*, blocks=5, reps=2) -> dict:
-    """kNN L2 distances (5,000 test x 10,000 train x 3072) GFLOP/s against a matmul of the same size."""
+def bench_knn(*, blocks=5, reps=2, quick=False) -> dict:
+    """kNN L2 distances (2,000 test x 10,000 train x 3072; ``quick``: 200 x 1,000) GFLOP/s against
+    a matmul of the same size."""
     from jaxnet.classic.knn import pairwise_distances
     rng = np.random.default_rng(0)
-    te = jnp.asarray(rng.standard_normal((2000, 3072), np.float32))
-    tr = jnp.asarray(rng.standard_normal((10000, 3072), np.float32))
+    n_te, n_tr = (200, 1000) if quick else (2000, 10000)
+    te = jnp.asarray(rng.standard_normal((n_te, 3072), np.float32))
+    tr = jnp.asarray(rng.standard_normal((n_tr, 3072), np.float32))
     flops = 2.0 * te.shape[0] * tr.shape[0] * te.shape[1]
     mm = jax.jit(lambda a, b: a @ b.T)
     res = time_candidates([
         Candidate("knn pairwise_distances l2", lambda: pairwise_distances(te, tr, metric="l2"), flops=flops),
         Candidate("matmul (same shapes)", lambda: mm(te, tr), flops=flops)], blocks=blocks, reps=reps)
-    return {"name": "kNN distances 2000 x 10000 x 3072", "candidates": res,
+    return {"name": f"kNN distances {n_te} x {n_tr} x 3072", "candidates": res,
             "ratios": {"knn / matmul (GFLOP/s)": res["knn pairwise_distances l2"]["gflops"]
                        / res["matmul (same shapes)"]["gflops"]}}
 
