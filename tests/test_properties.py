@@ -2,6 +2,9 @@
 
 For every drawn configuration, the manual op must match the reference op in
 value and in VJP (float64), and the output size must follow the course's formula.
+
+Every example compiles its own program (new shapes), 0.5 to 1.5 s of CPU each: the default
+suite draws 5 configurations per sweep, ``make test-slow`` the full 15 (``*_full`` twins).
 """
 import jax
 import jax.numpy as jnp
@@ -28,6 +31,15 @@ pytestmark = pytest.mark.xdist_group("properties")
 
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
+SMOKE = settings(SETTINGS, max_examples=5)
+
+
+def _sweeps(check, *, smoke_name, full_name, **strategies):
+    """The default suite's sweep (``SMOKE``) and its slow full twin (``SETTINGS``) of one check."""
+    smoke = SMOKE(given(**strategies)(check))
+    full = pytest.mark.slow(SETTINGS(given(**strategies)(check)))
+    smoke.__name__, full.__name__ = smoke_name, full_name
+    return smoke, full
 
 
 def _vjps(f_ref, f_man, args, seed):
@@ -75,9 +87,7 @@ def _fits(shape, cfg):
     return True
 
 
-@SETTINGS
-@given(cfg=conv_configs(), seed=st.integers(0, 1000))
-def test_conv2d_manual_matches_reference(cfg, seed):
+def _check_conv2d(cfg, seed):
     assume(_fits(cfg["x"], cfg))
     with jax.enable_x64(True):
         rng = np.random.default_rng(seed)
@@ -96,11 +106,12 @@ def test_conv2d_manual_matches_reference(cfg, seed):
         assert rel_error(g_ref, g_man) < 1e-12
 
 
-@SETTINGS
-@given(n=st.integers(1, 2), h=st.integers(2, 9), w=st.integers(2, 9), c=st.integers(1, 3),
-       window=st.integers(1, 3), stride=st.integers(1, 3), padding=st.sampled_from(["SAME", "VALID", 0, 1]),
-       kind=st.sampled_from(["max", "avg"]), seed=st.integers(0, 1000))
-def test_pooling_manual_matches_reference(n, h, w, c, window, stride, padding, kind, seed):
+test_conv2d_manual_matches_reference, test_conv2d_manual_matches_reference_full = _sweeps(
+    _check_conv2d, smoke_name="test_conv2d_manual_matches_reference",
+    full_name="test_conv2d_manual_matches_reference_full", cfg=conv_configs(), seed=st.integers(0, 1000))
+
+
+def _check_pooling(n, h, w, c, window, stride, padding, kind, seed):
     if isinstance(padding, int):
         assume(padding * 2 < window and not any((s + 2 * padding - window) % stride or s + 2 * padding < window
                                                 for s in (h, w)))
@@ -117,11 +128,15 @@ def test_pooling_manual_matches_reference(n, h, w, c, window, stride, padding, k
         assert rel_error(g_ref, g_man) < 1e-12
 
 
-@SETTINGS
-@given(n=st.integers(1, 2), h=st.integers(1, 4), w=st.integers(1, 4), cin=st.integers(1, 3),
-       cout=st.integers(1, 3), k=st.integers(1, 4), stride=st.integers(1, 3), padding=st.integers(0, 1),
-       seed=st.integers(0, 1000))
-def test_conv_transpose_manual_matches_reference(n, h, w, cin, cout, k, stride, padding, seed):
+test_pooling_manual_matches_reference, test_pooling_manual_matches_reference_full = _sweeps(
+    _check_pooling, smoke_name="test_pooling_manual_matches_reference",
+    full_name="test_pooling_manual_matches_reference_full",
+    n=st.integers(1, 2), h=st.integers(2, 9), w=st.integers(2, 9), c=st.integers(1, 3),
+    window=st.integers(1, 3), stride=st.integers(1, 3), padding=st.sampled_from(["SAME", "VALID", 0, 1]),
+    kind=st.sampled_from(["max", "avg"]), seed=st.integers(0, 1000))
+
+
+def _check_conv_transpose(n, h, w, cin, cout, k, stride, padding, seed):
     assume(min((h - 1) * stride + k, (w - 1) * stride + k) - 2 * padding >= 1)
     with jax.enable_x64(True):
         rng = np.random.default_rng(seed)
@@ -135,12 +150,18 @@ def test_conv_transpose_manual_matches_reference(n, h, w, cin, cout, k, stride, 
         assert rel_error(g_ref, g_man) < 1e-12
 
 
+test_conv_transpose_manual_matches_reference, test_conv_transpose_manual_matches_reference_full = _sweeps(
+    _check_conv_transpose, smoke_name="test_conv_transpose_manual_matches_reference",
+    full_name="test_conv_transpose_manual_matches_reference_full",
+    n=st.integers(1, 2), h=st.integers(1, 4), w=st.integers(1, 4), cin=st.integers(1, 3),
+    cout=st.integers(1, 3), k=st.integers(1, 4), stride=st.integers(1, 3), padding=st.integers(0, 1),
+    seed=st.integers(0, 1000))
+
+
 def test_conv_transpose_is_the_input_gradient_of_conv(x64):
     """The course's claim: transposed convolution = the input-gradient of convolution."""
-    k = jax.random.split(jax.random.PRNGKey(0), 3)
-    x = jax.random.normal(k[0], (2, 7, 7, 3))
-    w = jax.random.normal(k[1], (3, 3, 3, 4))
-    dy = jax.random.normal(k[2], (2, 3, 3, 4))
+    rng = np.random.default_rng(0)  # NumPy: jax.random compiles a sampler per shape
+    x, w, dy = (jnp.asarray(rng.standard_normal(s)) for s in ((2, 7, 7, 3), (3, 3, 3, 4), (2, 3, 3, 4)))
     dx = jax.vjp(lambda v: ops.conv2d(v, w, stride=2), x)[1](dy)[0]
     # conv2d_transpose takes (KH, KW, C_in_of_transpose, C_out) = w with its channel axes swapped
     y = manual.conv2d_transpose(dy, jnp.swapaxes(w, 2, 3), stride=2)

@@ -3,7 +3,9 @@ with the incoming state held constant), carrying the state beats resetting it on
 structure crosses chunk boundaries, and one chunk of the whole stream is full BPTT.
 
 The model is a tiny tanh RNN written in plain jax.numpy (one-hot inputs), so these tests
-exercise the TBPTT machinery alone."""
+exercise the TBPTT machinery alone. Its weights are drawn with NumPy and most reference gradients are
+jitted: op by op, jax.random and jax.grad compiled a program per shape and per primitive, most
+of these tests' time."""
 import math
 
 import jax
@@ -31,13 +33,13 @@ def rnn_apply(params, h, x):
     return jnp.swapaxes(hs, 0, 1) @ params["wo"] + params["bo"], h
 
 
-def init(key, hidden, dtype=jnp.float32):
-    k = jax.random.split(key, 3)
+def init(seed, hidden, dtype=jnp.float32):
+    rng = np.random.default_rng(seed)
     return {
-        "wx": jax.random.normal(k[0], (V, hidden), dtype),
-        "wh": jax.random.normal(k[1], (hidden, hidden), dtype) / math.sqrt(hidden),
+        "wx": jnp.asarray(rng.standard_normal((V, hidden)), dtype),
+        "wh": jnp.asarray(rng.standard_normal((hidden, hidden)) / math.sqrt(hidden), dtype),
         "b": jnp.zeros((hidden,), dtype),
-        "wo": jax.random.normal(k[2], (hidden, V), dtype) / math.sqrt(hidden),
+        "wo": jnp.asarray(rng.standard_normal((hidden, V)) / math.sqrt(hidden), dtype),
         "bo": jnp.zeros((V,), dtype),
     }
 
@@ -53,7 +55,7 @@ def _sgd_grad(params, new_params):
 
 def test_chunk_gradient_holds_the_incoming_state_constant(x64):
     hidden = 5
-    params = init(jax.random.PRNGKey(0), hidden, jnp.float64)
+    params = init(0, hidden, jnp.float64)
     rng = np.random.default_rng(0)
     stream = rng.integers(0, V, size=(3, 13))
     (x1, y1), (x2, y2) = (stream[:, :6], stream[:, 1:7]), (stream[:, 6:12], stream[:, 7:13])
@@ -63,13 +65,13 @@ def test_chunk_gradient_holds_the_incoming_state_constant(x64):
 
     _, _, h1, loss1 = step(params, opt_state, h0, x1, y1)
     # the carry handed on equals the forward state after chunk 1
-    _, h1_fwd = rnn_apply(params, h0, x1)
+    _, h1_fwd = jax.jit(rnn_apply)(params, h0, x1)
     np.testing.assert_allclose(h1, h1_fwd, rtol=0, atol=1e-14)
     # the gradient of chunk 2 from the same params: chunk 2's loss with h1 a constant array
     new_params, _, _, loss2 = step(params, opt_state, h1, x2, y2)
     g_step = _sgd_grad(params, new_params)
     h1_const = np.asarray(h1)
-    g_manual = jax.grad(lambda p: chunk_loss(rnn_apply, p, jnp.asarray(h1_const), x2, y2)[0])(params)
+    g_manual = jax.jit(jax.grad(lambda p: chunk_loss(rnn_apply, p, jnp.asarray(h1_const), x2, y2)[0]))(params)
     for name in params:
         np.testing.assert_allclose(g_step[name], g_manual[name], rtol=1e-12, atol=1e-14, err_msg=name)
 
@@ -78,18 +80,18 @@ def test_chunk_gradient_holds_the_incoming_state_constant(x64):
         _, h = rnn_apply(p, h0, x1)
         return chunk_loss(rnn_apply, p, h, x2, y2)[0]
 
-    g_full = jax.grad(through)(params)
+    g_full = jax.jit(jax.grad(through))(params)
     assert float(jnp.max(jnp.abs(g_full["wh"] - g_step["wh"]))) > 1e-6
 
     # the returned carry is stop-gradient'ed: nothing flows back through it
-    g_carry = jax.grad(lambda p: jnp.sum(step(p, opt_state, h0, x1, y1)[2]))(params)
+    g_carry = jax.jit(jax.grad(lambda p: jnp.sum(step(p, opt_state, h0, x1, y1)[2])))(params)
     for name in params:
         assert float(jnp.max(jnp.abs(g_carry[name]))) == 0.0, name
 
 
 def test_one_chunk_of_the_whole_stream_is_full_bptt(x64):
     hidden = 4
-    params = init(jax.random.PRNGKey(1), hidden, jnp.float64)
+    params = init(1, hidden, jnp.float64)
     stream = np.random.default_rng(1).integers(0, V, size=(2, 21))
     total = stream.shape[1] - 1
     res = train_tbptt(rnn_apply, params, optax.sgd(1.0), zeros(hidden, jnp.float64), stream, total,
@@ -105,7 +107,7 @@ def test_one_chunk_of_the_whole_stream_is_full_bptt(x64):
             nll = nll - jnp.sum(logp[jnp.arange(2), stream[:, t + 1]])
         return nll / (2 * total)
 
-    g = jax.grad(full_loss)(params)
+    g = jax.grad(full_loss)(params)  # eager: the 20 unrolled steps reuse each primitive's program
     g_tbptt = _sgd_grad(params, res.params)
     for name in params:
         np.testing.assert_allclose(g_tbptt[name], g[name], rtol=1e-12, atol=1e-14, err_msg=name)
@@ -136,7 +138,7 @@ def test_carrying_the_state_beats_resetting_it():
     test_stream = batchify(_blocks(rng, 3000), 8)
     old_v, V = V, 12
     try:
-        params0 = init(jax.random.PRNGKey(2), hidden)
+        params0 = init(2, hidden)
         opt = optax.adam(2e-2)
         carried = train_tbptt(rnn_apply, params0, opt, zeros(hidden), stream, k, epochs=3, progress=False)
 
@@ -164,7 +166,7 @@ def test_carrying_the_state_beats_resetting_it():
 def test_time_budget_and_validation_history():
     hidden = 4
     stream = np.random.default_rng(3).integers(0, V, size=(4, 400))
-    res = train_tbptt(rnn_apply, init(jax.random.PRNGKey(3), hidden), optax.adam(1e-2), zeros(hidden),
+    res = train_tbptt(rnn_apply, init(3, hidden), optax.adam(1e-2), zeros(hidden),
                       stream, 8, epochs=50, time_budget_s=0.2, val_stream=stream[:, :50], val_every=10,
                       progress=False)
     assert res.stopped_by_budget and res.train_time_s >= 0.2
@@ -174,18 +176,18 @@ def test_time_budget_and_validation_history():
     assert all(b > 0 and math.isfinite(b) for b in h["val_bpc"])
     assert res.epochs_started >= 1 and len(res.train_losses) == res.steps
     with pytest.raises(ValueError, match="time_budget_s"):
-        train_tbptt(rnn_apply, init(jax.random.PRNGKey(3), hidden), optax.adam(1e-2), zeros(hidden),
+        train_tbptt(rnn_apply, init(3, hidden), optax.adam(1e-2), zeros(hidden),
                     stream, 8, time_budget_s=0.0, progress=False)
     with pytest.raises(ValueError, match="epochs"):
-        train_tbptt(rnn_apply, init(jax.random.PRNGKey(3), hidden), optax.adam(1e-2), zeros(hidden),
+        train_tbptt(rnn_apply, init(3, hidden), optax.adam(1e-2), zeros(hidden),
                     stream, 8, epochs=0, progress=False)
     with pytest.raises(ValueError, match="budget_clock"):
-        train_tbptt(rnn_apply, init(jax.random.PRNGKey(3), hidden), optax.adam(1e-2), zeros(hidden),
+        train_tbptt(rnn_apply, init(3, hidden), optax.adam(1e-2), zeros(hidden),
                     stream, 8, budget_clock="gpu", progress=False)
 
 
 def test_evaluate_bpc_of_a_uniform_model_is_log2_v():
-    params = jax.tree.map(jnp.zeros_like, init(jax.random.PRNGKey(0), 3))
+    params = jax.tree.map(jnp.zeros_like, init(0, 3))
     stream = np.random.default_rng(0).integers(0, V, size=(2, 33))
     assert evaluate_bpc(rnn_apply, params, zeros(3), stream, 8) == pytest.approx(math.log2(V), rel=1e-6)
     assert LN2 == pytest.approx(math.log(2))
