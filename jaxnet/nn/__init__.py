@@ -20,6 +20,9 @@ from jaxnet.nn.models import (MODELS, fast_convnet, fully_connected_net, get_mod
 from jaxnet.nn.summary import Summary, SummaryRow, count_params, summary
 from jaxnet.nn.recurrent import (GRU, LSTM, RNN, Bidirectional, Embedding, StackedRNN, TemporalAffine,
                                  reverse_within_length)
+from jaxnet.nn.transformer import (FeedForward, LearnedPositions, MultiHeadAttention, SinusoidalPositions,
+                                   TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
+                                   TransformerEncoderLayer, VisionTransformer, causal_mask, sinusoidal_positions)
 from jaxnet.nn import decode
 
 __all__ = [
@@ -35,5 +38,8 @@ __all__ = [
     "summary", "Summary", "SummaryRow", "count_params",
     "intermediates", "forward_with_intermediates", "activation_stats",
     "Embedding", "TemporalAffine", "RNN", "LSTM", "GRU", "StackedRNN", "Bidirectional", "reverse_within_length",
+    "MultiHeadAttention", "FeedForward", "SinusoidalPositions", "LearnedPositions", "TransformerEncoderLayer",
+    "TransformerDecoderLayer", "TransformerEncoder", "TransformerDecoder", "VisionTransformer", "causal_mask",
+    "sinusoidal_positions",
     "decode",
 ]
