@@ -56,8 +56,13 @@ Pipeline:
 Outputs in ``--out``: ``results.json``, ``captions.png`` (held-out images with generated
 captions), ``loss.png`` (training loss curves).
 
-    python -m experiments.captioning [--quick] [--data digits|cifar] [--out DIR]
+    python -m experiments.captioning [--quick] [--smoke] [--data digits|cifar] [--out DIR]
         [--inject every|init] [--features prob|logprob|logits] [--schedule cosine|exp]
+
+``--quick``: 800 / 300 digit strings, classifiers 4 epochs, captioners 4 epochs (``make
+test-slow`` checks its accuracies); ``--smoke`` (the default test suite's run): 200 / 60
+strings, one epoch each, 20 overfitting steps: the same code path and outputs, numbers not
+meant to be read.
 
 The configuration of the first committed digits run (LSTM 0.913) is
 ``--inject init --features logits --schedule exp --n-train 20000``.
@@ -224,14 +229,13 @@ def decode_beam(params, features, *, cell: str, max_len: int, beam_size: int):
 
 def _data(args):
     """(CaptionData, images scaled for the classifier, slot layout)."""
-    q = args.quick
     if args.data == "digits":
-        n_tr, n_te = (800, 300) if q else (args.n_train or 12000, args.n_test or 1000)
+        n_tr, n_te = _common.sized(args, (args.n_train or 12000, args.n_test or 1000), (800, 300), (200, 60))
         return digit_strings(n_tr, n_te, seed=args.seed)
     from jaxnet.data.captions import cifar_mosaics
 
     ds = _common.load_data(args, val_size=0)
-    n_tr, n_te = (1500, 300) if q else (args.n_train or 6000, args.n_test or 1000)
+    n_tr, n_te = _common.sized(args, (args.n_train or 6000, args.n_test or 1000), (1500, 300), (200, 60))
     return cifar_mosaics(ds, n_tr, n_te, seed=args.seed)
 
 
@@ -265,12 +269,12 @@ def _train_classifiers(args, data):
         xf = x[used].astype(np.float32) / 255.0
         mean, std = xf.mean(axis=(0, 1, 2)), xf.std(axis=(0, 1, 2)) + 1e-6
         scale = lambda im: ((np.asarray(im, np.float32) / 255.0 - mean) / std).astype(np.float32)  # noqa: E731
-        channels, epochs = (16, 32, 64), (3 if args.quick else args.classifier_epochs or 8)
+        channels, epochs = (16, 32, 64), _common.sized(args, args.classifier_epochs or 8, 3, 1)
         aug = {"crop_padding": 2, "flip": True}
         folds = args.folds or 2
     else:
         scale = lambda im: np.asarray(im, np.float32)  # noqa: E731 - digits already in [0, 1]
-        channels, epochs = (32, 64), (4 if args.quick else args.classifier_epochs or 20)
+        channels, epochs = (32, 64), _common.sized(args, args.classifier_epochs or 20, 4, 1)
         aug = None  # random shifts of these centred 8x8 digits lowered held-out accuracy
         folds = args.folds or (2 if args.quick else 3)
     fold = np.full(len(y), -1, np.int64)
@@ -522,7 +526,7 @@ def main(argv=None):
     length = vocab.max_tokens(data.train.captions + data.test.captions)
     c_tr = vocab.encode(data.train.captions, length)
     max_len = length - 1  # words + <END>
-    epochs = 4 if args.quick else args.epochs
+    epochs = _common.sized(args, args.epochs, 4, 1)
     batch = 50 if args.quick else 100
     # --quick: 64 steps, too few to decay over; the learning rate stays constant (exp with decay 1)
     schedule = "exp" if args.quick else args.schedule
@@ -537,7 +541,7 @@ def main(argv=None):
                              "hidden": args.hidden, "wordvec": args.wordvec, "epochs": epochs, "batch": batch},
                "oracle": {"bleu4": bleu4(oracle, refs), "accuracy": exact_match(oracle, refs)},
                "overfit50": {}, "models": {}, "train_time_s": {}}
-    overfit_steps = 120 if args.quick else 300
+    overfit_steps = _common.sized(args, 300, 120, 20)
     losses_plot, shown_caps = {}, {}
     for cell in CELLS:
         print(f"{cell}:", flush=True)

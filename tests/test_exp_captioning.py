@@ -1,4 +1,5 @@
-"""experiments.captioning: the quick digits run, the decoders against a step-by-step loop, the BLEU wrapper."""
+"""experiments.captioning: the smoke digits run (default suite) and the quick one with its accuracy claims
+(slow), the decoders against a step-by-step loop, the BLEU wrapper."""
 import json
 import os
 
@@ -10,22 +11,46 @@ import pytest
 from experiments import captioning as cap
 from jaxnet.data.captions import END, START
 
-# `--dist loadgroup` (pyproject.toml): the module runs on one xdist worker, so the quick run (a module
+# `--dist loadgroup` (pyproject.toml): the module runs on one xdist worker, so each run (a module
 # fixture) is built once.
 pytestmark = pytest.mark.xdist_group("exp_captioning")
 
 
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    out = tmp_path_factory.mktemp("captioning")
-    cap.main(["--quick", "--out", str(out)])
+def _run(tmp_path_factory, flag):
+    out = tmp_path_factory.mktemp("captioning" + flag)
+    cap.main([flag, "--out", str(out)])
     with open(out / "results.json") as f:
         return json.load(f), out
 
 
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    return _run(tmp_path_factory, "--quick")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    return _run(tmp_path_factory, "--smoke")
+
+
+def test_smoke_run_writes_every_number(smoke):
+    res, out = smoke
+    assert res["data"] == "digits" and res["smoke"] is True and (res["n_train"], res["n_test"]) == (200, 60)
+    assert res["captioner"]["epochs"] == 1 and res["classifier"]["epochs"] == 1
+    for cell in ("rnn", "lstm"):
+        assert res["overfit50"][cell]["steps"] == 20
+        assert res["overfit50"][cell]["final_loss"] < res["overfit50"][cell]["initial_loss"]
+    _check_every_number(res, out)
+
+
+@pytest.mark.slow
 def test_quick_run_writes_every_number(quick):
     res, out = quick
     assert res["data"] == "digits" and res["quick"] is True
+    _check_every_number(res, out)
+
+
+def _check_every_number(res, out):
     assert res["captioner"]["inject"] == "every" and res["captioner"]["features"] == "prob"
     assert res["command"].startswith("python -m experiments.captioning")
     for cell in ("rnn", "lstm"):
@@ -40,6 +65,7 @@ def test_quick_run_writes_every_number(quick):
         assert os.path.getsize(out / png) > 1000
 
 
+@pytest.mark.slow
 def test_quick_lstm_reads_held_out_strings(quick):
     res, _ = quick
     # chance of a whole caption (2-5 digits, ten words each) is below 1e-2; the quick run (64 steps,
@@ -56,6 +82,7 @@ def test_quick_lstm_reads_held_out_strings(quick):
     assert res["classifier"]["test_pool_accuracy"] > 0.93
 
 
+@pytest.mark.slow
 def test_quick_overfit_50_captions(quick):
     res, _ = quick
     for cell in ("rnn", "lstm"):
