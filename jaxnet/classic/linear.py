@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnet.nn.init import small
+
 __all__ = [
     "add_bias_column", "flatten_images", "linear_features",
     "svm_loss_naive", "svm_loss_vectorized", "softmax_loss_naive", "softmax_loss_vectorized",
@@ -234,7 +236,7 @@ LOSSES = {"svm": _svm_vec, "softmax": _softmax_vec}
 def init_weights(key_or_seed, dim: int, num_classes: int, *, scale: float = 1e-4, dtype=jnp.float32):
     """The course's ``W = 0.0001 * randn(D, C)`` (small, so the initial loss is at chance)."""
     key = jax.random.PRNGKey(key_or_seed) if isinstance(key_or_seed, int) else key_or_seed
-    return scale * jax.random.normal(key, (dim, num_classes), dtype)
+    return small(key, (dim, num_classes), scale=scale, dtype=dtype)     # = scale * jax.random.normal(...)
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "num_iters", "batch_size"))

@@ -43,6 +43,7 @@ import numpy as np
 
 from jaxnet import functional as F
 from jaxnet.nn.init import get_initializer
+from jaxnet.nn.init import small as init_small
 from jaxnet.nn.layers import Layer, _check_train, _float, _name, _shape
 from jaxnet.ops.attention import DEFAULT_BLOCK_SIZE
 from jaxnet.ops.regularization import check_rate
@@ -307,7 +308,7 @@ class LearnedPositions(SinusoidalPositions):
 
     def init(self, key, input_shape):
         shape = self.output_shape(input_shape)
-        return {"w": self.scale * jax.random.normal(key, (self.max_len, shape[2]), _float())}, {}
+        return {"w": init_small(key, (self.max_len, shape[2]), scale=self.scale, dtype=_float())}, {}
 
     def _table(self, params, d, dtype):
         w = params["w"]
@@ -675,7 +676,7 @@ class VisionTransformer(Layer):
         n_tokens, c = self.tokens(input_shape), int(input_shape[3])
         k = jax.random.split(key, 5)
         params = {"embed": _affine(k[0], self.patch * self.patch * c, self.features, self.w_init),
-                  "pos": 0.02 * jax.random.normal(k[1], (n_tokens, self.features), _float()),
+                  "pos": init_small(k[1], (n_tokens, self.features), scale=0.02, dtype=_float()),
                   "encoder": self.encoder.init(k[2], (1, n_tokens, self.features))[0],
                   "head": _affine(k[3], self.features, self.num_classes, self.w_init)}
         if self.pool == "cls":
