@@ -74,7 +74,10 @@ KINKS = {
 }
 
 
-@pytest.mark.parametrize("dtype,jit", [("float64", False), ("float32", False), ("float32", True)],
+# float32 eagerly is in the slow tier (make test-slow): float64 eagerly and float32 jitted, as training
+# runs, bracket it in the default suite.
+@pytest.mark.parametrize("dtype,jit", [("float64", False), pytest.param("float32", False, marks=pytest.mark.slow),
+                                       ("float32", True)],
                          ids=["float64", "float32", "float32-jit"])
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("name", list(KINKS))

@@ -159,7 +159,9 @@ def test_float_mask_gets_no_gradient(x64):
 
 # ------------------------------------------------------------------------------------- transforms
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+# float32 (what training runs) in the default suite; the float64 twin, at 1e-12, in the slow tier
+# (the float64 gradient audit already holds both paths to 1e-9 on every configuration).
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.float64, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("op", ["rnn", "lstm", "gru"])
 def test_jit_vmap_grad_both_paths(op, dtype):
     with jax.enable_x64(dtype == jnp.float64):
