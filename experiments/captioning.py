@@ -508,9 +508,13 @@ def _extra(parser):
                         help="CIFAR-10 training images for the feature classifier")
 
 
-def main(argv=None):
-    args = _common.parse_args("captioning", __doc__.splitlines()[0], _extra, argv)
-    t0 = time.perf_counter()
+def prepare(args):
+    """The data every captioner trains on: the caption set, the cross-fitted classifiers' per-slot
+    features (standardised with the training statistics), the encoded training captions, the
+    held-out references and the oracle's captions. Returns a SimpleNamespace; sets
+    ``args.vocab_size``."""
+    from types import SimpleNamespace
+
     data = _data(args)
     vocab = data.vocab
     args.vocab_size = len(vocab)
@@ -524,14 +528,23 @@ def main(argv=None):
     mu, sd = f_tr.mean(0), f_tr.std(0) + 1e-6  # feature standardisation, training statistics
     f_tr, f_te = (f_tr - mu) / sd, (f_te - mu) / sd
     length = vocab.max_tokens(data.train.captions + data.test.captions)
-    c_tr = vocab.encode(data.train.captions, length)
-    max_len = length - 1  # words + <END>
+    return SimpleNamespace(data=data, vocab=vocab, clf_info=clf_info, f_tr=f_tr, f_te=f_te, pred_te=pred_te,
+                           n_slots=n_slots, length=length, c_tr=vocab.encode(data.train.captions, length),
+                           max_len=length - 1,  # words + <END>
+                           refs=list(data.test.captions), oracle=_oracle_captions(args, data, data.test, pred_te))
+
+
+def main(argv=None):
+    args = _common.parse_args("captioning", __doc__.splitlines()[0], _extra, argv)
+    t0 = time.perf_counter()
+    prep = prepare(args)
+    data, vocab, clf_info, f_tr, f_te = prep.data, prep.vocab, prep.clf_info, prep.f_tr, prep.f_te
+    length, c_tr, max_len = prep.length, prep.c_tr, prep.max_len
     epochs = _common.sized(args, args.epochs, 4, 1)
     batch = 50 if args.quick else 100
     # --quick: 64 steps, too few to decay over; the learning rate stays constant (exp with decay 1)
     schedule = "exp" if args.quick else args.schedule
-    refs = list(data.test.captions)
-    oracle = _oracle_captions(args, data, data.test, pred_te)
+    refs, oracle = prep.refs, prep.oracle
     results = {"data": args.data, "command": "python -m experiments.captioning " + " ".join(sys.argv[1:] if argv is None else argv),
                "n_train": len(data.train), "n_test": len(data.test), "vocab_size": len(vocab),
                "caption_tokens": length, "feature_dim": int(f_tr.shape[1]), "classifier": clf_info,

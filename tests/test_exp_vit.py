@@ -63,3 +63,19 @@ def test_convnet_at_equal_time():
 def test_quick_run_learns_the_digits(tmp_path):
     res = run_quick_experiment(exp, tmp_path)
     assert res["vit"]["final"] > 0.5
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--depth", "0"], "depth"),
+    (["--heads", "7"], "divisible by num_heads=7"),
+    (["--patch", "3"], "patch=3 must divide"),
+    (["--epochs", "0"], "--epochs"),
+    (["--lr", "-1"], "--lr"),
+    (["--label-smoothing", "1.5"], "--label-smoothing"),
+])
+def test_bad_flags_exit_with_one_line(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        exp.main(["--smoke", "--out", str(tmp_path), *flags])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("experiments.vit: ") and message in err[0], err

@@ -322,6 +322,8 @@ def _run_on_cifar(name, tmp_path, capsys, flag):
     return res
 
 
+# the same runs on the embedded digits are in the default suite; on CIFAR-10 they are slow
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["two_layer_net", "features_net"])
 def test_experiment_smoke(name, tmp_path, capsys):
     res = _run_on_cifar(name, tmp_path, capsys, "--smoke")

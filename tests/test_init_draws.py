@@ -21,7 +21,9 @@ SCALED = {
     "glorot_normal": lambda z, fi, fo: z * math.sqrt(2.0 / (fi + fo)),
     "he": lambda z, fi, fo: z * math.sqrt(2.0 / fi),
 }
-SHAPES = [(3, 5), (7,), (1,), (3, 3, 16, 32), (300, 70), (16384,), (16385,), (33000, 2)]
+# a matrix, a conv kernel, one element, and both sides of the smallest draw's size (16,384); each
+# reference draw compiles its own kernel (what the fast path avoids), so the list stays short
+SHAPES = [(3, 5), (3, 3, 4, 8), (1,), (16384,), (16385,)]
 
 
 def _reference(name, key, shape, dtype):
@@ -31,8 +33,8 @@ def _reference(name, key, shape, dtype):
 
 @pytest.mark.parametrize("name", list(SCALED))
 def test_eager_draws_equal_jax_random_normal_bit_for_bit(name):
-    for key in (jax.random.key(0), jax.random.PRNGKey(7)):
-        for shape in SHAPES:
+    for key, shapes in ((jax.random.key(0), SHAPES), (jax.random.PRNGKey(7), SHAPES[:2])):
+        for shape in shapes:
             got = getattr(init, name)(key, shape)
             want = _reference(name, key, shape, jnp.float32)
             assert got.dtype == want.dtype and got.shape == want.shape

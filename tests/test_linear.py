@@ -334,6 +334,8 @@ def _cifar_run(tmp_path, name, capsys, flag):
     return saved
 
 
+# the same runs on the embedded digits are in the default suite; on CIFAR-10 they are slow
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["linear_svm", "softmax"])
 def test_experiment_smoke(tmp_path, name, capsys):
     saved = _cifar_run(tmp_path, name, capsys, "--smoke")

@@ -274,3 +274,23 @@ def test_attention_rollout():
     vit = VisionTransformer(3, patch=4, depth=2, features=4, num_heads=2, ff_hidden=8)
     maps = vit.attention_weights(_init(vit, img.shape, 13), img)
     assert len(maps) == 2 and maps[0].shape == (1, 2, 4, 4)
+
+
+def test_decoder_cross_attention_weights_read_the_memory():
+    x, mem = _x((2, 4, 8)), _x((2, 3, 8), 14)
+    for norm_first in (False, True):
+        dec = TransformerDecoder(2, 2, 16, norm_first=norm_first)
+        p = _init(dec, x.shape, 15)
+        ws = dec.cross_attention_weights(p, x, memory=mem, memory_padding_mask=jnp.array([[1, 1, 0], [1, 1, 1]]))
+        assert len(ws) == 2 and ws[0].shape == (2, 2, 4, 3)
+        np.testing.assert_allclose(jnp.sum(ws[1], -1), 1, rtol=1e-12)
+        np.testing.assert_array_equal(ws[0][0, :, :, 2], 0)              # the padded memory slot is never read
+        # the first layer's weights are those of its cross-attention on its own input
+        layer = dec.layer
+        h = layer._residual(p["0"], "self_attn", x, lambda h, k: layer._attention(causal=True).apply(
+            p["0"]["self_attn"], {}, h, train=False)[0], None, False)
+        q = h if not norm_first else (h - h.mean(-1, keepdims=True)) / jnp.sqrt(h.var(-1, keepdims=True) + 1e-5) \
+            * p["0"]["norm_cross_attn"]["gamma"] + p["0"]["norm_cross_attn"]["beta"]
+        want = layer._attention().attention_weights(p["0"]["cross_attn"], q, context=mem,
+                                                    key_padding_mask=jnp.array([[1, 1, 0], [1, 1, 1]]))
+        np.testing.assert_allclose(ws[0], want, rtol=1e-10)

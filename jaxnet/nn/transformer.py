@@ -600,6 +600,20 @@ class TransformerDecoder(_Stack):
                             key_padding_mask=key_padding_mask, memory_padding_mask=memory_padding_mask)[0]
         return self._finish(params, x), state
 
+    def cross_attention_weights(self, params, x, *, memory, memory_padding_mask=None):
+        """Every layer's cross-attention weights onto ``memory`` in eval mode: a list of ``depth``
+        arrays (N, heads, T, S) -- which memory positions each target position reads."""
+        layer, out = self.layer, []
+        self_attn, cross = layer._attention(causal=True), layer._attention(context_features=self.memory_features)
+        for i in range(self.depth):
+            p = params[str(i)]
+            h = layer._residual(p, "self_attn", x, lambda h, k: self_attn.apply(p["self_attn"], {}, h, train=False)[0],
+                                None, False)
+            q = _layer_norm(p["norm_cross_attn"], h, self.impl) if self.norm_first else h
+            out.append(cross.attention_weights(p["cross_attn"], q, context=memory, key_padding_mask=memory_padding_mask))
+            x = layer.apply(p, {}, x, train=False, memory=memory, memory_padding_mask=memory_padding_mask)[0]
+        return out
+
     def init_cache(self, batch_size: int, max_len: int, features: int, dtype=None):
         """One :meth:`MultiHeadAttention.init_cache` per layer: ``{"0": {"k", "v"}, ...}``."""
         attn = self.layer._attention(causal=True)
