@@ -233,7 +233,7 @@ def main(argv=None) -> dict:
         args.flip = False
     if args.smoke:                              # a one-layer model, unless the flags say otherwise
         _unless_given(args, depth=1, features=32, heads=2, ff_hidden=64)
-    epochs = args.epochs or sized(args, 7, 2, 2)
+    epochs = args.epochs if args.epochs is not None else sized(args, 7, 2, 2)
     _check_args(args, epochs, ds.x_train.shape)
     vit, (model, ts) = train(args, ds, epochs, args.quick)
     convnet = _load_convnet(args.convnet_results) if source == "cifar10" else None

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import caption_transformer as exp
-from jaxnet.data.captions import START
+from jaxnet.data.captions import END, START
 
 pytestmark = pytest.mark.xdist_group("exp_caption_transformer")
 
@@ -39,7 +39,8 @@ def test_cached_greedy_decoding_equals_the_full_forward():
         tokens = np.concatenate([tokens, np.asarray(jnp.argmax(scores[:, -1], -1), np.int32)[:, None]], axis=1)
     want = tokens[:, 1:]
     for row_got, row_want in zip(got, want):       # equal up to (and including) the first <END>
-        n = len(row_want)
+        ends = np.flatnonzero(row_want == END)
+        n = ends[0] + 1 if len(ends) else len(row_want)
         np.testing.assert_array_equal(row_got[:n], row_want[:n])
 
 

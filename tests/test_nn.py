@@ -373,18 +373,15 @@ def test_with_impl_is_recursive_and_models_are_hashable():
 GRAD_MODELS = [
     ("two_layer", dict(hidden=7), (4, 6, 6, 1)),
     ("fc", dict(hidden_dims=(6, 5), normalization="batchnorm", dropout=0.3), (5, 7)),
-    pytest.param("fc", dict(hidden_dims=(5,), normalization="layernorm", activation="elu"), (3, 2, 3),
-                 marks=pytest.mark.slow),
+    ("fc", dict(hidden_dims=(5,), normalization="layernorm", activation="elu"), (3, 2, 3)),
     ("three_layer_convnet", dict(num_filters=3, filter_size=3, hidden_dim=5), (2, 6, 6, 2)),
-    pytest.param("convnet", dict(channels=(4, 4)), (3, 8, 8, 1), marks=pytest.mark.slow),
+    ("convnet", dict(channels=(4, 4)), (3, 8, 8, 1)),
     ("convnet", dict(channels=(4,), norm="groupnorm", groups=2, pool="avg", dropout=0.2), (2, 7, 7, 2)),
     # regression: max pool after group norm under jit (the winner is recorded in the forward pass)
     ("convnet", dict(channels=(4,), norm="groupnorm", groups=2), (5, 6, 6, 2)),
     ("fast_convnet", dict(stem=3, widths=(4, 4)), (3, 8, 8, 2)),
-    pytest.param("fast_convnet", dict(stem=4, widths=(4,), norm="groupnorm", groups=2), (2, 6, 6, 3),
-                 marks=pytest.mark.slow),
+    ("fast_convnet", dict(stem=4, widths=(4,), norm="groupnorm", groups=2), (2, 6, 6, 3)),
 ]
-# (the slow entries' layers and norms are each covered by a default-suite model above)
 
 
 @pytest.mark.parametrize("name,kwargs,shape", GRAD_MODELS)

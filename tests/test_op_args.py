@@ -90,12 +90,7 @@ def _ids(table):
     return [f"{op}-{arg}" for op, arg in table]
 
 
-# Both paths call the same check functions: the default suite runs the manual path, the slow tier
-# (make test-slow) the reference path as well.
-MANUAL_FIRST = ["manual"] + [pytest.param(p, marks=pytest.mark.slow) for p in PATHS if p != "manual"]
-
-
-@pytest.mark.parametrize("path", MANUAL_FIRST)
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("op,arg", list(HYPER), ids=_ids(HYPER))
 def test_bad_hyperparameters_are_refused_in_one_line(op, arg, path):
     call, _, _, bad = HYPER[op, arg]
@@ -108,7 +103,7 @@ def test_bad_hyperparameters_are_refused_in_one_line(op, arg, path):
         assert "\n" not in msg, msg
 
 
-@pytest.mark.parametrize("path", MANUAL_FIRST)
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("op,arg", list(HYPER), ids=_ids(HYPER))
 def test_numpy_scalars_work_like_python_numbers(op, arg, path):
     call, good, spellings, _ = HYPER[op, arg]

@@ -213,8 +213,7 @@ def test_functional_dispatches_both_paths(x64):
 
 # ----------------------------------------------------------------------------- steps vs sequences
 
-# the manual path in the default suite; the reference path's twin (a scan of its own step) is slow
-@pytest.mark.parametrize("path", [p if p == "manual" else pytest.param(p, marks=pytest.mark.slow) for p in PATHS])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("op", ["rnn", "lstm", "gru"])
 def test_step_loop_matches_sequence_op(op, path, x64):
     m = PATHS[path]
