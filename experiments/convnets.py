@@ -182,21 +182,29 @@ class EpochLog:
             raise StopTraining("time budget")
 
 
+def warmup_cosine_plan(args, n: int, epochs: int):
+    """(batch size, steps per epoch, warmup steps, schedule) for ``n`` training images: peak
+    ``args.lr`` after ``args.warmup_epochs`` of linear warmup (at least one step, at most all but
+    one), then a cosine to 0 at the last of ``epochs`` epochs of ``args.batch_size``."""
+    from jaxnet.optim.schedules import make_schedule
+    from jaxnet.train import num_batches
+
+    bs = min(args.batch_size, n)
+    steps = num_batches(n, bs)
+    total = epochs * steps
+    warmup = max(1, min(total - 1, int(round(args.warmup_epochs * steps))))
+    return bs, steps, warmup, make_schedule("warmup_cosine", args.lr, total_steps=total, warmup_steps=warmup)
+
+
 def run_best(args, ds, quick: bool, epochs: int) -> dict:
     from jaxnet.data import augment
     from jaxnet.nn import count_params, fast_convnet
     from jaxnet.optim import make_optimizer
-    from jaxnet.optim.schedules import make_schedule
-    from jaxnet.train import fit, num_batches, save_checkpoint
+    from jaxnet.train import fit, save_checkpoint
 
     model = fast_convnet(stem=args.stem, widths=tuple(args.widths), norm=args.norm, impl=args.impl)
     ds = ds.replace(x_val=ds.x_val[:0], y_val=ds.y_val[:0])  # evaluated on the test split, no validation
-    n = len(ds.y_train)
-    bs = min(args.batch_size, n)
-    steps_per_epoch = num_batches(n, bs)
-    total = epochs * steps_per_epoch
-    warmup = max(1, min(total - 1, int(round(args.warmup_epochs * steps_per_epoch))))
-    sched = make_schedule("warmup_cosine", args.lr, total_steps=total, warmup_steps=warmup)
+    bs, steps_per_epoch, warmup, sched = warmup_cosine_plan(args, len(ds.y_train), epochs)
     opt = make_optimizer("nesterov", sched, weight_decay=args.weight_decay)
     loss_fn = functools.partial(smoothed_cross_entropy, smoothing=args.label_smoothing)
     flip = getattr(args, "flip", True)

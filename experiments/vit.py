@@ -46,19 +46,24 @@ DESCRIPTION = "A vision transformer on CIFAR-10 in 20 CPU minutes, beside the co
 TARGET = 0.60
 
 
+# the flags' defaults, which --smoke and the digits adapt unless the flag is given
+_DEFAULTS = {"patch": 4, "crop_padding": 4, "batch_size": 128, "depth": 4, "features": 96, "heads": 4,
+             "ff_hidden": 192}
+
+
 def _extra(parser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default 7; quick 2; smoke 2)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=_DEFAULTS["batch_size"])
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
     parser.add_argument("--warmup-epochs", type=float, default=1.0)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
-    parser.add_argument("--crop-padding", type=int, default=4)
-    parser.add_argument("--patch", type=int, default=4)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--features", type=int, default=96)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--ff-hidden", type=int, default=192)
+    parser.add_argument("--crop-padding", type=int, default=_DEFAULTS["crop_padding"])
+    parser.add_argument("--patch", type=int, default=_DEFAULTS["patch"])
+    parser.add_argument("--depth", type=int, default=_DEFAULTS["depth"])
+    parser.add_argument("--features", type=int, default=_DEFAULTS["features"])
+    parser.add_argument("--heads", type=int, default=_DEFAULTS["heads"])
+    parser.add_argument("--ff-hidden", type=int, default=_DEFAULTS["ff_hidden"])
     parser.add_argument("--pool", choices=("mean", "cls"), default="mean")
     parser.add_argument("--impl", choices=("manual", "auto"), default="manual")
     parser.add_argument("--time-budget", type=float, default=1200.0,
@@ -79,19 +84,13 @@ def train(args, ds, epochs: int, quick: bool) -> tuple[dict, object]:
     from jaxnet.data import augment
     from jaxnet.nn import count_params
     from jaxnet.optim import make_optimizer
-    from jaxnet.optim.schedules import make_schedule
-    from jaxnet.train import fit, num_batches
+    from jaxnet.train import fit
 
-    from experiments.convnets import EpochLog, smoothed_cross_entropy
+    from experiments.convnets import EpochLog, smoothed_cross_entropy, warmup_cosine_plan
 
     model = build_model(args)
     ds = ds.replace(x_val=ds.x_val[:0], y_val=ds.y_val[:0])
-    n = len(ds.y_train)
-    bs = min(args.batch_size, n)
-    steps = num_batches(n, bs)
-    total = epochs * steps
-    warmup = max(1, min(total - 1, int(round(args.warmup_epochs * steps))))
-    sched = make_schedule("warmup_cosine", args.lr, total_steps=total, warmup_steps=warmup)
+    bs, steps, warmup, sched = warmup_cosine_plan(args, len(ds.y_train), epochs)
     opt = make_optimizer("adamw", sched, weight_decay=args.weight_decay)
     loss_fn = functools.partial(smoothed_cross_entropy, smoothing=args.label_smoothing)
     flip = getattr(args, "flip", True)
@@ -118,10 +117,6 @@ def train(args, ds, epochs: int, quick: bool) -> tuple[dict, object]:
         "final": h[headline][-1], "train_time_s": log.cum, "stopped_at_budget": log.stopped,
         "images_per_second_median": float(np.median(ips[1:] if len(ips) > 1 else ips)),
     }, (model, res.train_state)
-
-
-_DEFAULTS = {"patch": 4, "crop_padding": 4, "batch_size": 128, "depth": 4, "features": 96, "heads": 4,
-             "ff_hidden": 192}
 
 
 def _unless_given(args, **values) -> None:

@@ -56,7 +56,7 @@ class AuditResult:
     manual_vs_autodiff_rel_error: float
     manual_vs_numeric_rel_error: float
     autodiff_vs_numeric_rel_error: float
-    jit_rel_error: float | None          # None: the eager VJP was not run (``audit_case(..., eager=False)``)
+    jit_rel_error: float
     numeric_tol: float
     seconds: float
     dtype: str = "float64"
@@ -72,7 +72,7 @@ class AuditResult:
                 and self.manual_vs_autodiff_rel_error <= MANUAL_VS_AUTODIFF_TOL
                 and self.forward_scale_error <= SCALE_TOL
                 and self.manual_vs_autodiff_scale_error <= SCALE_TOL
-                and (self.jit_rel_error is None or self.jit_rel_error <= JIT_TOL)
+                and self.jit_rel_error <= JIT_TOL
                 and self.manual_vs_numeric_rel_error <= self.numeric_tol
                 and self.autodiff_vs_numeric_rel_error <= self.numeric_tol)
 
@@ -84,14 +84,11 @@ class AuditResult:
         return d
 
 
-def audit_case(spec: registry.OpSpec, case: registry.Case, *, seed: int = 0, eager: bool = True) -> AuditResult:
+def audit_case(spec: registry.OpSpec, case: registry.Case, *, seed: int = 0) -> AuditResult:
     """Audit one op configuration in float64, differentiating ``spec.differentiated(args)``.
 
-    Compared: forwards, manual vs autodiff vs central differences (one jitted program), and,
-    with ``eager`` (the default), the manual VJP run op by op without ``jit`` against its jitted
-    self.  ``eager=False`` skips that last check (``jit_rel_error`` is None): every eager
-    primitive compiles its own kernel, the bulk of a small case's time.  The test suite runs it
-    on each op's first case.
+    Compared: forwards, manual vs autodiff vs central differences (one jitted program), and
+    the manual VJP run op by op without ``jit`` against its jitted self.
     """
     start = time.perf_counter()
     with jax.enable_x64(True):
@@ -115,18 +112,16 @@ def audit_case(spec: registry.OpSpec, case: registry.Case, *, seed: int = 0, eag
             return forward, g_ref, g_man, g_num
 
         (fwd_ref, fwd_man), g_ref, g_man_jit, g_num = jitted(primals, ct)
-        # eager: op by op, no jit
-        g_man = jax.vjp(f_man, *primals)[1](ct) if eager else g_man_jit
+        g_man = jax.vjp(f_man, *primals)[1](ct)          # eager: op by op, no jit
 
         names = spec.arg_names(diff)
         comps = (compare(g_man, g_ref, names, "manual vs autodiff"),
                  compare(g_man, g_num, names, "manual vs numeric"),
-                 compare(g_ref, g_num, names, "autodiff vs numeric"))
-        if eager:
-            comps += (compare(g_man_jit, g_man, names, "jit vs no jit"),)
+                 compare(g_ref, g_num, names, "autodiff vs numeric"),
+                 compare(g_man_jit, g_man, names, "jit vs no jit"))
     return AuditResult(spec.name, case.label, rel_error(fwd_ref, fwd_man), comps[0].max_rel_error,
                        comps[1].max_scaled_error, comps[2].max_scaled_error,
-                       comps[3].max_rel_error if eager else None,
+                       comps[3].max_rel_error,
                        spec.numeric_tol, time.perf_counter() - start, jnp.dtype(DTYPE).name, tuple(names),
                        forward_scale_error=norm_rel_error(fwd_ref, fwd_man),
                        manual_vs_autodiff_scale_error=comps[0].max_norm_error, comparisons=comps)
@@ -146,7 +141,7 @@ def results_table(results: list[AuditResult]) -> str:
     rows = [[r.op, r.config, f"{r.forward_rel_error:.1e}", f"{r.manual_vs_autodiff_rel_error:.1e}",
              f"{max(r.forward_scale_error, r.manual_vs_autodiff_scale_error):.1e}",
              f"{r.manual_vs_numeric_rel_error:.1e}", f"{r.autodiff_vs_numeric_rel_error:.1e}",
-             "-" if r.jit_rel_error is None else f"{r.jit_rel_error:.1e}", "ok" if r.passed else "FAIL"] for r in results]
+             f"{r.jit_rel_error:.1e}", "ok" if r.passed else "FAIL"] for r in results]
     return format_table(["op", "config", "forward", "manual/autodiff", "of scale", "manual/numeric",
                          "autodiff/numeric", "jit", "pass"], rows)
 
