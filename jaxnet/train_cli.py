@@ -64,7 +64,17 @@ def add_train_parser(sub) -> None:
                    help="start afresh in an --out that holds an earlier run's checkpoint")
     t.add_argument("--allow-changed", action="store_true",
                    help="--resume even if the settings differ from the checkpoint's run")
-    t.add_argument("--devices", type=int, default=None, help="data parallel over the first N local devices")
+    t.add_argument("--devices", type=int, default=None,
+                   help="data parallel over the first N devices (default: all; every process's with --coordinator)")
+    t.add_argument("--model-parallel", type=int, default=1, metavar="M",
+                   help="tensor parallel: split attention heads and feed-forward units over groups of M devices "
+                        "(default 1: data parallel only)")
+    t.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="several processes: jax.distributed's coordinator (process 0 listens there)")
+    t.add_argument("--num-processes", type=int, default=None, help="with --coordinator: how many processes")
+    t.add_argument("--process-id", type=int, default=None, help="with --coordinator: this process's rank, 0..P-1")
+    t.add_argument("--coordinator-timeout", type=int, default=120, metavar="SECONDS",
+                   help="with --coordinator: how long to wait for every process to join (default %(default)s)")
     t.add_argument("--seed", type=int, default=DEFAULTS["seed"], help=f"0..{SEED_MAX} (default %(default)s)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=run_train)
@@ -129,8 +139,15 @@ def _validate(args) -> None:
         raise UsageError(f"--seed must be in 0..{SEED_MAX}, got {args.seed}")
     if args.devices is not None and args.devices < 1:
         raise UsageError(f"--devices must be >= 1, got {args.devices}")
-    if args.batch_size and args.devices and args.batch_size % args.devices:
-        raise UsageError(f"--batch-size {args.batch_size} is not divisible by --devices {args.devices}")
+    if args.model_parallel < 1:
+        raise UsageError(f"--model-parallel must be >= 1, got {args.model_parallel}")
+    if args.devices and args.devices % args.model_parallel:
+        raise UsageError(f"--model-parallel {args.model_parallel} does not divide --devices {args.devices}")
+    groups = args.devices // args.model_parallel if args.devices else None
+    if args.batch_size and groups and args.batch_size % groups:
+        raise UsageError(f"--batch-size {args.batch_size} is not divisible by the {groups} data-parallel "
+                         f"groups (--devices {args.devices} / --model-parallel {args.model_parallel})")
+    _validate_processes(args)
     if args.data_dir is not None and args.data != "cifar10":
         raise UsageError(f"--data-dir is only used with --data cifar10 (this run uses --data {args.data})")
     if args.resume and args.overwrite:
@@ -150,16 +167,81 @@ def _validate(args) -> None:
             raise UsageError(f"--resume: no checkpoint in {args.out!r} (expected {ckpt})")
 
 
+def _validate_processes(args) -> None:
+    """--coordinator, --num-processes and --process-id: all three or none, and consistent."""
+    given = [args.coordinator is not None, args.num_processes is not None, args.process_id is not None]
+    if not any(given):
+        return
+    if not all(given):
+        raise UsageError("--coordinator, --num-processes and --process-id go together: pass all three")
+    host, _, port = args.coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--coordinator must be HOST:PORT (e.g. localhost:12355), got {args.coordinator!r}")
+    if args.num_processes < 1:
+        raise UsageError(f"--num-processes must be >= 1, got {args.num_processes}")
+    if not 0 <= args.process_id < args.num_processes:
+        raise UsageError(f"--process-id must be in 0..{args.num_processes - 1}, got {args.process_id}")
+    if args.coordinator_timeout < 1:
+        raise UsageError(f"--coordinator-timeout must be >= 1 second, got {args.coordinator_timeout}")
+
+
+def _coordinator_reachable(args) -> None:
+    """Process 0: the coordinator's port is free to listen on; the others: it accepts connections
+    within --coordinator-timeout.  (jax.distributed aborts the whole process, past any Python
+    handler, when it cannot connect: check first, and say it in one line.)"""
+    import socket
+    host, _, port = args.coordinator.rpartition(":")
+    port = int(port)
+    if args.process_id == 0:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("", port))
+            except OSError as err:
+                raise FaultError(f"--coordinator {args.coordinator}: process 0 cannot listen on port {port} "
+                                 f"({err.strerror or err}); choose a free port") from None
+        return
+    deadline = time.monotonic() + args.coordinator_timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1.0).close()
+            return
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                raise FaultError(f"--coordinator {args.coordinator}: no coordinator answered within "
+                                 f"{args.coordinator_timeout} s ({err.strerror or err}); start process 0 "
+                                 f"there, or raise --coordinator-timeout") from None
+            time.sleep(0.2)
+
+
+def _start_processes(args, jax) -> None:
+    """``jax.distributed.initialize`` when --coordinator is given (before any device is used)."""
+    if args.coordinator is None:
+        return
+    _coordinator_reachable(args)
+    try:
+        jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
+                                   process_id=args.process_id,
+                                   initialization_timeout=args.coordinator_timeout)
+    except Exception as err:  # noqa: BLE001 - the coordinator's errors are long C++ messages
+        raise FaultError(f"--coordinator {args.coordinator}: cannot join the {args.num_processes} processes as "
+                         f"process {args.process_id} ({one_line(err)[:300]})") from None
+
+
 def _validate_devices(args) -> None:
     import jax
-    n = jax.local_device_count()
+    n = jax.device_count()
     if args.devices is not None and args.devices > n:
-        raise UsageError(f"--devices {args.devices}: only {n} local device{'s' if n != 1 else ''} "
+        raise UsageError(f"--devices {args.devices}: only {n} device{'s' if n != 1 else ''} "
                          f"({jax.default_backend()})")
     used = n if args.devices is None else args.devices
-    if args.batch_size % used:
-        raise UsageError(f"--batch-size {args.batch_size} is not divisible by the {used} devices used "
-                         f"(pass --devices or another --batch-size)")
+    if used % args.model_parallel:
+        raise UsageError(f"--model-parallel {args.model_parallel} does not divide the {used} devices used "
+                         f"(pass --devices or another --model-parallel)")
+    groups = used // args.model_parallel
+    if args.batch_size % groups:
+        raise UsageError(f"--batch-size {args.batch_size} is not divisible by the {groups} data-parallel groups "
+                         f"of the {used} devices used (pass --devices or another --batch-size)")
 
 
 def _make_out(args) -> Path:
@@ -257,13 +339,15 @@ def run_train(args) -> int:
     _validate(args)
     import jax
 
+    _start_processes(args, jax)
     _validate_devices(args)
     out = _make_out(args)
 
     from jaxnet.train.runfiles import FolderInUseError, hold_folder
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(hold_folder(out))
+            if jax.process_index() == 0:  # several processes: process 0 writes --out
+                stack.enter_context(hold_folder(out))
         except FolderInUseError as err:
             raise FaultError(f"--out {args.out!r} is in use by another jaxnet run (pid {err.pid}; lock file "
                              f"{err.path}); wait for it to finish or choose another --out") from None
@@ -271,6 +355,12 @@ def run_train(args) -> int:
             raise UsageError(f"--out {args.out!r} is not writable ({err.strerror or err})") from None
         with _one_line_warnings():
             return _run_locked(args, out, jax)
+
+
+def _to_host(result, jax):
+    """(best params, best state) as host numpy arrays (gathered first when split over processes)."""
+    from jaxnet.train.parallel import gather
+    return jax.device_get(gather((result.best_params, result.best_state)))
 
 
 def _run_locked(args, out: Path, jax) -> int:
@@ -304,12 +394,15 @@ def _run_locked(args, out: Path, jax) -> int:
     augment = None
     if args.augment:
         augment = {"crop_padding": 4 if ds.input_shape[0] >= 32 else 1, "flip": args.data != "digits"}
-    devices = jax.local_device_count() if args.devices is None else args.devices
-    memory = _memory_check(model, args, ds.input_shape, devices)
+    devices = jax.device_count() if args.devices is None else args.devices
+    writer = jax.process_index() == 0
+    memory = _memory_check(model, args, ds.input_shape, devices // args.model_parallel)
     print(f"jaxnet train: {args.model} on {args.data} ({n_train} train / {ds.x_val.shape[0]} val / "
           f"{ds.x_test.shape[0]} test, {ds.input_shape}), impl={args.impl}, devices={devices} "
-          f"{jax.default_backend()}", file=sys.stderr)
-    if not args.no_progress:
+          f"{jax.default_backend()}" + (f", model parallel {args.model_parallel}" if args.model_parallel > 1 else "")
+          + (f", process {jax.process_index()}/{jax.process_count()}" if jax.process_count() > 1 else ""),
+          file=sys.stderr)
+    if not args.no_progress and writer:
         print(memory[0], file=sys.stderr)
 
     start = time.perf_counter()
@@ -317,11 +410,12 @@ def _run_locked(args, out: Path, jax) -> int:
         result = fit(model, ds, optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
                      key=args.seed, impl=impl, augment=augment, out_dir=out,
                      early_stopping_patience=args.patience, resume=args.resume,
-                     progress=not args.no_progress, devices=args.devices,
-                     on_nonfinite=args.on_nonfinite, run_config=run_settings(args))
+                     progress=not args.no_progress and writer, devices=args.devices,
+                     model_parallel=args.model_parallel, on_nonfinite=args.on_nonfinite,
+                     run_config=run_settings(args))
         train_seconds = time.perf_counter() - start
-        test_loss, test_acc = evaluate(model, result.best_params, result.best_state, ds.x_test, ds.y_test,
-                                       args.batch_size, impl=impl)
+        best = _to_host(result, jax)  # each process evaluates its own copy: no collectives
+        test_loss, test_acc = evaluate(model, *best, ds.x_test, ds.y_test, args.batch_size, impl=impl)
     except TrainingInterrupted as err:
         where = (f"checkpoint of epoch {err.checkpoint_epoch} in {err.path}; resume with --resume"
                  if err.checkpoint_epoch is not None else "no epoch finished, no checkpoint written")
@@ -352,9 +446,12 @@ def _run_locked(args, out: Path, jax) -> int:
         "images_per_second": float(sorted(ips)[len(ips) // 2]) if ips else float("nan"),
         "impl": args.impl, "model": args.model, "data": args.data, "stopped_early": result.stopped_early,
         "skipped_steps": int(result.skipped_steps),
-        "devices": devices, "backend": jax.default_backend(),
+        "devices": devices, "model_parallel": args.model_parallel, "processes": jax.process_count(),
+        "backend": jax.default_backend(),
         "args": {k: v for k, v in vars(args).items() if k != "func"},
     }
+    if not writer:
+        return 0
     try:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     except OSError as err:

@@ -507,7 +507,7 @@ def test_summary_counts_nested_params_by_hand():
 
 
 def test_get_model_registry():
-    assert set(nn.MODELS) == {"two_layer", "fc", "three_layer_convnet", "convnet", "fast_convnet"}
+    assert set(nn.MODELS) == {"two_layer", "fc", "three_layer_convnet", "convnet", "fast_convnet", "vit"}
     with pytest.raises(ValueError, match=r"unknown model 'resnet'.*'convnet'.*'fc'"):
         nn.get_model("resnet")
     with pytest.raises(ValueError, match="normalization"):

@@ -217,12 +217,24 @@ def fast_convnet(stem: int = 16, widths: Sequence[int] = (32, 64, 128), num_clas
     return _build(layers, impl)
 
 
+def vit(num_classes: int = 10, *, patch: int = 4, depth: int = 4, features: int = 64, num_heads: int = 4,
+        ff_hidden: int = 128, impl: Optional[str] = None):
+    """A small vision transformer (:class:`~jaxnet.nn.transformer.VisionTransformer`, pre-norm,
+    mean-pooled tokens): patch 4 (8x8 digits -> 4 tokens, 32x32 CIFAR-10 -> 64), depth 4, width 64,
+    4 heads, feed-forward 128; about 0.13 M parameters.  Its attention heads and feed-forward
+    units split over devices with ``jaxnet train --model-parallel``."""
+    from jaxnet.nn.transformer import VisionTransformer
+    return VisionTransformer(num_classes, patch=patch, depth=depth, features=features, num_heads=num_heads,
+                             ff_hidden=ff_hidden, impl=impl)
+
+
 MODELS: dict[str, Callable] = {
     "two_layer": two_layer_net,
     "fc": fully_connected_net,
     "three_layer_convnet": three_layer_convnet,
     "convnet": small_convnet,
     "fast_convnet": fast_convnet,
+    "vit": vit,
 }
 
 

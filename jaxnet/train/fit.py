@@ -31,7 +31,10 @@ import optax
 from jaxnet.errors import FaultError
 from jaxnet.train.averaging import ema_update
 from jaxnet.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from jaxnet.train.parallel import check_batch_divisible, make_mesh, replicate, resolve_devices
+from jaxnet.train.parallel import (
+    check_batch_divisible, gather, is_writer, make_mesh, param_shardings, place, resolve_devices,
+    train_state_shardings,
+)
 from jaxnet.train.runfiles import atomic_write_text, hold_folder
 from jaxnet.train.state import TrainState, as_key, create_train_state
 from jaxnet.train.step import batches, make_eval_step, make_train_step, num_batches
@@ -488,6 +491,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     devices: Any = None,
+    model_parallel: int = 1,
     loss_fn: Optional[Callable] = None,
     ema_decay: Optional[float] = None,
     on_nonfinite: str = "stop",
@@ -521,8 +525,15 @@ def fit(
         come from the checkpoint). A checkpoint written by :func:`save_checkpoint` without
         fit's history continues from its train state with a fresh history (a warning says so).
       progress: a tqdm bar with loss/acc/lr/img/s (refreshed every 20 steps).
-      devices: data parallelism over these devices (None: all local devices, an int: the first
-        n, or a list); the batch size must be divisible by their number.
+      devices: data parallelism over these devices (None: all devices, every process's under
+        ``jax.distributed``; an int: the first n, or a list); the batch size must be divisible
+        by their number (divided by ``model_parallel``).  Under ``jax.distributed`` every
+        process runs ``fit`` with the same arguments: each feeds its own rows of every global
+        batch, and only process 0 writes ``out_dir``'s files (all read it to resume).
+      model_parallel: tensor parallelism: split the transformer blocks' attention heads and
+        feed-forward hidden units (and their optimizer state) over groups of this many
+        devices (:func:`jaxnet.train.parallel.tensor_parallel_specs`), the batch over the
+        groups.  1 (default): data parallel only.
       loss_fn: batch-mean loss ``(scores, labels) -> scalar``; default softmax cross-entropy.
       ema_decay: if given (in [0, 1)), keep an exponential moving average of the params (Polyak
         averaging), updated by a jitted step after every training step: the k-th update
@@ -586,7 +597,7 @@ def fit(
     if on_nonfinite == "skip":
         optimizer = optax.apply_if_finite(optimizer, max_consecutive_errors=2**31 - 1)
 
-    mesh = make_mesh(resolve_devices(devices))
+    mesh = make_mesh(resolve_devices(devices), model_parallel=model_parallel)
     check_batch_divisible(batch_size, mesh)
     augment_fn = _resolve_augment(augment)
     try:  # the same model and optimizer objects in a later fit reuse the compiled steps
@@ -618,13 +629,14 @@ def fit(
         if out_dir is not None:
             out_dir = os.fspath(out_dir)
             os.makedirs(out_dir, exist_ok=True)
-            stack.enter_context(hold_folder(out_dir))
+            if is_writer():
+                stack.enter_context(hold_folder(out_dir))
             ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
             metrics_path = os.path.join(out_dir, METRICS_NAME)
         return _fit_loop(
             model=model, data=data, ts=ts, root=root, data_key=data_key, config=config,
             train_step=train_step, eval_step=eval_step, epochs=epochs, batch_size=batch_size,
-            mesh=mesh, has_val=has_val, ckpt_path=ckpt_path, metrics_path=metrics_path,
+            mesh=mesh, optimizer=optimizer, has_val=has_val, ckpt_path=ckpt_path, metrics_path=metrics_path,
             out_dir=out_dir, checkpoint_every=checkpoint_every, resume=resume,
             patience=early_stopping_patience, progress=progress, ema_decay=ema_decay,
             on_nonfinite=on_nonfinite, callbacks=callbacks,
@@ -668,29 +680,35 @@ def _restore(ckpt_path: str, ts: TrainState, root: jax.Array, data_key: jax.Arra
 
 
 def _fit_loop(*, model, data, ts, root, data_key, config, train_step, eval_step, epochs, batch_size,
-              mesh, has_val, ckpt_path, metrics_path, out_dir, checkpoint_every, resume, patience,
-              progress, ema_decay, on_nonfinite, callbacks) -> FitResult:
+              mesh, optimizer, has_val, ckpt_path, metrics_path, out_dir, checkpoint_every, resume,
+              patience, progress, ema_decay, on_nonfinite, callbacks) -> FitResult:
+    writer = is_writer()
     rec = _Record(history={k: [] for k in HISTORY_KEYS}, best_params=_copy(ts.params),
                   best_state=_copy(ts.state))
     ema_params = None
     saved_epoch: Optional[int] = None  # the epoch in the checkpoint file (None: no checkpoint)
     if resume and os.path.exists(ckpt_path):
         ts, rec, data_key, ema_params, saved_epoch = _restore(ckpt_path, ts, root, data_key, config, ema_decay)
-    ts = replicate(ts, mesh)
+    ts = place(ts, train_state_shardings(ts, mesh, optimizer))
     ema_step = None
     if ema_decay is not None:
         if ema_params is None:
             ema_params = _copy(ts.params)
-        ema_params = replicate(ema_params, mesh)
+        ema_params = place(ema_params, param_shardings(ema_params, mesh))
         ema_step = _cached_ema_step(ema_decay)
 
-    if metrics_path is not None:  # exactly the epochs of the state we continue from, replaced atomically
+    if metrics_path is not None and writer:  # exactly the epochs of the state we continue from, replaced atomically
         atomic_write_text(metrics_path, "".join(
             _metrics_line({k: rec.history[k][i] for k in HISTORY_KEYS}) for i in range(len(rec.history["epoch"]))
         ))
 
     def save(epoch_ts: TrainState, epoch_rec: _Record, epoch_ema: Any) -> None:
         nonlocal saved_epoch
+        epoch_ts, epoch_ema, best = gather((epoch_ts, epoch_ema, (epoch_rec.best_params, epoch_rec.best_state)), mesh)
+        if not writer:  # every process gathers (a collective); process 0 writes
+            saved_epoch = epoch_rec.epoch
+            return
+        epoch_rec = dataclasses.replace(epoch_rec, best_params=best[0], best_state=best[1])
         try:
             save_checkpoint(ckpt_path, epoch_ts, config=config, extra=epoch_rec.extra(data_key, epoch_ema))
         except OSError as e:
@@ -705,7 +723,7 @@ def _fit_loop(*, model, data, ts, root, data_key, config, train_step, eval_step,
     on_step, on_epoch = _callback_methods(callbacks, "on_step"), _callback_methods(callbacks, "on_epoch")
     steps_per_epoch = num_batches(len(data.x_train), batch_size)
     bar = None
-    if progress and not rec.stopped_early and rec.epoch < epochs:
+    if progress and writer and not rec.stopped_early and rec.epoch < epochs:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=epochs * steps_per_epoch, initial=rec.epoch * steps_per_epoch,
@@ -713,7 +731,7 @@ def _fit_loop(*, model, data, ts, root, data_key, config, train_step, eval_step,
     pos = _Position(epoch=rec.epoch, step=0, phase="end")
     snapshot = None  # (ts, record, ema) of the last finished epoch when it was not checkpointed
     warned = False
-    metrics_file = open(metrics_path, "a") if metrics_path is not None else None
+    metrics_file = open(metrics_path, "a") if metrics_path is not None and writer else None
     try:
         while rec.epoch < epochs and not rec.stopped_early:
             epoch = rec.epoch  # 0-based index of the epoch to run
@@ -789,7 +807,7 @@ def _fit_loop(*, model, data, ts, root, data_key, config, train_step, eval_step,
         if metrics_file is not None:
             metrics_file.close()
 
-    if out_dir is not None and rec.history["epoch"]:
+    if out_dir is not None and writer and rec.history["epoch"]:
         from jaxnet.viz.curves import plot_history
 
         plot_history(rec.history, os.path.join(out_dir, CURVES_NAME))

@@ -20,7 +20,10 @@ import numpy as np
 import optax
 
 from jaxnet._impl import use_impl
-from jaxnet.train.parallel import jit_data_parallel
+from jaxnet.train.parallel import (
+    jit_data_parallel, jit_sharded, model_parallel_size, param_shardings, replicated_sharding,
+    train_state_shardings,
+)
 from jaxnet.train.state import TrainState
 
 __all__ = [
@@ -127,7 +130,9 @@ def make_train_step(
       augment_fn: ``augment_fn(key, x) -> x`` applied to the batch inside the step
         (e.g. ``jaxnet.data.augment``), with a fresh key each step.
       mesh: a ``jax.sharding.Mesh`` (:mod:`jaxnet.train.parallel`): batch sharded over
-        its ``"data"`` axis, ts replicated. None: plain ``jax.jit``.
+        its ``"data"`` axis, ts replicated; on a mesh with a ``"model"`` axis, the
+        transformer weights and their optimizer state split over it
+        (:func:`~jaxnet.train.parallel.train_state_shardings`). None: plain ``jax.jit``.
       donate: donate ``ts`` (argument 0): its buffers are reused for the new state, so
         the ``ts`` passed in must not be used after the call.
       _trace_hook: testing hook; wraps the python step before ``jit``, e.g.
@@ -155,6 +160,11 @@ def make_train_step(
 
     fn = _trace_hook(train_step) if _trace_hook is not None else train_step
     donate_argnums = (0,) if donate else ()
+    if mesh is not None and model_parallel_size(mesh) > 1:
+        repl = replicated_sharding(mesh)
+        return jit_sharded(fn, mesh, shardings_of=lambda ts: (train_state_shardings(ts, mesh, optimizer),),
+                           out_shardings_of=lambda sh: (sh[0], repl), num_batch_args=3,
+                           donate_argnums=donate_argnums)
     if mesh is not None:
         return jit_data_parallel(
             fn, mesh, num_replicated_args=1, num_batch_args=3, donate_argnums=donate_argnums
@@ -192,6 +202,12 @@ def make_eval_step(
             )
 
     fn = _trace_hook(eval_step) if _trace_hook is not None else eval_step
+    if mesh is not None and model_parallel_size(mesh) > 1:
+        repl = replicated_sharding(mesh)
+        return jit_sharded(
+            fn, mesh, num_batch_args=3, out_shardings_of=lambda sh: repl,
+            shardings_of=lambda params, state: (param_shardings(params, mesh),
+                                                jax.tree.map(lambda _: repl, state)))
     if mesh is not None:
         return jit_data_parallel(fn, mesh, num_replicated_args=2, num_batch_args=3)
     return jax.jit(fn)

@@ -1,0 +1,216 @@
+"""Tensor parallelism (heads and hidden units over a "model" mesh axis) and several processes
+(jax.distributed on localhost, CPU collectives): each gives the numbers of one device."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from jaxnet import nn
+from jaxnet.train.parallel import MODEL_AXIS, make_mesh, param_shardings, tensor_parallel_specs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(devices: int) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- the layout (no devices needed)
+
+
+def test_tensor_parallel_specs_follow_the_megatron_layout():
+    model = nn.TransformerDecoder(depth=1, num_heads=2, ff_hidden=16)
+    params, _ = model.init(jax.random.PRNGKey(0), (1, 3, 8))
+    specs = tensor_parallel_specs(params)
+    layer = specs["0"]
+    for attn in ("self_attn", "cross_attn"):
+        for name in ("query", "key", "value"):
+            assert layer[attn][name] == {"w": P(None, MODEL_AXIS), "b": P(MODEL_AXIS)}
+        assert layer[attn]["out"] == {"w": P(MODEL_AXIS, None), "b": P()}
+    assert layer["ff"] == {"fc1": {"w": P(None, MODEL_AXIS), "b": P(MODEL_AXIS)},
+                           "fc2": {"w": P(MODEL_AXIS, None), "b": P()}}
+    norms = [v for k, v in layer.items() if k.startswith("norm")]
+    assert norms and all(n == {"gamma": P(), "beta": P()} for n in norms)
+    # a dict that merely contains "fc1"/"fc2" among other keys is not a feed-forward block
+    assert tensor_parallel_specs({"fc1": {"w": np.zeros((2, 2)), "b": np.zeros(2)},
+                                  "fc2": {"w": np.zeros((2, 2)), "b": np.zeros(2)},
+                                  "fc3": {"w": np.zeros((2, 2)), "b": np.zeros(2)}})["fc1"]["w"] == P()
+
+
+def test_model_parallel_bad_values_are_one_line_errors():
+    with pytest.raises(ValueError, match="model_parallel must be a positive int"):
+        make_mesh(model_parallel=0)
+    with pytest.raises(ValueError, match="model_parallel must be a positive int"):
+        make_mesh(model_parallel=True)
+    n = len(jax.devices())
+    with pytest.raises(ValueError, match=f"model_parallel={n + 1} does not divide the {n} devices"):
+        make_mesh(model_parallel=n + 1)
+
+
+# ----------------------------------------------------------------------------- 8 forced CPU devices
+
+_TP_SCRIPT = textwrap.dedent(
+    """
+    import jax, numpy as np
+    jax.config.update("jax_enable_x64", True)   # float64: the partitioned sums agree to ~1e-12
+    from jax.sharding import PartitionSpec as P
+    from jaxnet import nn
+    from jaxnet.data import load_digits
+    from jaxnet.optim import make_optimizer
+    from jaxnet.train import fit, evaluate
+    from jaxnet.train.parallel import make_mesh, param_shardings
+    assert len(jax.devices()) == 8
+    data = load_digits()
+    model = nn.VisionTransformer(10, patch=4, depth=1, features=32, num_heads=4, ff_hidden=64)
+    kw = dict(epochs=1, batch_size=64, key=0, progress=False)
+    sgd = make_optimizer("momentum", 0.05)
+    one = fit(model, data, optimizer=sgd, devices=1, **kw)
+    for devices, m in [(8, 4), (8, 8)]:     # 2 x 4 (one head per device), 1 x 8 (heads straddle devices)
+        run = fit(model, data, optimizer=sgd, devices=devices, model_parallel=m, **kw)
+        ts = run.train_state
+        # the weights and their momentum are split: each device holds 1/m of them
+        q = ts.params["encoder"]["0"]["attn"]["query"]["w"]
+        fc2 = ts.params["encoder"]["0"]["ff"]["fc2"]["w"]
+        assert q.sharding.spec == P(None, "model") and q.addressable_shards[0].data.shape == (32, 32 // m)
+        assert fc2.addressable_shards[0].data.shape == (64 // m, 32)
+        trace = [x for x in jax.tree.leaves(ts.opt_state) if getattr(x, "shape", None) == (64, 32)]
+        assert trace and all(x.addressable_shards[0].data.shape == (64 // m, 32) for x in trace)
+        assert len(q.sharding.device_set) == devices
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ts), jax.tree.leaves(one.train_state)):
+            assert a.dtype == b.dtype
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12,
+                                       err_msg=f"{devices} devices / {m}: {jax.tree_util.keystr(path)}")
+        np.testing.assert_allclose(run.history["val_loss"], one.history["val_loss"], rtol=1e-10)
+        np.testing.assert_allclose(run.history["train_loss"], one.history["train_loss"], rtol=1e-10)
+    l1 = evaluate(model, one.best_params, one.best_state, data.x_test, data.y_test, 64)
+    l8 = evaluate(model, jax.device_get(run.best_params), run.best_state, data.x_test, data.y_test, 64)
+    np.testing.assert_allclose(l8, l1, rtol=1e-10)
+    # a width that cannot be split m ways: one line naming the parameter
+    wide = nn.VisionTransformer(10, patch=4, depth=1, features=36, num_heads=4, ff_hidden=72)
+    try:
+        fit(wide, data, optimizer=sgd, devices=8, model_parallel=8, **kw)
+        raise SystemExit("no error for features 36 over 8 devices")
+    except ValueError as e:
+        assert "tensor parallel: parameter ['encoder']['0']['attn']" in str(e) and "36" in str(e), e
+    # a batch not divisible by the data-parallel groups (8 / 2 = 4)
+    try:
+        fit(model, data, optimizer=sgd, devices=8, model_parallel=2, **{**kw, "batch_size": 30})
+        raise SystemExit("no error for batch 30 on 4 data-parallel groups")
+    except ValueError as e:
+        assert "batch size 30" in str(e) and "4 data-parallel groups" in str(e), e
+    print("TP-OK", one.history["val_acc"])
+    """
+)
+
+
+def test_tensor_parallel_on_eight_host_devices_matches_one_device():
+    proc = subprocess.run([sys.executable, "-c", _TP_SCRIPT], env=_env(8), capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+    assert proc.returncode == 0 and "TP-OK" in proc.stdout, proc.stdout + proc.stderr[-4000:]
+
+
+# ----------------------------------------------------------------------------- two processes
+
+
+def _train(out, *extra, env, process=None, port=None):
+    cmd = [sys.executable, "-m", "jaxnet", "train", "--model", "fc", "--batch-size", "64", "--no-progress",
+           "--schedule", "constant",
+           "--out", str(out), *extra]
+    if process is not None:
+        cmd += ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(process)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+
+def _two_processes(out, *extra):
+    port, env = _free_port(), _env(1)
+    procs = [_train(out, *extra, env=env, process=i, port=port) for i in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (so, se) in zip(procs, outs):
+        assert p.returncode == 0, so + se[-3000:]
+    return outs
+
+
+def _metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [{k: v for k, v in r.items() if k not in ("images_per_sec", "epoch_time")} for r in rows]
+
+
+def test_two_processes_train_and_resume_like_one_process_on_two_devices(tmp_path):
+    """`jaxnet train` under jax.distributed (2 processes x 1 CPU device, gloo collectives):
+    the same metrics as one process on 2 devices; only process 0 writes; --resume continues."""
+    multi, single = tmp_path / "multi", tmp_path / "single"
+    (so0, _), (so1, _) = _two_processes(multi, "--epochs", "1")
+    assert "test accuracy" in so0 and "test accuracy" not in so1           # process 1 prints no result
+    assert sorted(os.listdir(multi)) == ["checkpoint", "curves.png", "metrics.jsonl", "summary.json"]
+    _two_processes(multi, "--epochs", "2", "--resume")
+    p = _train(single, "--epochs", "2", env=_env(2))       # uninterrupted (constant rate: same schedule)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    got, want = _metrics(multi), _metrics(single)
+    assert [r["epoch"] for r in got] == [1, 2]
+    for g, w in zip(got, want):
+        for k in w:
+            assert g[k] == pytest.approx(w[k], rel=1e-5), (k, g, w)
+    with open(multi / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["processes"] == 2 and summary["devices"] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--coordinator", "localhost:1234"], "go together"),
+    (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"], "HOST:PORT"),
+    (["--coordinator", "localhost:1", "--num-processes", "2", "--process-id", "2"], "--process-id must be in 0..1"),
+    (["--coordinator", "localhost:1", "--num-processes", "0", "--process-id", "0"], "--num-processes must be >= 1"),
+    (["--model-parallel", "0"], "--model-parallel must be >= 1"),
+    (["--devices", "3", "--model-parallel", "2"], "--model-parallel 2 does not divide --devices 3"),
+    (["--devices", "4", "--model-parallel", "2", "--batch-size", "7"], "not divisible by the 2 data-parallel"),
+])
+def test_parallel_flags_bad_values_are_one_line(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "-m", "jaxnet", "train", "--out", str(tmp_path / "r"), *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_coordinator_flags_bad_values_and_unreachable_coordinator(tmp_path):
+    def train(*args):
+        return subprocess.run([sys.executable, "-m", "jaxnet", "train", "--out", str(tmp_path / "r"), *args],
+                              capture_output=True, text=True, cwd=REPO, timeout=120)
+
+    dist = ["--num-processes", "2", "--process-id"]
+    proc = train("--coordinator", "localhost:1", *dist, "0", "--coordinator-timeout", "0")
+    assert proc.returncode == 2 and "--coordinator-timeout must be >= 1" in proc.stderr, proc.stderr
+    port = _free_port()
+    proc = train("--coordinator", f"localhost:{port}", *dist, "1", "--coordinator-timeout", "1")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"jaxnet: error: --coordinator localhost:{port}: no coordinator answered within 1 s (Connection refused); "
+        f"start process 0 there, or raise --coordinator-timeout"]
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        proc = train("--coordinator", f"localhost:{taken}", *dist, "0")
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"process 0 cannot listen on port {taken}" in proc.stderr
