@@ -135,6 +135,12 @@ def decode_captions(model, params, features, *, max_len, beam_size=0):
     return out[0] if isinstance(out, tuple) else out
 
 
+@functools.partial(jax.jit, static_argnames=("model",))
+def cross_attention_map(model, params, features, tokens):
+    """:meth:`CaptionTransformer.cross_attention` as one compiled program (N, T, slots)."""
+    return model.cross_attention(params, features, tokens)
+
+
 def train_transformer(model, feats, caps, *, epochs, batch, lr, weight_decay, key):
     """AdamW with a cosine decay over all steps; dropout keys from ``key``. Returns (params, losses, seconds)."""
     n = len(caps)
@@ -174,7 +180,10 @@ def plot_attention(data, vocab, model, params, f_te, captions, idx, path, n_slot
     for r, i in enumerate(idx):
         words = (captions[i].split() or ["<END>"])[:model.max_len - 1]      # <START> + words fit the positions
         tokens = np.asarray(vocab.encode([" ".join(words)], len(words) + 2))[:, :-1]      # <START> w1 .. wk
-        att = np.asarray(model.cross_attention(params, jnp.asarray(f_te[i:i + 1]), jnp.asarray(tokens)))[0]
+        # padded to max_len so that one compiled program serves every caption: the self-attention
+        # is causal, so the rows of the real words do not see the padding
+        tokens = np.pad(tokens, ((0, 0), (0, model.max_len - tokens.shape[1])), constant_values=NULL)
+        att = np.asarray(cross_attention_map(model, params, jnp.asarray(f_te[i:i + 1]), jnp.asarray(tokens)))[0]
         ax_img = fig.add_subplot(len(idx), 2, 2 * r + 1)
         img = data.test.images[i]
         ax_img.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)

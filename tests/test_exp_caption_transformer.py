@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import caption_transformer as exp
-from jaxnet.data.captions import END, START
+from jaxnet.data.captions import END, NULL, START
 
 pytestmark = pytest.mark.xdist_group("exp_caption_transformer")
 
@@ -34,8 +34,9 @@ def test_cached_greedy_decoding_equals_the_full_forward():
     got = np.asarray(exp.decode_captions(model, params, feats, max_len=5))
     # greedy by hand: re-run the whole (uncached) decoder on the prefix at every step
     tokens = np.full((2, 1), START, np.int32)
+    full_forward = jax.jit(lambda p, f, t: model.scores(p, f, t))    # eager, each small op compiles alone
     for t in range(5):
-        scores = model.scores(params, feats, jnp.asarray(tokens))
+        scores = full_forward(params, feats, jnp.asarray(tokens))
         tokens = np.concatenate([tokens, np.asarray(jnp.argmax(scores[:, -1], -1), np.int32)[:, None]], axis=1)
     want = tokens[:, 1:]
     for row_got, row_want in zip(got, want):       # equal up to (and including) the first <END>
@@ -48,9 +49,12 @@ def test_cross_attention_rows_sum_to_one_over_the_regions():
     model = exp.CaptionTransformer(vocab_size=9, n_slots=3, slot_dim=4, max_len=5, width=8, depth=1, heads=2,
                                    ff_hidden=16)
     params = model.init(jax.random.key(1))
-    att = model.cross_attention(params, jnp.ones((1, 12)), jnp.array([[START, 4, 5]]))
-    assert att.shape == (1, 3, 3)
+    att = exp.cross_attention_map(model, params, jnp.ones((1, 12)), jnp.array([[START, 4, 5, 6, 7]]))
+    assert att.shape == (1, 5, 3)
     np.testing.assert_allclose(jnp.sum(att, -1), 1, rtol=1e-5)
+    # causal: a word's map does not depend on the words after it (the figure pads captions)
+    short = exp.cross_attention_map(model, params, jnp.ones((1, 12)), jnp.array([[START, 4, 5, NULL, NULL]]))
+    np.testing.assert_allclose(short[:, :3], att[:, :3], rtol=1e-6)
 
 
 @pytest.mark.parametrize("flags", [["--width", "30", "--heads", "4"], ["--depth", "0"], ["--tf-lr", "0"]])

@@ -69,11 +69,12 @@ def test_mha_matches_flax_self_and_cross_with_masks(impl):
     for context, cf, m in ((None, None, None), (ctx, 6, mask)):
         mha = MultiHeadAttention(2, context_features=cf, impl=impl)
         p = _init(mha, x.shape, 0)
-        y, _ = mha.apply(p, {}, x, train=False, context=context, mask=m)
+        # each side as one program (op by op, every small op would compile alone)
+        y = jax.jit(lambda p, x, c, m: mha.apply(p, {}, x, train=False, context=c, mask=m)[0])(p, x, context, m)
         ref = fnn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8, out_features=8, dtype=jnp.float64,
                                                param_dtype=jnp.float64)
         c = x if context is None else context
-        yf = ref.apply(_flax_params(p, 2), x, c, mask=m)
+        yf = jax.jit(lambda fp, x, c, m: ref.apply(fp, x, c, mask=m))(_flax_params(p, 2), x, c, m)
         if m is not None:       # flax gives a fully masked row the mean of v; jaxnet gives 0: compare the others
             seen = np.asarray(jnp.any(m, axis=-1))[:, 0, :, None]
             y, yf = jnp.where(seen, y, 0), jnp.where(seen, yf, 0)
@@ -272,7 +273,7 @@ def test_attention_rollout():
     np.testing.assert_allclose(attention_rollout(ws, residual=1.0)[0], np.eye(4))
     img = _x((1, 8, 8, 1))
     vit = VisionTransformer(3, patch=4, depth=2, features=4, num_heads=2, ff_hidden=8)
-    maps = vit.attention_weights(_init(vit, img.shape, 13), img)
+    maps = jax.jit(vit.attention_weights)(_init(vit, img.shape, 13), img)   # one program, not op by op
     assert len(maps) == 2 and maps[0].shape == (1, 2, 4, 4)
 
 
@@ -281,16 +282,21 @@ def test_decoder_cross_attention_weights_read_the_memory():
     for norm_first in (False, True):
         dec = TransformerDecoder(2, 2, 16, norm_first=norm_first)
         p = _init(dec, x.shape, 15)
-        ws = dec.cross_attention_weights(p, x, memory=mem, memory_padding_mask=jnp.array([[1, 1, 0], [1, 1, 1]]))
+
+        @jax.jit                                            # one program, not op by op
+        def both(p, x, mem, dec=dec, norm_first=norm_first):
+            ws = dec.cross_attention_weights(p, x, memory=mem, memory_padding_mask=jnp.array([[1, 1, 0], [1, 1, 1]]))
+            # the first layer's weights are those of its cross-attention on its own input
+            layer = dec.layer
+            h = layer._residual(p["0"], "self_attn", x, lambda h, k: layer._attention(causal=True).apply(
+                p["0"]["self_attn"], {}, h, train=False)[0], None, False)
+            q = h if not norm_first else (h - h.mean(-1, keepdims=True)) / jnp.sqrt(h.var(-1, keepdims=True) + 1e-5) \
+                * p["0"]["norm_cross_attn"]["gamma"] + p["0"]["norm_cross_attn"]["beta"]
+            return ws, layer._attention().attention_weights(p["0"]["cross_attn"], q, context=mem,
+                                                            key_padding_mask=jnp.array([[1, 1, 0], [1, 1, 1]]))
+
+        ws, want = both(p, x, mem)
         assert len(ws) == 2 and ws[0].shape == (2, 2, 4, 3)
         np.testing.assert_allclose(jnp.sum(ws[1], -1), 1, rtol=1e-12)
         np.testing.assert_array_equal(ws[0][0, :, :, 2], 0)              # the padded memory slot is never read
-        # the first layer's weights are those of its cross-attention on its own input
-        layer = dec.layer
-        h = layer._residual(p["0"], "self_attn", x, lambda h, k: layer._attention(causal=True).apply(
-            p["0"]["self_attn"], {}, h, train=False)[0], None, False)
-        q = h if not norm_first else (h - h.mean(-1, keepdims=True)) / jnp.sqrt(h.var(-1, keepdims=True) + 1e-5) \
-            * p["0"]["norm_cross_attn"]["gamma"] + p["0"]["norm_cross_attn"]["beta"]
-        want = layer._attention().attention_weights(p["0"]["cross_attn"], q, context=mem,
-                                                    key_padding_mask=jnp.array([[1, 1, 0], [1, 1, 1]]))
         np.testing.assert_allclose(ws[0], want, rtol=1e-10)

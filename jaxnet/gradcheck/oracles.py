@@ -128,7 +128,10 @@ def oracle_case(spec: registry.OpSpec, oc: OracleCase, oracle: Callable | None =
     with jax.enable_x64(True):       # dropout's mask: drawn in the mode the op runs in
         want = _as_leaves(oracle(*oc.args, **oc.kwargs))
         args = tuple(a if a is None or np.asarray(a).dtype == np.uint32 else jnp.asarray(a) for a in oc.args)
-        got = {impl: _as_leaves(spec.call(impl, args, registry.Case(kwargs=oc.kwargs, dims={})))
+        case = registry.Case(kwargs=oc.kwargs, dims={})
+        # each path as one jitted program: eagerly, every small op would compile its own kernel
+        # (jit and eager agree: tests/test_transforms.py)
+        got = {impl: _as_leaves(jax.jit(lambda a, impl=impl: spec.call(impl, a, case))(args))
                for impl in ("autodiff", "manual")}
     errors = []
     for impl in ("autodiff", "manual"):
