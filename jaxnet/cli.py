@@ -1,4 +1,4 @@
-"""The ``jaxnet`` command: ``jaxnet gradcheck | train | bench``.
+"""The ``jaxnet`` command: ``jaxnet gradcheck | train | bench | summary``.
 
 Each subcommand lives in its own small function. Errors a user can act on are printed as
 one line (``jaxnet: error: ...``), never a traceback: exit status 2 for a bad argument or
@@ -75,6 +75,36 @@ def _cmd_gradcheck(args) -> int:
     return 1 if failed else 0
 
 
+def _parse_input(text: str) -> tuple:
+    """``"224x224x3"`` -> (224, 224, 3): H x W x C, positive ints."""
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise UsageError(f"--input must be HxWxC with positive integers (e.g. 224x224x3), got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
+def _cmd_summary(args) -> int:
+    from jaxnet.nn import MODELS, summary, zoo
+    names = sorted(set(zoo.ZOO) | set(MODELS))
+    if args.model not in names:
+        raise UsageError(f"unknown model {args.model!r}; expected one of {', '.join(names)}")
+    if args.batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {args.batch}")
+    if args.model in zoo.ZOO:
+        make, default = zoo.ZOO[args.model]
+    else:
+        make, default = MODELS[args.model], None
+    shape = _parse_input(args.input) if args.input else default
+    if shape is None:
+        raise UsageError(f"--input HxWxC is needed for {args.model!r} (e.g. --input 32x32x3)")
+    try:
+        s = summary(make(), (args.batch,) + shape)
+    except ValueError as err:
+        raise UsageError(f"{args.model} on input {'x'.join(map(str, shape))}: {one_line(err)}") from None
+    print(s)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jaxnet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print the report as JSON")
     b.add_argument("--quick", action="store_true", help="fewer timing blocks (a smoke run)")
     b.set_defaults(func=lambda a: __import__("jaxnet.bench", fromlist=["cli"]).cli(a))
+
+    m = sub.add_parser("summary", help="a model's layers: output shapes, parameters, activation memory, "
+                                       "multiply-adds (nothing runs)")
+    m.add_argument("model", help="a model-zoo name (lenet5, alexnet, vgg16, resnet50, cifar_resnet20, ...) "
+                                 "or a `jaxnet train --model` name")
+    m.add_argument("--input", default=None, metavar="HxWxC", help="image size (default: the zoo model's own)")
+    m.add_argument("--batch", type=int, default=1, help="batch size (default 1: per-image numbers)")
+    m.set_defaults(func=_cmd_summary)
 
     from jaxnet.train_cli import add_train_parser
 

@@ -31,6 +31,7 @@ class SummaryRow:
     params: int
     state: int
     activation_bytes: int     # the output's size in float32 bytes, for the whole batch
+    macs: int = 0             # multiply-adds of a convolution or affine layer, for the whole batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,16 @@ class Summary:
     total_params: int
     total_state: int
     total_activation_bytes: int
+
+    @property
+    def total_macs(self) -> int:
+        """Multiply-adds of the convolutions and affine layers for the whole batch (the count the
+        lecture uses; elementwise ops, pooling and norms are not counted)."""
+        return sum(r.macs for r in self.rows)
+
+    @property
+    def macs_per_example(self) -> float:
+        return self.total_macs / max(self.input_shape[0], 1)
 
     @property
     def param_bytes(self) -> int:
@@ -66,11 +77,11 @@ class Summary:
         return max(int(room // per_example), 0) if per_example > 0 else 0
 
     def __str__(self) -> str:
-        header = ("layer", "type", "output shape", "params", "state", "activations")
+        header = ("layer", "type", "output shape", "params", "state", "activations", "mult-adds")
         body = [(r.path, r.layer_type, str(r.output_shape), f"{r.params:,}", f"{r.state:,}",
-                 _bytes(r.activation_bytes)) for r in self.rows]
+                 _bytes(r.activation_bytes), f"{r.macs:,}" if r.macs else "") for r in self.rows]
         widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(header)]
-        right = {3, 4, 5}
+        right = {3, 4, 5, 6}
 
         def line(cells):
             return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
@@ -81,7 +92,10 @@ class Summary:
         out += [rule,
                 f"total params: {self.total_params:,} ({_bytes(self.param_bytes)} as float32)",
                 f"total state (non-trained): {self.total_state:,}",
-                f"activations per batch of {self.input_shape[0]} (float32): {_bytes(self.total_activation_bytes)}"]
+                f"activations per batch of {self.input_shape[0]} (float32): {_bytes(self.total_activation_bytes)}",
+                f"per example: {self.macs_per_example / 1e6:,.1f} M multiply-adds; activations "
+                f"{_bytes(self.activation_bytes_per_example)} forward, "
+                f"{_bytes(2 * self.activation_bytes_per_example)} training (kept + their gradients)"]
         return "\n".join(out)
 
 
@@ -124,13 +138,27 @@ def _bytes(n: int) -> str:
     raise AssertionError  # pragma: no cover
 
 
+def _macs(layer, params, in_shape, out_shape) -> int:
+    """Multiply-adds of a leaf layer for the whole batch: convolutions and affine layers only."""
+    kind, w = type(layer).__name__, params.get("w") if isinstance(params, dict) else None
+    if w is None:
+        return 0
+    if kind == "Conv2D":              # each output value: KH * KW * C/groups products
+        return math.prod(out_shape) * w.shape[0] * w.shape[1] * w.shape[2]
+    if kind == "ConvTranspose2D":     # each input value scatters into KH * KW * F outputs
+        return math.prod(in_shape) * w.shape[0] * w.shape[1] * w.shape[3]
+    if kind == "Affine":
+        return in_shape[0] * w.shape[0] * w.shape[1]
+    return 0
+
+
 def _walk(layer, params, state, shape, path, rows):
     out_shape = tuple(layer.output_shape(shape))
     children = getattr(layer, "children", None)
     if children is None:
         rows.append(SummaryRow(path or type(layer).__name__, type(layer).__name__, out_shape,
                                count_params(params), count_params(state),
-                               math.prod(out_shape) * FLOAT32_BYTES))
+                               math.prod(out_shape) * FLOAT32_BYTES, _macs(layer, params, shape, out_shape)))
         return
     for name, child, child_shape in children(shape):
         _walk(child, params.get(name, {}), state.get(name, {}), child_shape,

@@ -1,0 +1,159 @@
+"""jaxnet.nn.zoo: every architecture's parameter count (torchvision's and the lecture's), shapes, errors.
+
+Counts and shapes come from ``jax.eval_shape`` (nothing is compiled or allocated); one small
+net runs for real."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnet.nn import zoo
+from jaxnet.nn import summary
+from jaxnet.nn.summary import count_params
+
+# torchvision 0.2x's parameter counts for the same configurations (1000 classes); LeNet-5:
+# the lecture's 61,706; the CIFAR nets: He et al.'s with projection shortcuts (zoo docstring).
+COUNTS = {
+    "lenet5": 61_706, "alexnet": 61_100_840,
+    "vgg11": 132_863_336, "vgg13": 133_047_848, "vgg16": 138_357_544, "vgg19": 143_667_240,
+    "vgg11_bn": 132_868_840, "vgg13_bn": 133_053_736, "vgg16_bn": 138_365_992, "vgg19_bn": 143_678_248,
+    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+    "cifar_resnet20": 272_474, "cifar_resnet32": 466_906, "cifar_resnet44": 661_338, "cifar_resnet56": 855_770,
+    "cifar_resnet110": 1_730_714,
+    "cifar_plain20": 269_722, "cifar_plain32": 464_154, "cifar_plain44": 658_586, "cifar_plain56": 853_018,
+    "cifar_plain110": 1_727_962,
+}
+
+
+def _params(model, shape):
+    return jax.eval_shape(lambda k: model.init(k, shape)[0], jax.random.key(0))
+
+
+def test_every_model_is_pinned():
+    assert set(COUNTS) == set(zoo.ZOO)
+
+
+@pytest.mark.parametrize("name", sorted(COUNTS))
+def test_parameter_count_and_output_shape(name):
+    make, shape = zoo.ZOO[name]
+    model = make()
+    assert count_params(_params(model, (2,) + shape)) == COUNTS[name]
+    assert model.output_shape((2,) + shape) == (2, 10 if name.startswith(("lenet", "cifar")) else 1000)
+
+
+def test_shapes_inside_the_nets_are_the_lectures():
+    # AlexNet: CONV1 55x55 (torchvision's 64 filters; the lecture's 96 give 34,944 params: 11*11*3*96 + 96)
+    a = zoo.alexnet()
+    x = (1, 224, 224, 3)
+    assert a.layers[0].output_shape(x) == (1, 55, 55, 64)
+    assert a.output_shape(x) == (1, 1000)
+    # ResNet-50: 56x56 after the stem and pool, 7x7x2048 before the average pool
+    r = zoo.resnet(50)
+    h = x
+    for name, layer in zip(r.names, r.layers):
+        h = layer.output_shape(h)
+        if name == "pool":
+            assert h == (1, 56, 56, 64)
+        if name == "stage4":
+            assert h == (1, 7, 7, 2048)
+    # the plain twin has the ResNet's layers minus the projection shortcuts
+    res, plain = _params(zoo.cifar_resnet(20), (1, 32, 32, 3)), _params(zoo.cifar_resnet(20, plain=True),
+                                                                         (1, 32, 32, 3))
+    shortcuts = sum(count_params(res[f"stage{s}"]["block1"]["add"]["shortcut"]) for s in (2, 3))
+    assert count_params(res) - count_params(plain) == shortcuts == 16 * 32 + 2 * 32 + 32 * 64 + 2 * 64
+
+
+def test_a_small_net_runs_and_learns_its_shapes():
+    model = zoo.cifar_resnet(8, width=4)
+    params, state = model.init(jax.random.key(0), (2, 16, 16, 3))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16, 16, 3)), jnp.float32)
+
+    @jax.jit
+    def step(params, state, x):
+        def loss(p):
+            logits, new_state = model.apply(p, state, x, train=True)
+            return jnp.sum(jax.nn.log_softmax(logits)[:, 0]), (logits, new_state)
+        return jax.grad(loss, has_aux=True)(params)
+
+    grads, (logits, new_state) = step(params, state, x)
+    assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
+    assert jax.tree.structure(grads) == jax.tree.structure(params)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    # batch norm's running statistics moved (train mode)
+    assert not np.allclose(new_state["stem"]["bn"]["mean"], state["stem"]["bn"]["mean"])
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: zoo.vgg(12), "vgg: depth must be one of"),
+    (lambda: zoo.resnet(20), "resnet: depth must be one of"),
+    (lambda: zoo.cifar_resnet(21), "cifar_resnet: depth must be 6n"),
+    (lambda: zoo.cifar_resnet(20, width=0), "cifar_resnet: `width` must be a positive int"),
+    (lambda: zoo.alexnet(num_classes=0), "alexnet: `num_classes`"),
+    (lambda: zoo.lenet5(num_classes=2.5), "lenet5: `num_classes`"),
+])
+def test_bad_configurations_are_one_line_errors(make, match):
+    with pytest.raises(ValueError, match=match) as e:
+        make()
+    assert "\n" not in str(e.value)
+
+
+def test_wrong_input_size_is_a_one_line_error_with_the_shapes():
+    a = zoo.alexnet()
+    params, state = jax.eval_shape(lambda k: a.init(k, (1, 224, 224, 3)), jax.random.key(0))
+    with pytest.raises(ValueError, match="affine") as e:    # 7x7x256 features where fc6 was built for 6x6
+        jax.eval_shape(lambda p, x: a.apply(p, state, x, train=False), params,
+                       jax.ShapeDtypeStruct((1, 256, 256, 3), jnp.float32))
+    first = str(e.value).splitlines()[0]                     # (JAX appends a note on its traceback filter)
+    assert first.startswith("affine: ") and "12544" in first and "9216" in first, first
+
+
+# ----------------------------------------------------------------------------- accounting
+
+@pytest.mark.parametrize("name, gmacs", [("alexnet", 0.71), ("vgg16", 15.47), ("resnet18", 1.81),
+                                         ("resnet50", 4.09), ("resnet152", 11.51)])
+def test_multiply_adds_match_the_published_counts(name, gmacs):
+    """torchvision's documented GFLOPS (multiply-adds, 224x224) for the same nets."""
+    make, shape = zoo.ZOO[name]
+    s = summary(make(), (2,) + shape)
+    assert round(s.macs_per_example / 1e9, 2) == gmacs
+    assert s.total_macs == 2 * s.macs_per_example
+
+
+def test_the_lectures_alexnet_conv1_and_vgg16_memory():
+    from jaxnet.nn import Conv2D, Sequential
+    # CONV1: 96 11x11 filters at stride 4 on 227x227x3 -> 55x55x96, 34,944 parameters
+    s = summary(Sequential((Conv2D(96, kernel=11, stride=4, padding=0),), ("conv1",)), (1, 227, 227, 3))
+    assert s.output_shape == (1, 55, 55, 96) and s.total_params == 34_944
+    assert s.total_macs == 55 * 55 * 96 * 11 * 11 * 3
+    # VGG-16: the lecture's per-layer memory (input, every conv, pool and fc output) sums to
+    # 15.2 M values per image, 61 MB forward; its "TOTAL memory: 24M * 4 bytes ~= 96MB" is off
+    v = summary(zoo.vgg(16), (1, 224, 224, 3))
+    n = 224 * 224 * 3 + sum(int(np.prod(r.output_shape)) for r in v.rows
+                            if r.layer_type in ("Conv2D", "MaxPool2D", "Affine"))
+    assert n == 15_237_608
+
+
+def test_summary_command(capsys):
+    from jaxnet.cli import main
+    assert main(["summary", "resnet18"]) == 0
+    out = capsys.readouterr().out
+    assert "total params: 11,689,512" in out and "1,814.1 M multiply-adds" in out
+    assert main(["summary", "convnet", "--input", "8x8x1", "--batch", "4"]) == 0
+    assert "input (4, 8, 8, 1)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["summary", "nope"], "unknown model 'nope'"),
+    (["summary", "convnet"], "--input HxWxC is needed for 'convnet'"),
+    (["summary", "lenet5", "--input", "32x32"], "--input must be HxWxC"),
+    (["summary", "lenet5", "--batch", "0"], "--batch must be >= 1"),
+    (["summary", "resnet18", "--input", "3x3x3"], "resnet18 on input 3x3x3:"),
+])
+def test_summary_command_bad_input_is_one_line(argv, message, capsys):
+    from jaxnet.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
