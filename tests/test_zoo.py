@@ -14,7 +14,7 @@ from jaxnet.nn.summary import count_params
 # torchvision 0.2x's parameter counts for the same configurations (1000 classes); LeNet-5:
 # the lecture's 61,706; the CIFAR nets: He et al.'s with projection shortcuts (zoo docstring).
 COUNTS = {
-    "lenet5": 61_706, "alexnet": 61_100_840,
+    "lenet5": 61_706, "alexnet": 61_100_840, "googlenet": 6_624_904,
     "vgg11": 132_863_336, "vgg13": 133_047_848, "vgg16": 138_357_544, "vgg19": 143_667_240,
     "vgg11_bn": 132_868_840, "vgg13_bn": 133_053_736, "vgg16_bn": 138_365_992, "vgg19_bn": 143_678_248,
     "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
@@ -111,7 +111,8 @@ def test_wrong_input_size_is_a_one_line_error_with_the_shapes():
 # ----------------------------------------------------------------------------- accounting
 
 @pytest.mark.parametrize("name, gmacs", [("alexnet", 0.71), ("vgg16", 15.47), ("resnet18", 1.81),
-                                         ("resnet50", 4.09), ("resnet152", 11.51)])
+                                         ("resnet50", 4.09), ("resnet152", 11.51),
+                                         ("googlenet", 1.50)])
 def test_multiply_adds_match_the_published_counts(name, gmacs):
     """torchvision's documented GFLOPS (multiply-adds, 224x224) for the same nets."""
     make, shape = zoo.ZOO[name]
@@ -157,3 +158,19 @@ def test_summary_command_bad_input_is_one_line(argv, message, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_inception_naive_vs_bottleneck_operation_counts():
+    """The lecture's example: a 28x28x256 input. Naive module (1x1 128, 3x3 192, 5x5 96, 3x3 pool):
+    28x28x672 out, ~854 M multiply-adds. With 1x1 bottlenecks (64 before the 3x3 and the 5x5, 64
+    after the pool): 28x28x480 out and 271 M (the notes' "358M" does not follow from its layers)."""
+    from jaxnet.nn import Conv2D, MaxPool2D, Parallel
+    naive = Parallel((Conv2D(128, kernel=1), Conv2D(192, kernel=3), Conv2D(96, kernel=5), MaxPool2D(3, 1, padding=1)))
+    s = summary(naive, (1, 28, 28, 256))
+    assert s.output_shape == (1, 28, 28, 672)
+    assert s.total_macs == 784 * (128 * 256 + 192 * 9 * 256 + 96 * 25 * 256) == 854_196_224
+    b = summary(zoo.inception(128, 64, 192, 64, 96, 64, five_by_five=True), (1, 28, 28, 256))
+    assert b.output_shape == (1, 28, 28, 480)
+    assert b.total_macs == 784 * (128 * 256 + 64 * 256 + 192 * 9 * 64 + 64 * 256 + 96 * 25 * 64 + 64 * 256) == 271_351_808
+    # torchvision's GoogLeNet has a 3x3 kernel in the "5x5" branch; the paper's 5x5: 7,005,832 parameters
+    assert count_params(_params(zoo.googlenet(five_by_five=True), (1, 224, 224, 3))) == 7_005_832

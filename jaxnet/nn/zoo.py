@@ -28,11 +28,12 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from jaxnet.nn.combinators import Residual, Sequential
+from jaxnet.nn.combinators import Parallel, Residual, Sequential
 from jaxnet.nn.layers import (Affine, AvgPool2D, BatchNorm, Conv2D, Dropout, Flatten, GlobalAvgPool, MaxPool2D,
                               ReLU, Tanh, with_impl)
 
-__all__ = ["lenet5", "alexnet", "vgg", "resnet", "cifar_resnet", "ZOO", "RESNET_BLOCKS", "VGG_CONFIGS"]
+__all__ = ["lenet5", "alexnet", "vgg", "resnet", "cifar_resnet", "googlenet", "inception", "ZOO", "RESNET_BLOCKS",
+           "VGG_CONFIGS", "GOOGLENET_INCEPTIONS"]
 
 VGG_CONFIGS = {
     11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
@@ -206,10 +207,63 @@ def cifar_resnet(depth: int = 20, num_classes: int = 10, *, plain: bool = False,
     return _seq(items, impl)
 
 
+#: Szegedy et al. 2015 table 1: name -> (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj)
+GOOGLENET_INCEPTIONS = {
+    "3a": (64, 96, 128, 16, 32, 32), "3b": (128, 128, 192, 32, 96, 64),
+    "4a": (192, 96, 208, 16, 48, 64), "4b": (160, 112, 224, 24, 64, 64), "4c": (128, 128, 256, 24, 64, 64),
+    "4d": (112, 144, 288, 32, 64, 64), "4e": (256, 160, 320, 32, 128, 128),
+    "5a": (256, 160, 320, 32, 128, 128), "5b": (384, 192, 384, 48, 128, 128),
+}
+
+
+def _basic_conv(features, kernel, stride=1, padding=None):
+    """GoogLeNet's unit (torchvision's BasicConv2d): conv without bias - batch norm (eps 1e-3) - relu."""
+    pad = _torch_pad(kernel, stride) if padding is None else padding
+    return _seq([("conv", Conv2D(features, kernel=kernel, stride=stride, padding=pad, bias=False)),
+                 ("bn", BatchNorm(eps=1e-3)), ("relu", ReLU())])
+
+
+def inception(c1, c3r, c3, c5r, c5, pool_proj, *, five_by_five: bool = False):
+    """An Inception-v1 module with dimension reductions: four branches concatenated on channels,
+    1x1 | 1x1 -> 3x3 | 1x1 -> 5x5 | maxpool3/1 -> 1x1; out c1 + c3 + c5 + pool_proj channels.
+    ``five_by_five=False`` uses a 3x3 kernel in the "5x5" branch, as torchvision's GoogLeNet does
+    (its parameter count, 6,624,904, assumes it); True is the paper's 5x5."""
+    k5 = 5 if five_by_five else 3
+    return Parallel((
+        _basic_conv(c1, 1),
+        _seq([("reduce", _basic_conv(c3r, 1)), ("conv", _basic_conv(c3, 3))]),
+        _seq([("reduce", _basic_conv(c5r, 1)), ("conv", _basic_conv(c5, k5))]),
+        _seq([("pool", MaxPool2D(3, 1, padding=1)), ("proj", _basic_conv(pool_proj, 1))]),
+    ), combine="concat", names=("branch1x1", "branch3x3", "branch5x5", "branch_pool"))
+
+
+def googlenet(num_classes: int = 1000, *, five_by_five: bool = False, dropout: float = 0.2,
+              impl: Optional[str] = None):
+    """GoogLeNet (Szegedy et al. 2015) as torchvision's, without the auxiliary heads, for 224x224x3:
+    6,624,904 parameters with 1000 classes.  conv7x7/2 (64) - maxpool - conv1x1 (64) - conv3x3 (192) -
+    maxpool - inception 3a, 3b - maxpool - 4a..4e - maxpool - 5a, 5b - global average pool - dropout - fc.
+    The stride-2 max pools are torchvision's ``ceil_mode=True`` ones, written as padding
+    ``((0, 1), (0, 1))`` (for even sizes).  The paper's "naive" module and the operation counts:
+    docs/zoo.md."""
+    _positive("googlenet", "num_classes", num_classes)
+    ceil_pool = lambda: MaxPool2D(3, 2, padding=((0, 1), (0, 1)))           # noqa: E731
+    items = [("conv1", _basic_conv(64, 7, 2)), ("pool1", ceil_pool()), ("conv2", _basic_conv(64, 1)),
+             ("conv3", _basic_conv(192, 3)), ("pool2", ceil_pool())]
+    for name, dims in GOOGLENET_INCEPTIONS.items():
+        items.append((f"inception{name}", inception(*dims, five_by_five=five_by_five)))
+        if name == "3b":
+            items.append(("pool3", ceil_pool()))
+        if name == "4e":
+            items.append(("pool4", MaxPool2D(2, 2)))
+    items += [("avgpool", GlobalAvgPool()), ("dropout", Dropout(dropout)), ("fc", Affine(num_classes))]
+    return _seq(items, impl)
+
+
 #: name -> (constructor, the input shape it is built for)
 ZOO = {
     "lenet5": (lambda **kw: lenet5(**kw), (32, 32, 1)),
     "alexnet": (lambda **kw: alexnet(**kw), (224, 224, 3)),
+    "googlenet": (lambda **kw: googlenet(**kw), (224, 224, 3)),
     **{f"vgg{d}": ((lambda d: lambda **kw: vgg(d, **kw))(d), (224, 224, 3)) for d in VGG_CONFIGS},
     **{f"vgg{d}_bn": ((lambda d: lambda **kw: vgg(d, batch_norm=True, **kw))(d), (224, 224, 3)) for d in VGG_CONFIGS},
     **{f"resnet{d}": ((lambda d: lambda **kw: resnet(d, **kw))(d), (224, 224, 3)) for d in RESNET_BLOCKS},
