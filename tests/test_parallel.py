@@ -141,8 +141,10 @@ def _train(out, *extra, env, process=None, port=None):
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
 
 
-def _two_processes(out, *extra):
+def _two_processes(out, *extra, cache=None):
     port, env = _free_port(), _env(1)
+    if cache is not None:           # the runs share a compilation cache, as a user's runs do
+        env["JAXNET_COMPILATION_CACHE"] = str(cache)
     procs = [_train(out, *extra, env=env, process=i, port=port) for i in (0, 1)]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (so, se) in zip(procs, outs):
@@ -160,10 +162,11 @@ def test_two_processes_train_and_resume_like_one_process_on_two_devices(tmp_path
     """`jaxnet train` under jax.distributed (2 processes x 1 CPU device, gloo collectives):
     the same metrics as one process on 2 devices; only process 0 writes; --resume continues."""
     multi, single = tmp_path / "multi", tmp_path / "single"
-    (so0, _), (so1, _) = _two_processes(multi, "--epochs", "1")
+    cache = tmp_path / "xla-cache"
+    (so0, _), (so1, _) = _two_processes(multi, "--epochs", "1", cache=cache)
     assert "test accuracy" in so0 and "test accuracy" not in so1           # process 1 prints no result
     assert sorted(os.listdir(multi)) == ["checkpoint", "curves.png", "metrics.jsonl", "summary.json"]
-    _two_processes(multi, "--epochs", "2", "--resume")
+    _two_processes(multi, "--epochs", "2", "--resume", cache=cache)       # reads the programs compiled above
     p = _train(single, "--epochs", "2", env=_env(2))       # uninterrupted (constant rate: same schedule)
     assert p.wait(timeout=300) == 0, p.stderr.read()
     got, want = _metrics(multi), _metrics(single)

@@ -23,6 +23,8 @@ COUNTS = {
     "cifar_resnet110": 1_730_714,
     "cifar_plain20": 269_722, "cifar_plain32": 464_154, "cifar_plain44": 658_586, "cifar_plain56": 853_018,
     "cifar_plain110": 1_727_962,
+    "wrn16_4": 2_748_890, "wrn28_10": 36_479_194,           # Zagoruyko & Komodakis: 2.7 M, 36.5 M
+    "mobilenet": 4_231_976,                                  # Howard et al.: 4.2 M
 }
 
 
@@ -39,7 +41,7 @@ def test_parameter_count_and_output_shape(name):
     make, shape = zoo.ZOO[name]
     model = make()
     assert count_params(_params(model, (2,) + shape)) == COUNTS[name]
-    assert model.output_shape((2,) + shape) == (2, 10 if name.startswith(("lenet", "cifar")) else 1000)
+    assert model.output_shape((2,) + shape) == (2, 10 if name.startswith(("lenet", "cifar", "wrn")) else 1000)
 
 
 def test_shapes_inside_the_nets_are_the_lectures():
@@ -91,6 +93,9 @@ def test_a_small_net_runs_and_learns_its_shapes():
     (lambda: zoo.cifar_resnet(20, width=0), "cifar_resnet: `width` must be a positive int"),
     (lambda: zoo.alexnet(num_classes=0), "alexnet: `num_classes`"),
     (lambda: zoo.lenet5(num_classes=2.5), "lenet5: `num_classes`"),
+    (lambda: zoo.wide_resnet(27, 10), "wide_resnet: depth must be 6n \\+ 4"),
+    (lambda: zoo.wide_resnet(28, 0), "wide_resnet: `widen`"),
+    (lambda: zoo.mobilenet(width=0), "mobilenet: `width` must be a positive number"),
 ])
 def test_bad_configurations_are_one_line_errors(make, match):
     with pytest.raises(ValueError, match=match) as e:
@@ -112,7 +117,7 @@ def test_wrong_input_size_is_a_one_line_error_with_the_shapes():
 
 @pytest.mark.parametrize("name, gmacs", [("alexnet", 0.71), ("vgg16", 15.47), ("resnet18", 1.81),
                                          ("resnet50", 4.09), ("resnet152", 11.51),
-                                         ("googlenet", 1.50)])
+                                         ("googlenet", 1.50), ("mobilenet", 0.57)])
 def test_multiply_adds_match_the_published_counts(name, gmacs):
     """torchvision's documented GFLOPS (multiply-adds, 224x224) for the same nets."""
     make, shape = zoo.ZOO[name]
@@ -174,3 +179,14 @@ def test_inception_naive_vs_bottleneck_operation_counts():
     assert b.total_macs == 784 * (128 * 256 + 64 * 256 + 192 * 9 * 64 + 64 * 256 + 96 * 25 * 64 + 64 * 256) == 271_351_808
     # torchvision's GoogLeNet has a 3x3 kernel in the "5x5" branch; the paper's 5x5: 7,005,832 parameters
     assert count_params(_params(zoo.googlenet(five_by_five=True), (1, 224, 224, 3))) == 7_005_832
+
+
+def test_mobilenet_multiply_adds_and_depthwise_convolutions():
+    """Howard et al. table 1 / 8: 569 M multiply-adds at 224x224, width 1.0; the depthwise
+    convolutions are feature-grouped (one 3x3 filter per channel)."""
+    s = summary(zoo.mobilenet(), (1, 224, 224, 3))
+    assert round(s.macs_per_example / 1e6) == 569
+    dw = [r for r in s.rows if r.path.endswith("/dw")]
+    assert len(dw) == 13 and all(r.params == 9 * r.output_shape[-1] for r in dw)
+    half = summary(zoo.mobilenet(width=0.5), (1, 224, 224, 3))
+    assert round(half.total_params / 1e6, 1) == 1.3          # the paper's 0.5 MobileNet-224: 1.3 M

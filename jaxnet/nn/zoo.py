@@ -32,7 +32,8 @@ from jaxnet.nn.combinators import Parallel, Residual, Sequential
 from jaxnet.nn.layers import (Affine, AvgPool2D, BatchNorm, Conv2D, Dropout, Flatten, GlobalAvgPool, MaxPool2D,
                               ReLU, Tanh, with_impl)
 
-__all__ = ["lenet5", "alexnet", "vgg", "resnet", "cifar_resnet", "googlenet", "inception", "ZOO", "RESNET_BLOCKS",
+__all__ = ["lenet5", "alexnet", "vgg", "resnet", "cifar_resnet", "googlenet", "inception", "wide_resnet", "mobilenet",
+           "ZOO", "RESNET_BLOCKS",
            "VGG_CONFIGS", "GOOGLENET_INCEPTIONS"]
 
 VGG_CONFIGS = {
@@ -259,6 +260,70 @@ def googlenet(num_classes: int = 1000, *, five_by_five: bool = False, dropout: f
     return _seq(items, impl)
 
 
+def _preact_block(width, stride, project, dropout):
+    """Wide ResNet's pre-activation block: bn - relu - conv3x3 - bn - relu - dropout - conv3x3, plus the
+    input (or a 1x1 projection of the pre-activated input where the shape changes)."""
+    body = [("conv1", Conv2D(width, kernel=3, stride=stride, padding=_torch_pad(3, stride), bias=False)),
+            ("bn2", BatchNorm()), ("relu2", ReLU())]
+    if dropout:
+        body.append(("dropout", Dropout(dropout)))
+    body.append(("conv2", Conv2D(width, kernel=3, padding=1, bias=False)))
+    pre = [("bn1", BatchNorm()), ("relu1", ReLU())]
+    if not project:
+        return Residual(_seq(pre + body))
+    shortcut = Conv2D(width, kernel=1, stride=stride, padding=_torch_pad(1, stride), bias=False)
+    return _seq(pre + [("add", Residual(_seq(body), shortcut))])
+
+
+def wide_resnet(depth: int = 28, widen: int = 10, num_classes: int = 10, *, dropout: float = 0.0,
+                impl: Optional[str] = None):
+    """WRN-depth-widen (Zagoruyko & Komodakis 2016) for 32x32 images: conv3x3 (16) - three groups of
+    (depth - 4) / 6 pre-activation blocks, 16k / 32k / 64k wide (stride 2 from the second) - bn - relu -
+    global average pool - fc.  WRN-28-10: 36,479,194 parameters with 10 classes."""
+    _positive("wide_resnet", "depth", depth)
+    _positive("wide_resnet", "widen", widen)
+    if (depth - 4) % 6:
+        raise ValueError(f"wide_resnet: depth must be 6n + 4 (16, 22, 28, 40, ...), got {depth}")
+    _positive("wide_resnet", "num_classes", num_classes)
+    n = (depth - 4) // 6
+    items, channels = [("stem", Conv2D(16, kernel=3, padding=1, bias=False))], 16
+    for g, w in enumerate((16 * widen, 32 * widen, 64 * widen), start=1):
+        blocks = []
+        for b in range(n):
+            stride = 2 if (b == 0 and g > 1) else 1
+            blocks.append((f"block{b + 1}", _preact_block(w, stride, stride != 1 or channels != w, dropout)))
+            channels = w
+        items.append((f"group{g}", _seq(blocks)))
+    items += [("bn", BatchNorm()), ("relu", ReLU()), ("avgpool", GlobalAvgPool()), ("fc", Affine(num_classes))]
+    return _seq(items, impl)
+
+
+#: MobileNet v1 (Howard et al. 2017) table 1: (pointwise width, depthwise stride) per separable block
+MOBILENET_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1),
+                    (512, 1), (512, 1), (1024, 2), (1024, 1))
+
+
+def mobilenet(num_classes: int = 1000, *, width: float = 1.0, impl: Optional[str] = None):
+    """MobileNet v1 on depthwise separable convolutions, for 224x224x3: conv3x3/2 (32) - 13 blocks of
+    depthwise conv3x3 (``groups`` = channels) - bn - relu - pointwise conv1x1 - bn - relu - global
+    average pool - fc.  4,231,976 parameters with 1000 classes at width 1.0 (``width`` scales every
+    layer's channels, the paper's alpha)."""
+    _positive("mobilenet", "num_classes", num_classes)
+    if not isinstance(width, (int, float)) or isinstance(width, bool) or not width > 0:
+        raise ValueError(f"mobilenet: `width` must be a positive number, got {width!r}")
+    ch = lambda c: max(1, int(c * width))                                  # noqa: E731
+    items = [("stem", _seq(_conv_bn(ch(32), 3, 2) + [("relu", ReLU())]))]
+    channels = ch(32)
+    for i, (c, stride) in enumerate(MOBILENET_BLOCKS, start=1):
+        items.append((f"block{i}", _seq([
+            ("dw", Conv2D(channels, kernel=3, stride=stride, padding=_torch_pad(3, stride), groups=channels,
+                          bias=False)), ("dw_bn", BatchNorm()), ("dw_relu", ReLU()),
+            ("pw", Conv2D(ch(c), kernel=1, padding=0, bias=False)), ("pw_bn", BatchNorm()), ("pw_relu", ReLU())])))
+        channels = ch(c)
+    items += [("avgpool", GlobalAvgPool()), ("fc", Affine(num_classes))]
+    return _seq(items, impl)
+
+
 #: name -> (constructor, the input shape it is built for)
 ZOO = {
     "lenet5": (lambda **kw: lenet5(**kw), (32, 32, 1)),
@@ -271,4 +336,7 @@ ZOO = {
        for d in (20, 32, 44, 56, 110)},
     **{f"cifar_plain{d}": ((lambda d: lambda **kw: cifar_resnet(d, plain=True, **kw))(d), (32, 32, 3))
        for d in (20, 32, 44, 56, 110)},
+    "wrn16_4": (lambda **kw: wide_resnet(16, 4, **kw), (32, 32, 3)),
+    "wrn28_10": (lambda **kw: wide_resnet(28, 10, **kw), (32, 32, 3)),
+    "mobilenet": (lambda **kw: mobilenet(**kw), (224, 224, 3)),
 }
