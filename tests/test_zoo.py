@@ -190,3 +190,15 @@ def test_mobilenet_multiply_adds_and_depthwise_convolutions():
     assert len(dw) == 13 and all(r.params == 9 * r.output_shape[-1] for r in dw)
     half = summary(zoo.mobilenet(width=0.5), (1, 224, 224, 3))
     assert round(half.total_params / 1e6, 1) == 1.3          # the paper's 0.5 MobileNet-224: 1.3 M
+
+
+def test_local_response_norm_layer_and_alexnets_norm(x64):
+    from jaxnet.nn import LocalResponseNorm
+    from jaxnet.ops.norm import _local_response_norm_oracle
+    x = np.random.default_rng(3).standard_normal((1, 2, 2, 6))
+    layer = LocalResponseNorm(size=5, alpha=5e-4, beta=0.75, k=2.0)
+    y, _ = jax.jit(lambda x: layer.apply({}, {}, x, train=False))(jnp.asarray(x))
+    np.testing.assert_allclose(y, _local_response_norm_oracle(x, size=5, alpha=5e-4, beta=0.75, k=2.0), rtol=1e-13)
+    a = zoo.alexnet(lrn=True)
+    assert [n for n in a.names if n.startswith("norm")] == ["norm1", "norm2"]
+    assert count_params(_params(a, (1, 224, 224, 3))) == COUNTS["alexnet"]     # NORM has no parameters

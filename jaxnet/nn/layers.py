@@ -61,7 +61,7 @@ from jaxnet.ops.regularization import check_rate
 __all__ = [
     "Layer", "with_impl", "Affine", "Conv2D", "ConvTranspose2D", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
     "ELU", "PReLU", "Maxout", "MaxPool2D", "AvgPool2D", "GlobalAvgPool", "GlobalMaxPool", "Flatten", "BatchNorm",
-    "LayerNorm", "GroupNorm", "Dropout",
+    "LayerNorm", "GroupNorm", "LocalResponseNorm", "Dropout",
 ]
 
 
@@ -523,6 +523,24 @@ class GroupNorm(_OpLayer):
     def apply(self, params, state, x, *, train, key=None):
         return F.group_norm(x, params["gamma"], params["beta"], groups=self.groups, eps=self.eps,
                             impl=self.impl), state
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalResponseNorm(_OpLayer):
+    """Local response normalization across channels (AlexNet's "NORM"), (N, H, W, C) -> same.
+
+    ``y = x / (k + alpha / size * sum of x^2 over size neighbouring channels)^beta``
+    (:func:`jaxnet.ops.local_response_norm`, PyTorch's convention; no params).
+    """
+    size: int = 5
+    alpha: float = 1e-4
+    beta: float = 0.75
+    k: float = 1.0
+    impl: Optional[str] = None
+
+    def apply(self, params, state, x, *, train, key=None):
+        return F.local_response_norm(x, size=self.size, alpha=self.alpha, beta=self.beta, k=self.k,
+                                     impl=self.impl), state
 
 
 # ----------------------------------------------------------------------------- dropout

@@ -29,8 +29,8 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from jaxnet.nn.combinators import Parallel, Residual, Sequential
-from jaxnet.nn.layers import (Affine, AvgPool2D, BatchNorm, Conv2D, Dropout, Flatten, GlobalAvgPool, MaxPool2D,
-                              ReLU, Tanh, with_impl)
+from jaxnet.nn.layers import (Affine, AvgPool2D, BatchNorm, Conv2D, Dropout, Flatten, GlobalAvgPool,
+                              LocalResponseNorm, MaxPool2D, ReLU, Tanh, with_impl)
 
 __all__ = ["lenet5", "alexnet", "vgg", "resnet", "cifar_resnet", "googlenet", "inception", "wide_resnet", "mobilenet",
            "ZOO", "RESNET_BLOCKS",
@@ -69,18 +69,22 @@ def lenet5(num_classes: int = 10, *, impl: Optional[str] = None):
                  ("tanh4", Tanh()), ("out", Affine(num_classes))], impl)
 
 
-def alexnet(num_classes: int = 1000, *, dropout: float = 0.5, impl: Optional[str] = None):
+def alexnet(num_classes: int = 1000, *, dropout: float = 0.5, lrn: bool = False, impl: Optional[str] = None):
     """AlexNet as torchvision's (the one-GPU variant of Krizhevsky et al. 2012, 64/192/384/256/256
     filters, no LRN), for 224x224x3: 61,100,840 parameters with 1000 classes.
 
     features: conv11x11/4 (64, pad 2) - relu - maxpool3/2 - conv5x5 (192, pad 2) - relu - maxpool3/2 -
     conv3x3 384, 256, 256 (pad 1, relu each) - maxpool3/2 -> 6x6x256; classifier: dropout - fc4096 -
-    relu - dropout - fc4096 - relu - fc."""
+    relu - dropout - fc4096 - relu - fc.  ``lrn=True`` adds the paper's local response normalization
+    ("NORM": size 5, k 2, alpha 1e-4 per channel summed, beta 0.75) after the first two ReLUs; it
+    has no parameters."""
     _positive("alexnet", "num_classes", num_classes)
     pool = lambda: MaxPool2D(3, 2, padding="VALID")                       # noqa: E731
+    norm = lambda i: [(f"norm{i}", LocalResponseNorm(5, alpha=5 * 1e-4, beta=0.75, k=2.0))] if lrn else []  # noqa
     return _seq([
-        ("conv1", Conv2D(64, kernel=11, stride=4, padding=((2, 1), (2, 1)))), ("relu1", ReLU()), ("pool1", pool()),
-        ("conv2", Conv2D(192, kernel=5, padding=2)), ("relu2", ReLU()), ("pool2", pool()),
+        ("conv1", Conv2D(64, kernel=11, stride=4, padding=((2, 1), (2, 1)))), ("relu1", ReLU()), *norm(1),
+        ("pool1", pool()),
+        ("conv2", Conv2D(192, kernel=5, padding=2)), ("relu2", ReLU()), *norm(2), ("pool2", pool()),
         ("conv3", Conv2D(384, kernel=3, padding=1)), ("relu3", ReLU()),
         ("conv4", Conv2D(256, kernel=3, padding=1)), ("relu4", ReLU()),
         ("conv5", Conv2D(256, kernel=3, padding=1)), ("relu5", ReLU()), ("pool5", pool()),

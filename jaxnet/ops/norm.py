@@ -378,3 +378,100 @@ def _group_norm_oracle_cases():
 register(OpSpec("group_norm", group_norm, group_norm_manual, _sample_affine_params, (
     case({"x": (2, 3, 3, 4)}, groups=2), case({"x": (1, 3, 3, 6)}, groups=1), case({"x": (2, 2, 3, 4)}, groups=4),
 ), backward=_normalize_bwd, oracle=_group_norm_oracle, oracle_cases=_group_norm_oracle_cases))
+
+
+# ------------------------------------------------------------------------- local response normalization
+
+def _check_lrn(op, x, size, alpha, beta, k):
+    check_rank(op, "x", x, 4, "(N, H, W, C)")
+    size = check_positive_int(op, "size", size)
+    alpha = check_number(op, "alpha", alpha, low=0.0)
+    beta = check_number(op, "beta", beta, low=0.0)
+    k = check_number(op, "k", k, low=0.0, low_open=True)
+    return size, alpha, beta, k
+
+
+def _channel_window_sum(a, before: int, after: int):
+    """``s[..., c] = sum(a[..., c - before : c + after + 1])`` over the last axis, zeros outside."""
+    c = a.shape[-1]
+    padded = jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(before, after)])
+    return sum(padded[..., t:t + c] for t in range(before + after + 1))
+
+
+def local_response_norm(x, *, size=5, alpha=1e-4, beta=0.75, k=1.0):
+    """Local response normalization across channels (AlexNet's "NORM" layer).
+
+    x (N, H, W, C) -> y (N, H, W, C)::
+
+        d[c] = k + alpha / size * sum(x[c']^2 for c' in c - size//2 .. c + (size-1)//2)   (zeros outside)
+        y[c] = x[c] / d[c]^beta
+
+    PyTorch's ``LocalResponseNorm`` convention (alpha divided by the window size); Krizhevsky et
+    al. write ``k + alpha * sum`` with k = 2, n = 5, alpha = 1e-4, beta = 0.75: pass
+    ``alpha=5e-4, k=2.0`` for theirs.  Reference: the formula in ``jax.numpy``, autodiff backward.
+    """
+    size, alpha, beta, k = _check_lrn("local_response_norm", x, size, alpha, beta, k)
+    d = k + alpha / size * _channel_window_sum(x * x, size // 2, (size - 1) // 2)
+    return x * d ** (-beta)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _lrn_core(x, size, alpha, beta, k):
+    return _lrn_fwd(x, size, alpha, beta, k)[0]
+
+
+def _lrn_fwd(x, size, alpha, beta, k):
+    d = k + alpha / size * _channel_window_sum(x * x, size // 2, (size - 1) // 2)
+    p = d ** (-beta)
+    return x * p, (x, d, p)
+
+
+def _lrn_bwd(size, alpha, beta, k, res, dy):
+    """dx = dy d^-beta - (2 alpha beta / size) x * window^T(dy x d^(-beta-1)), the transposed window.
+
+    y[c] = x[c] d[c]^-beta with d[c] = k + alpha/size sum_{c' in W(c)} x[c']^2, so x[i] reaches
+    y[i] directly and every d[c] whose window W(c) = [c - size//2, c + (size-1)//2] holds i:
+    those c run over [i - (size-1)//2, i + size//2], the window with its two sides swapped.
+    Residuals: x, d and d^-beta (N, H, W, C); returns dx like x.
+    """
+    x, d, p = res
+    g = dy * x * p / d                                   # dy[c] x[c] d[c]^(-beta-1)
+    back = _channel_window_sum(g, (size - 1) // 2, size // 2)
+    return (dy * p - (2.0 * alpha * beta / size) * x * back,)
+
+
+_lrn_core.defvjp(_lrn_fwd, _lrn_bwd)
+
+
+def local_response_norm_manual(x, *, size=5, alpha=1e-4, beta=0.75, k=1.0):
+    """Manual twin of :func:`local_response_norm` (hand backward :func:`_lrn_bwd`). x: (N, H, W, C)."""
+    size, alpha, beta, k = _check_lrn("local_response_norm", x, size, alpha, beta, k)
+    return _lrn_core(x, size, alpha, beta, k)
+
+
+def _local_response_norm_oracle(x, *, size=5, alpha=1e-4, beta=0.75, k=1.0):
+    """NumPy oracle: a loop over channels, each window clipped to the existing channels."""
+    c = x.shape[-1]
+    y = np.empty_like(x)
+    for ch in range(c):
+        lo, hi = max(0, ch - size // 2), min(c - 1, ch + (size - 1) // 2)
+        s = (x[..., lo:hi + 1] ** 2).sum(axis=-1)
+        y[..., ch] = x[..., ch] / (k + alpha / size * s) ** beta
+    return y
+
+
+def _sample_lrn(key, d, dt):
+    return (S.normal(key, d["x"], dt),)
+
+
+register(OpSpec("local_response_norm", local_response_norm, local_response_norm_manual, _sample_lrn, (
+    case({"x": (2, 3, 3, 6)}), case({"x": (1, 2, 2, 7)}, size=4, alpha=0.5, beta=0.6, k=1.5),
+    case({"x": (1, 2, 3, 3)}, size=5, alpha=2.0, beta=0.75, k=2.0),
+), backward=_lrn_bwd, oracle=_local_response_norm_oracle,
+   note="large alpha in the later cases, so that the normalising term is not ~k and its gradient is exercised",
+   oracle_cases=lambda: O.drawn(
+       "local_response_norm",
+       ("x=2x2x2x6", lambda r: (2 * r.standard_normal((2, 2, 2, 6)),)),
+       ("x=1x2x2x5 size=4 alpha=1 beta=0.5 k=2", lambda r: (r.standard_normal((1, 2, 2, 5)),),
+        {"size": 4, "alpha": 1.0, "beta": 0.5, "k": 2.0}),
+       ("x=1x1x2x3 size=7 alpha=3", lambda r: (r.standard_normal((1, 1, 2, 3)),), {"size": 7, "alpha": 3.0}))))
