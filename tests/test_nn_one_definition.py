@@ -67,6 +67,8 @@ SHAPE_CASES = [
     (nn.GroupNorm(2), [(2, 3, 5, 4), (1, 1, 1, 2)]),
     (nn.LocalResponseNorm(3), [(1, 2, 3, 4), (1, 1, 1, 1)]),
     (nn.Dropout(0.3), [(4, 5), (1, 2, 2, 1)]),
+    (nn.StochasticDepth(0.3), [(4, 5), (2, 2, 2, 1)]),
+    (nn.Reshape((2, -1)), [(3, 8), (1, 2, 2, 3)]),
     (nn.Sequential((nn.Conv2D(4, stride=2), nn.ReLU(), nn.Flatten(), nn.Affine(3))), [(1, 5, 5, 2)]),
     (nn.Residual(nn.Conv2D(8, stride=2), shortcut=nn.Conv2D(8, kernel=1, stride=2)), [(1, 7, 7, 3)]),
     (nn.Parallel((nn.Conv2D(2, kernel=1), nn.MaxPool2D(3, 1, "SAME"))), [(2, 5, 5, 4)]),

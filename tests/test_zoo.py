@@ -202,3 +202,45 @@ def test_local_response_norm_layer_and_alexnets_norm(x64):
     a = zoo.alexnet(lrn=True)
     assert [n for n in a.names if n.startswith("norm")] == ["norm1", "norm2"]
     assert count_params(_params(a, (1, 224, 224, 3))) == COUNTS["alexnet"]     # NORM has no parameters
+
+
+def test_stochastic_depth_drops_whole_examples_and_is_the_identity_in_eval():
+    from jaxnet.nn import Conv2D, Residual, Sequential, StochasticDepth
+    sd = StochasticDepth(0.5)
+    x = jnp.ones((16, 2, 2, 3))
+
+    @jax.jit
+    def run(x, key):
+        return jax.value_and_grad(lambda x: jnp.sum(sd.apply({}, {}, x, train=True, key=key)[0]))(x)
+
+    total, g = run(x, jax.random.key(0))
+    y = sd.apply({}, {}, x, train=True, key=jax.random.key(0))[0]
+    per_row = np.asarray(y).reshape(16, -1)
+    assert set(np.unique(per_row)) <= {0.0, 2.0}                      # dropped, or kept and scaled by 1/(1-p)
+    assert all(len(set(r)) == 1 for r in per_row)                      # a whole example at a time
+    assert 0 < (per_row[:, 0] == 0).sum() < 16
+    np.testing.assert_array_equal(g, y)                                # d(sum y)/dx is the mask
+    assert sd.apply({}, {}, x, train=False)[0] is x
+    with pytest.raises(ValueError, match="StochasticDepth.*needs a PRNG key"):
+        sd.apply({}, {}, x, train=True)
+    with pytest.raises(ValueError, match="StochasticDepth"):
+        StochasticDepth(1.0)
+    # in a residual block a dropped example is its shortcut alone
+    block = Residual(Sequential((Conv2D(3, bias=False), StochasticDepth(0.5))))
+    params, state = block.init(jax.random.key(1), x.shape)
+    out = np.asarray(block.apply(params, state, x, train=True, key=jax.random.key(2))[0]).reshape(16, -1)
+    dropped = (out == 1.0).all(axis=1)
+    assert 0 < dropped.sum() < 16
+
+
+def test_reshape_layer():
+    from jaxnet.nn import Reshape
+    r = Reshape((2, -1))
+    assert r.output_shape((3, 2, 2, 3)) == (3, 2, 6)
+    x = jnp.arange(24.0).reshape(2, 12)
+    np.testing.assert_array_equal(r.apply({}, {}, x, train=False)[0], np.arange(24.0).reshape(2, 2, 6))
+    for bad in ((2, -1, -1), (0, 3), "23", (2.0,)):
+        with pytest.raises(ValueError, match="Reshape: `shape` must be"):
+            Reshape(bad)
+    with pytest.raises(ValueError, match=r"Reshape: cannot reshape each example of input \(1, 7\)"):
+        Reshape((2, -1)).output_shape((1, 7))

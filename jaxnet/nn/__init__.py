@@ -13,7 +13,7 @@ from jaxnet.nn.combinators import Parallel, Residual, Sequential, apply_tapped
 from jaxnet.nn.init import fans, get_initializer
 from jaxnet.nn.inspect import activation_stats, forward_with_intermediates, intermediates
 from jaxnet.nn.layers import (ELU, Affine, AvgPool2D, BatchNorm, Conv2D, ConvTranspose2D, Dropout, Flatten,
-                              GlobalAvgPool, GlobalMaxPool, GroupNorm, Layer, LocalResponseNorm, LayerNorm, LeakyReLU, Maxout, MaxPool2D, PReLU,
+                              GlobalAvgPool, GlobalMaxPool, GroupNorm, Layer, LocalResponseNorm, Reshape, StochasticDepth, LayerNorm, LeakyReLU, Maxout, MaxPool2D, PReLU,
                               ReLU, Sigmoid, Tanh, with_impl)
 from jaxnet.nn.models import (MODELS, fast_convnet, fully_connected_net, get_model, small_convnet, three_layer_convnet,
                               two_layer_net)
@@ -30,7 +30,7 @@ __all__ = [
     "Affine", "Conv2D", "ConvTranspose2D",
     "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "ELU", "PReLU", "Maxout",
     "MaxPool2D", "AvgPool2D", "GlobalAvgPool", "GlobalMaxPool", "Flatten",
-    "BatchNorm", "LayerNorm", "GroupNorm", "LocalResponseNorm", "Dropout",
+    "BatchNorm", "LayerNorm", "GroupNorm", "LocalResponseNorm", "Dropout", "Reshape", "StochasticDepth",
     "Sequential", "Residual", "Parallel", "apply_tapped",
     "init", "fans", "get_initializer",
     "two_layer_net", "fully_connected_net", "three_layer_convnet", "small_convnet", "fast_convnet", "get_model",

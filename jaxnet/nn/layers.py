@@ -60,7 +60,8 @@ from jaxnet.ops.regularization import check_rate
 
 __all__ = [
     "Layer", "with_impl", "Affine", "Conv2D", "ConvTranspose2D", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
-    "ELU", "PReLU", "Maxout", "MaxPool2D", "AvgPool2D", "GlobalAvgPool", "GlobalMaxPool", "Flatten", "BatchNorm",
+    "ELU", "PReLU", "Maxout", "MaxPool2D", "AvgPool2D", "GlobalAvgPool", "GlobalMaxPool", "Flatten", "Reshape",
+    "StochasticDepth", "BatchNorm",
     "LayerNorm", "GroupNorm", "LocalResponseNorm", "Dropout",
 ]
 
@@ -458,6 +459,37 @@ class Flatten(Layer):
         return jnp.reshape(x, (x.shape[0], -1)), state
 
 
+@dataclasses.dataclass(frozen=True)
+class Reshape(Layer):
+    """(N, ...) -> (N, *shape): each example reshaped (one entry of ``shape`` may be -1).
+    No op behind it, so no ``impl``."""
+    shape: tuple
+
+    def __post_init__(self):
+        super().__post_init__()
+        shape = tuple(self.shape) if isinstance(self.shape, (tuple, list)) else None
+        if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1)
+                                for d in shape) or shape.count(-1) > 1:
+            raise ValueError(f"Reshape: `shape` must be a tuple of positive ints with at most one -1, "
+                             f"got {self.shape!r}")
+        object.__setattr__(self, "shape", shape)
+
+    def output_shape(self, input_shape):
+        shape = _shape(self, input_shape)
+        size, known = math.prod(shape[1:]), math.prod(d for d in self.shape if d != -1)
+        if (-1 in self.shape and size % known) or (-1 not in self.shape and size != known):
+            raise ValueError(f"Reshape: cannot reshape each example of input {shape} ({size} values) to "
+                             f"{self.shape}")
+        return (shape[0],) + tuple(size // known if d == -1 else d for d in self.shape)
+
+    def init(self, key, input_shape):
+        self.output_shape(input_shape)
+        return {}, {}
+
+    def apply(self, params, state, x, *, train, key=None):
+        return jnp.reshape(x, self.output_shape(x.shape)), state
+
+
 # ----------------------------------------------------------------------------- normalization
 
 def _gamma_beta(shape):
@@ -544,6 +576,40 @@ class LocalResponseNorm(_OpLayer):
 
 
 # ----------------------------------------------------------------------------- dropout
+
+@dataclasses.dataclass(frozen=True)
+class StochasticDepth(Layer):
+    """Stochastic depth (Huang et al. 2016) as torchvision's ``StochasticDepth(p, "row")``: in
+    training, each example's whole input is dropped with probability ``rate`` and kept ones are
+    scaled by 1 / (1 - rate); eval is the identity.  Put it last in a residual body
+    (``Residual(Sequential((..., StochasticDepth(0.1))))``): a dropped example takes the
+    shortcut alone.  The per-example mask is the dropout op applied to ones (N, 1, ..., 1).
+    """
+    rate: float = 0.1
+    impl: Optional[str] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_rate("StochasticDepth", self.rate)
+
+    def output_shape(self, input_shape):
+        return _shape(self, input_shape)
+
+    def init(self, key, input_shape):
+        _shape(self, input_shape)
+        return {}, {}
+
+    def apply(self, params, state, x, *, train, key=None):
+        _check_train(self, train)
+        if not train or self.rate == 0:
+            return x, state
+        if key is None:
+            raise ValueError(f"StochasticDepth(rate={self.rate}) in train mode needs a PRNG key: call "
+                             f"apply(..., train=True, key=jax.random.key(...)), or use train=False")
+        keep = F.dropout(jnp.ones((x.shape[0],) + (1,) * (x.ndim - 1), x.dtype), key, rate=self.rate, train=True,
+                         impl=self.impl)
+        return x * jax.lax.stop_gradient(keep), state
+
 
 @dataclasses.dataclass(frozen=True)
 class Dropout(Layer):
