@@ -15,6 +15,7 @@ from jaxnet.nn.summary import count_params
 # the lecture's 61,706; the CIFAR nets: He et al.'s with projection shortcuts (zoo docstring).
 COUNTS = {
     "lenet5": 61_706, "alexnet": 61_100_840, "googlenet": 6_624_904,
+    "zfnet": 107_627_624,                                    # no torchvision twin: this layout's (zoo.zfnet)
     "vgg11": 132_863_336, "vgg13": 133_047_848, "vgg16": 138_357_544, "vgg19": 143_667_240,
     "vgg11_bn": 132_868_840, "vgg13_bn": 133_053_736, "vgg16_bn": 138_365_992, "vgg19_bn": 143_678_248,
     "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
@@ -50,6 +51,11 @@ def test_shapes_inside_the_nets_are_the_lectures():
     x = (1, 224, 224, 3)
     assert a.layers[0].output_shape(x) == (1, 55, 55, 64)
     assert a.output_shape(x) == (1, 1000)
+    # ZFNet (Zeiler & Fergus fig. 3): 110x110x96 after CONV1, 26x26x256 after CONV2, 6x6x512 into fc6
+    z, h, seen = zoo.zfnet(), x, {}
+    for name, layer in zip(z.names, z.layers):
+        h = seen[name] = layer.output_shape(h)
+    assert (seen["conv1"], seen["conv2"], seen["pool5"]) == ((1, 110, 110, 96), (1, 26, 26, 256), (1, 6, 6, 512))
     # ResNet-50: 56x56 after the stem and pool, 7x7x2048 before the average pool
     r = zoo.resnet(50)
     h = x

@@ -32,7 +32,7 @@ from jaxnet.nn.combinators import Parallel, Residual, Sequential
 from jaxnet.nn.layers import (Affine, AvgPool2D, BatchNorm, Conv2D, Dropout, Flatten, GlobalAvgPool,
                               LocalResponseNorm, MaxPool2D, ReLU, Tanh, with_impl)
 
-__all__ = ["lenet5", "alexnet", "vgg", "resnet", "cifar_resnet", "googlenet", "inception", "wide_resnet", "mobilenet",
+__all__ = ["lenet5", "alexnet", "zfnet", "vgg", "resnet", "cifar_resnet", "googlenet", "inception", "wide_resnet", "mobilenet",
            "ZOO", "RESNET_BLOCKS",
            "VGG_CONFIGS", "GOOGLENET_INCEPTIONS"]
 
@@ -88,6 +88,25 @@ def alexnet(num_classes: int = 1000, *, dropout: float = 0.5, lrn: bool = False,
         ("conv3", Conv2D(384, kernel=3, padding=1)), ("relu3", ReLU()),
         ("conv4", Conv2D(256, kernel=3, padding=1)), ("relu4", ReLU()),
         ("conv5", Conv2D(256, kernel=3, padding=1)), ("relu5", ReLU()), ("pool5", pool()),
+        ("flatten", Flatten()), ("drop6", Dropout(dropout)), ("fc6", Affine(4096)), ("relu6", ReLU()),
+        ("drop7", Dropout(dropout)), ("fc7", Affine(4096)), ("relu7", ReLU()), ("fc8", Affine(num_classes)),
+    ], impl)
+
+
+def zfnet(num_classes: int = 1000, *, dropout: float = 0.5, impl: Optional[str] = None):
+    """ZFNet (Zeiler & Fergus 2013) as the lecture describes it, AlexNet with CONV1 7x7 stride 2
+    (instead of 11x11 stride 4) and CONV3, 4, 5 of 512, 1024, 512 filters (instead of 384, 384, 256),
+    on the original AlexNet's 96 / 256 filters in CONV1 / CONV2, for 224x224x3:
+    110x110x96 - pool 55 - conv5x5/2 26x26x256 - pool 13 - 13x13x512, 1024, 512 - pool 6x6x512 -
+    fc4096 - fc4096 - fc.  No torchvision twin: its count (tests/test_zoo.py) is this layout's."""
+    _positive("zfnet", "num_classes", num_classes)
+    pool = lambda: MaxPool2D(3, 2, padding=((1, 0), (1, 0)))              # noqa: E731
+    return _seq([
+        ("conv1", Conv2D(96, kernel=7, stride=2, padding=((1, 0), (1, 0)))), ("relu1", ReLU()), ("pool1", pool()),
+        ("conv2", Conv2D(256, kernel=5, stride=2, padding=0)), ("relu2", ReLU()), ("pool2", pool()),
+        ("conv3", Conv2D(512, kernel=3, padding=1)), ("relu3", ReLU()),
+        ("conv4", Conv2D(1024, kernel=3, padding=1)), ("relu4", ReLU()),
+        ("conv5", Conv2D(512, kernel=3, padding=1)), ("relu5", ReLU()), ("pool5", MaxPool2D(3, 2, padding="VALID")),
         ("flatten", Flatten()), ("drop6", Dropout(dropout)), ("fc6", Affine(4096)), ("relu6", ReLU()),
         ("drop7", Dropout(dropout)), ("fc7", Affine(4096)), ("relu7", ReLU()), ("fc8", Affine(num_classes)),
     ], impl)
@@ -332,6 +351,7 @@ def mobilenet(num_classes: int = 1000, *, width: float = 1.0, impl: Optional[str
 ZOO = {
     "lenet5": (lambda **kw: lenet5(**kw), (32, 32, 1)),
     "alexnet": (lambda **kw: alexnet(**kw), (224, 224, 3)),
+    "zfnet": (lambda **kw: zfnet(**kw), (224, 224, 3)),
     "googlenet": (lambda **kw: googlenet(**kw), (224, 224, 3)),
     **{f"vgg{d}": ((lambda d: lambda **kw: vgg(d, **kw))(d), (224, 224, 3)) for d in VGG_CONFIGS},
     **{f"vgg{d}_bn": ((lambda d: lambda **kw: vgg(d, batch_norm=True, **kw))(d), (224, 224, 3)) for d in VGG_CONFIGS},
