@@ -578,40 +578,6 @@ class LocalResponseNorm(_OpLayer):
 # ----------------------------------------------------------------------------- dropout
 
 @dataclasses.dataclass(frozen=True)
-class StochasticDepth(Layer):
-    """Stochastic depth (Huang et al. 2016) as torchvision's ``StochasticDepth(p, "row")``: in
-    training, each example's whole input is dropped with probability ``rate`` and kept ones are
-    scaled by 1 / (1 - rate); eval is the identity.  Put it last in a residual body
-    (``Residual(Sequential((..., StochasticDepth(0.1))))``): a dropped example takes the
-    shortcut alone.  The per-example mask is the dropout op applied to ones (N, 1, ..., 1).
-    """
-    rate: float = 0.1
-    impl: Optional[str] = None
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_rate("StochasticDepth", self.rate)
-
-    def output_shape(self, input_shape):
-        return _shape(self, input_shape)
-
-    def init(self, key, input_shape):
-        _shape(self, input_shape)
-        return {}, {}
-
-    def apply(self, params, state, x, *, train, key=None):
-        _check_train(self, train)
-        if not train or self.rate == 0:
-            return x, state
-        if key is None:
-            raise ValueError(f"StochasticDepth(rate={self.rate}) in train mode needs a PRNG key: call "
-                             f"apply(..., train=True, key=jax.random.key(...)), or use train=False")
-        keep = F.dropout(jnp.ones((x.shape[0],) + (1,) * (x.ndim - 1), x.dtype), key, rate=self.rate, train=True,
-                         impl=self.impl)
-        return x * jax.lax.stop_gradient(keep), state
-
-
-@dataclasses.dataclass(frozen=True)
 class Dropout(Layer):
     """Inverted dropout. ``rate`` is the probability of DROPPING a unit (not keeping it).
 
@@ -623,7 +589,7 @@ class Dropout(Layer):
 
     def __post_init__(self):
         super().__post_init__()
-        check_rate("Dropout", self.rate)
+        check_rate(type(self).__name__, self.rate)
 
     def output_shape(self, input_shape):
         return _shape(self, input_shape)
@@ -637,6 +603,27 @@ class Dropout(Layer):
         if not train:
             return x, state
         if key is None:
-            raise ValueError(f"Dropout(rate={self.rate}) in train mode needs a PRNG key: call "
+            raise ValueError(f"{type(self).__name__}(rate={self.rate}) in train mode needs a PRNG key: call "
                              f"apply(..., train=True, key=jax.random.key(...)), or use train=False")
-        return F.dropout(x, key, rate=self.rate, train=True, impl=self.impl), state
+        return self._drop(x, key), state
+
+    def _drop(self, x, key):
+        return F.dropout(x, key, rate=self.rate, train=True, impl=self.impl)
+
+
+@dataclasses.dataclass(frozen=True)
+class StochasticDepth(Dropout):
+    """Stochastic depth (Huang et al. 2016) as torchvision's ``StochasticDepth(p, "row")``: in
+    training, each example's whole input is dropped with probability ``rate`` and kept ones are
+    scaled by 1 / (1 - rate); eval is the identity (a key is needed in training, as for
+    :class:`Dropout`).  Put it last in a residual body
+    (``Residual(Sequential((..., StochasticDepth(0.1))))``): a dropped example takes the
+    shortcut alone.  The per-example mask is the dropout op applied to ones (N, 1, ..., 1).
+    """
+    rate: float = 0.1
+    impl: Optional[str] = None
+
+    def _drop(self, x, key):
+        keep = F.dropout(jnp.ones((x.shape[0],) + (1,) * (x.ndim - 1), x.dtype), key, rate=self.rate, train=True,
+                         impl=self.impl)
+        return x * jax.lax.stop_gradient(keep)
