@@ -188,12 +188,15 @@ def test_two_processes_train_and_resume_like_one_process_on_two_devices(tmp_path
     (["--devices", "3", "--model-parallel", "2"], "--model-parallel 2 does not divide --devices 3"),
     (["--devices", "4", "--model-parallel", "2", "--batch-size", "7"], "not divisible by the 2 data-parallel"),
 ])
-def test_parallel_flags_bad_values_are_one_line(tmp_path, args, message):
-    proc = subprocess.run([sys.executable, "-m", "jaxnet", "train", "--out", str(tmp_path / "r"), *args],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], proc.stderr
+def test_parallel_flags_bad_values_are_one_line(tmp_path, args, message, capsys):
+    """Checked before jax starts, in the command's own process (in-process here: the same
+    `jaxnet.cli.main`; the subprocess path is test_coordinator_flags_...'s)."""
+    from jaxnet.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--out", str(tmp_path / "r"), *args])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
 
 
 def test_coordinator_flags_bad_values_and_unreachable_coordinator(tmp_path):
