@@ -11,7 +11,8 @@ from experiments import residual as exp
 pytestmark = pytest.mark.xdist_group("exp_residual")
 
 
-def test_one_run_records_train_and_test_error_per_epoch():
+def test_one_run_records_train_and_test_error_per_epoch(monkeypatch):
+    monkeypatch.delenv("JAXNET_CIFAR10_DIR", raising=False)           # the embedded digits, whatever the machine has
     args = exp.parse_args(exp.NAME, exp.DESCRIPTION, exp._extra, ["--smoke", "--epochs", "2"])
     ds, source, _ = exp.cifar_or_digits(args, 300)
     r = exp.run_one(8, True, ds, width=4, epochs=2, args=args)
@@ -33,7 +34,8 @@ def test_figure_from_runs(tmp_path):
     (["--width", "0"], "--width must be >= 1"), (["--lr", "0"], "--lr must be a finite number > 0"),
     (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
 ])
-def test_bad_flags_exit_with_one_line(flags, message, tmp_path, capsys):
+def test_bad_flags_exit_with_one_line(flags, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("JAXNET_CIFAR10_DIR", raising=False)
     with pytest.raises(SystemExit) as e:
         exp.main(["--smoke", "--out", str(tmp_path), *flags])
     assert e.value.code == 2
