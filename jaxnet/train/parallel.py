@@ -199,7 +199,7 @@ def jit_sharded(
     last ``num_batch_args`` split on axis 0; outputs ``out_shardings_of(those shardings)``.
 
     The shardings depend on the arguments' structure (e.g. :func:`train_state_shardings`),
-    so the jit is built on the first call for each structure and reused after.
+    so the jit is built on the first call for each tree structure and reused after.
     """
     data = data_sharding(mesh)
     built: dict = {}
@@ -207,7 +207,7 @@ def jit_sharded(
     def call(*args):
         k = len(args) - num_batch_args
         lead = args[:k]
-        sig = (jax.tree.structure(lead), tuple(np.shape(x) for x in jax.tree.leaves(lead)))
+        sig = jax.tree.structure(lead)          # one train state's structure per fit: no per-leaf work per step
         jitted = built.get(sig)
         if jitted is None:
             sh = tuple(shardings_of(*lead))
