@@ -1,11 +1,41 @@
 import os
 
 import jax
+import jax.numpy as jnp
 import pytest
 
-# The CLI turns on JAX's persistent compilation cache; tests run without it (isolation:
-# no files in ~/.cache, no programs carried over between runs). test_compile_cache.py tests it.
+# The CLI turns on JAX's persistent compilation cache in ~/.cache; tests never use that one
+# (isolation: no files in ~/.cache, nothing carried over between runs). test_compile_cache.py tests it.
 os.environ.setdefault("JAXNET_COMPILATION_CACHE", "0")
+_RUN_CACHE = "JAXNET_TEST_RUN_CACHE"
+
+
+def pytest_configure(config):
+    """A compilation cache for this test run only, shared by its xdist workers, deleted at the end.
+
+    Tests build their programs afresh (a new ``jax.jit`` of a new closure, ``fit`` in test after
+    test, the same experiment step in several modules), and many are the same program: with the
+    cache, each is compiled once per run and deserialized after that, the same executable XLA
+    built. The directory is new for every run, so nothing is carried between runs.
+    ``JAXNET_TEST_RUN_CACHE=0`` runs without it.
+    """
+    if os.environ.get(_RUN_CACHE) == "0":
+        return
+    if not hasattr(config, "workerinput") and not os.environ.get(_RUN_CACHE):
+        import tempfile                  # the controller (or a run without xdist): make the directory;
+        os.environ[_RUN_CACHE] = tempfile.mkdtemp(prefix="jaxnet-test-cache-")  # workers inherit it
+        config._jaxnet_run_cache = os.environ[_RUN_CACHE]
+    jax.config.update("jax_compilation_cache_dir", os.environ[_RUN_CACHE])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    where = getattr(config, "_jaxnet_run_cache", None)
+    if where:
+        import shutil
+        shutil.rmtree(where, ignore_errors=True)
+        os.environ.pop(_RUN_CACHE, None)
 
 
 @pytest.fixture
@@ -13,6 +43,14 @@ def x64():
     """Float64 for the duration of one test (gradient checks must run in double precision)."""
     with jax.enable_x64(True):
         yield
+
+
+def normal(key, shape, dtype=None):
+    """``jax.random.normal``'s role in tests, without its compile: standard normal draws by NumPy,
+    seeded from the key's bits (an eager ``jax.random.normal`` compiles a kernel for every new
+    shape, about 0.5 s each on a 2-core CPU). ``dtype`` defaults to JAX's default float."""
+    from jaxnet.ops._sampling import normal as draw
+    return jnp.asarray(draw(key, shape, dtype or jnp.result_type(float)))
 
 
 def run_quick_experiment(module, out, *extra):

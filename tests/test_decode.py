@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from jaxnet.nn import decode
+from conftest import normal
 
 
 def _table(v, length, seed=0, scale=2.0):
-    return scale * jax.random.normal(jax.random.PRNGKey(seed), (length, v, v))
+    return scale * normal(jax.random.PRNGKey(seed), (length, v, v))
 
 
 def _model(table):

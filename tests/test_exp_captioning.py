@@ -10,6 +10,7 @@ import pytest
 
 from experiments import captioning as cap
 from jaxnet.data.captions import END, START
+from conftest import normal
 
 # `--dist loadgroup` (pyproject.toml): the module runs on one xdist worker, so each run (a module
 # fixture) is built once.
@@ -113,7 +114,7 @@ def test_decoders_match_a_step_by_step_loop(cell, inject):
     params = cap.init_captioner(jax.random.PRNGKey(1), cell, feat, vocab, wordvec=5, hidden=7, inject=inject,
                                 feat_vec=3)
     params = {k: v * 3.0 for k, v in params.items()}  # sharper scores, so that <END> shows up early
-    f = jax.random.normal(jax.random.PRNGKey(2), (4, feat))
+    f = normal(jax.random.PRNGKey(2), (4, feat))
     max_len = 6
     got = np.asarray(cap.decode_greedy(params, f, cell=cell, max_len=max_len))
     h0 = f @ params["w_proj"] + params["b_proj"]
@@ -153,7 +154,7 @@ def test_every_step_injection_is_the_concatenated_input():
     params = cap.init_captioner(jax.random.PRNGKey(3), "lstm", feat, vocab, wordvec=w, hidden=h, inject="every",
                                 feat_vec=p)
     assert params["wx"].shape == (w + p, 4 * h) and params["w_fx"].shape == (feat, p)
-    f = jax.random.normal(jax.random.PRNGKey(4), (3, feat))
+    f = normal(jax.random.PRNGKey(4), (3, feat))
     caps = np.array([[START, 5, 6, END, 0], [START, 7, END, 0, 0], [START, 4, 4, 4, END]], np.int32)
     got = cap.captioner_loss(params, "lstm", f, jnp.asarray(caps))
     # the same loss by hand in NumPy: inputs concatenated, then the plain LSTM loop and masked cross-entropy

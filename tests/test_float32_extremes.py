@@ -88,10 +88,9 @@ def test_spec_hook_takes_precedence_over_the_table():
     assert [v for v, _ in extreme_inputs(spec, spec.cases[0], _sample(spec, spec.cases[0]))] == ["mine"]
 
 
-@pytest.mark.parametrize("name", list(registry.REGISTRY))
-def test_float32_extremes_pass(name):
+def _check_float32_cases(cases):
     results = []
-    for spec, case, label in float32_cases([name]):    # audit_float32([name]), case by case
+    for spec, case, label in cases:
         rs = float32_case(spec, case, label=label)
         # this case's extreme inputs: both signs of every scale at least, each label once
         variants = [r.config[len(label) + 1:] for r in rs]
@@ -107,3 +106,35 @@ def test_float32_extremes_pass(name):
         assert r.forward_rel_error <= FLOAT32_TOL and r.manual_vs_autodiff_rel_error <= FLOAT32_TOL, detail
         assert r.passed
     assert len({r.config for r in results}) == len(results)
+
+
+def _first_and_batch_of_one(name):
+    cases = float32_cases([name])
+    spec = cases[0][0]
+    first = [c for c in cases if c[1] is spec.cases[0]]
+    ones = [c for c in cases if c[2].endswith("(batch of one)")
+            or (c[1] is not spec.cases[0] and c[1].dims.get("x", (0,))[0] == 1)]
+    return first + ones[:1], [c for c in cases if c not in first + ones[:1]]
+
+
+# The default suite runs each op's first configuration and its batch of one (each case compiles its
+# own program, about 0.5 s); the other configurations are in the slow tier (`make test-slow`), and
+# `make gradcheck` runs every one of them (`jaxnet gradcheck`'s float32 pass).
+@pytest.mark.parametrize("name", list(registry.REGISTRY))
+def test_float32_extremes_pass(name):
+    default, _ = _first_and_batch_of_one(name)
+    _check_float32_cases(default)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in registry.REGISTRY if _first_and_batch_of_one(n)[1]])
+def test_float32_extremes_pass_other_configurations(name):
+    _check_float32_cases(_first_and_batch_of_one(name)[1])
+
+
+def test_default_and_slow_tiers_together_cover_every_float32_case():
+    for name in registry.REGISTRY:
+        default, others = _first_and_batch_of_one(name)
+        assert [c[2] for c in default + others] and \
+            sorted(c[2] for c in default + others) == sorted(c[2] for c in float32_cases([name]))
+        assert default[0][1] is registry.get(name).cases[0]

@@ -7,6 +7,7 @@ import pytest
 from jaxnet.gradcheck import (check_grads, compare, numerical_gradient, numerical_vjp, rel_error,
                               sparse_numerical_gradient)
 from jaxnet.gradcheck.report import scaled_rel_error
+from conftest import normal
 
 
 def test_numerical_gradient_of_known_functions(x64):
@@ -21,15 +22,15 @@ def test_numerical_gradient_of_known_functions(x64):
 
 
 def test_numerical_vjp_matches_autodiff_vjp(x64):
-    x = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
-    ct = jax.random.normal(jax.random.PRNGKey(1), (3, 4))
+    x = normal(jax.random.PRNGKey(0), (3, 4))
+    ct = normal(jax.random.PRNGKey(1), (3, 4))
     num = numerical_vjp(jnp.tanh, (x,), ct)
     ana = jax.vjp(jnp.tanh, x)[1](ct)[0]
     assert rel_error(num, ana) < 1e-7
 
 
 def test_sparse_gradient_agrees_with_dense(x64):
-    w = jax.random.normal(jax.random.PRNGKey(2), (30, 20))
+    w = normal(jax.random.PRNGKey(2), (30, 20))
     f = lambda w: jnp.sum(jnp.tanh(w) ** 2)
     idx, vals = sparse_numerical_gradient(f, (w,), jax.random.PRNGKey(3), num_checks=25)
     assert idx.shape == (25,) and len(set(np.asarray(idx).tolist())) == 25
@@ -73,7 +74,7 @@ def test_compare_reports_worst_index_per_argument():
 def test_check_grads_on_a_small_model(x64):
     from jaxnet import functional as F
     k = jax.random.split(jax.random.PRNGKey(0), 3)
-    x, w = jax.random.normal(k[0], (5, 4)), jax.random.normal(k[1], (4, 3))
+    x, w = normal(k[0], (5, 4)), normal(k[1], (4, 3))
     y = jnp.array([0, 1, 2, 1, 0])
     rep = check_grads(lambda w: F.softmax_cross_entropy(F.tanh(F.affine(x, w), impl="manual"), y,
                                                          impl="manual"), (w,))

@@ -15,13 +15,13 @@ from jaxnet import functional as F
 from jaxnet import nn
 from jaxnet.nn import init as I
 
-# "rbg" keys: the same library code paths as threefry keys, but jax.random compiles several times
-# faster for each new shape.
-KEY = jax.random.key(0, impl="rbg")
+# Threefry keys: an eager ``init`` draws through jaxnet.nn.init's flat draw, compiled once per size
+# bucket and dtype (a new shape does not compile a new sampler).
+KEY = jax.random.key(0)
 
 
 def _key(seed):
-    return jax.random.key(seed, impl="rbg")
+    return jax.random.key(seed)
 
 
 def _x(shape, seed=1, dtype=None):

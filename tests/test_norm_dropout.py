@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from jaxnet import functional as F
+from conftest import normal
 
 IMPLS = pytest.mark.parametrize("impl", ["auto", "manual"])
 
@@ -12,7 +13,7 @@ IMPLS = pytest.mark.parametrize("impl", ["auto", "manual"])
 @IMPLS
 @pytest.mark.parametrize("shape", [(16, 3), (4, 5, 5, 3)])
 def test_batch_norm_running_state_update(x64, impl, shape):
-    x = 2.0 + 3.0 * jax.random.normal(jax.random.PRNGKey(0), shape)
+    x = 2.0 + 3.0 * normal(jax.random.PRNGKey(0), shape)
     g, b = jnp.ones(3), jnp.zeros(3)
     rm, rv = jnp.array([0.5, -1.0, 0.0]), jnp.array([1.0, 2.0, 0.5])
     y, m2, v2 = F.batch_norm(x, g, b, rm, rv, train=True, momentum=0.9, impl=impl)
@@ -33,7 +34,7 @@ def test_batch_norm_running_stats_converge_to_data_stats(impl):
     rm, rv = jnp.zeros(2), jnp.ones(2)
     step = jax.jit(lambda x, rm, rv: F.batch_norm(x, jnp.ones(2), jnp.zeros(2), rm, rv, train=True, impl=impl)[1:])
     for i in range(100):
-        x = jnp.array([5.0, -2.0]) + jnp.array([2.0, 0.5]) * jax.random.normal(jax.random.PRNGKey(i), (256, 2))
+        x = jnp.array([5.0, -2.0]) + jnp.array([2.0, 0.5]) * normal(jax.random.PRNGKey(i), (256, 2))
         rm, rv = step(x, rm, rv)
     np.testing.assert_allclose(rm, [5.0, -2.0], atol=0.1)
     np.testing.assert_allclose(rv, [4.0, 0.25], rtol=0.1)
@@ -41,7 +42,7 @@ def test_batch_norm_running_stats_converge_to_data_stats(impl):
 
 @IMPLS
 def test_running_stats_carry_no_gradient(impl):
-    x = jax.random.normal(jax.random.PRNGKey(0), (8, 3))
+    x = normal(jax.random.PRNGKey(0), (8, 3))
     g = jax.grad(lambda x: jnp.sum(F.batch_norm(x, jnp.ones(3), jnp.zeros(3), jnp.zeros(3), jnp.ones(3),
                                                  train=True, impl=impl)[1]))(x)
     np.testing.assert_array_equal(g, 0)
@@ -60,7 +61,7 @@ def test_dropout_statistics(impl, rate):
 
 @IMPLS
 def test_dropout_is_deterministic_per_key_and_test_time_identity(impl):
-    x = jax.random.normal(jax.random.PRNGKey(0), (64, 32))
+    x = normal(jax.random.PRNGKey(0), (64, 32))
     a = F.dropout(x, jax.random.PRNGKey(7), rate=0.5, impl=impl)
     b = F.dropout(x, jax.random.PRNGKey(7), rate=0.5, impl=impl)
     c = F.dropout(x, jax.random.PRNGKey(8), rate=0.5, impl=impl)
@@ -70,7 +71,7 @@ def test_dropout_is_deterministic_per_key_and_test_time_identity(impl):
 
 
 def test_dropout_paths_share_the_mask_and_gradient():
-    x = jax.random.normal(jax.random.PRNGKey(0), (32, 8))
+    x = normal(jax.random.PRNGKey(0), (32, 8))
     key = jax.random.PRNGKey(3)
     ya = F.dropout(x, key, rate=0.3, impl="auto")
     ym = F.dropout(x, key, rate=0.3, impl="manual")

@@ -12,6 +12,7 @@ import pytest
 
 from jaxnet import functional as F
 from jaxnet import manual, ops
+from conftest import normal
 
 PATHS = {"reference": ops, "manual": manual}
 K = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -19,18 +20,18 @@ K = {"rnn": 1, "lstm": 4, "gru": 3}
 
 def _params(key, k, d, h, dtype=jnp.float64):
     k1, k2, k3 = jax.random.split(key, 3)
-    return (jax.random.normal(k1, (d, k * h), dtype) / np.sqrt(d), jax.random.normal(k2, (h, k * h), dtype) / np.sqrt(h),
-            0.5 * jax.random.normal(k3, (k * h,), dtype))
+    return (normal(k1, (d, k * h), dtype) / np.sqrt(d), normal(k2, (h, k * h), dtype) / np.sqrt(h),
+            0.5 * normal(k3, (k * h,), dtype))
 
 
 def _inputs(op, n=2, t=5, d=3, h=4, dtype=jnp.float64, seed=0):
     """(x, states..., wx, wh, b) for a whole-sequence op."""
     key = jax.random.PRNGKey(seed)
     kx, kh, kc, kp = jax.random.split(key, 4)
-    x = jax.random.normal(kx, (n, t, d), dtype)
-    states = (0.5 * jax.random.normal(kh, (n, h), dtype),)
+    x = normal(kx, (n, t, d), dtype)
+    states = (0.5 * normal(kh, (n, h), dtype),)
     if op == "lstm":
-        states += (0.5 * jax.random.normal(kc, (n, h), dtype),)
+        states += (0.5 * normal(kc, (n, h), dtype),)
     return (x,) + states + _params(kp, K[op], d, h, dtype)
 
 
@@ -101,7 +102,7 @@ def test_padded_sequences_match_the_unpadded_ones(op, path, x64):
     mask = jnp.arange(4)[None, :] < jnp.array(lengths)[:, None]
     x = jnp.where(mask[..., None], args[0], 1e3)          # junk in the padding
     nstate = 2 if op == "lstm" else 1
-    ct = jax.random.normal(jax.random.PRNGKey(7), (2, 4, 4), jnp.float64)
+    ct = normal(jax.random.PRNGKey(7), (2, 4, 4), jnp.float64)
     argnums = tuple(range(len(args)))
 
     def loss(x, *rest, mask=None, ct=ct):

@@ -7,6 +7,7 @@ import pytest
 from jaxnet import functional as F
 from jaxnet import registry
 from jaxnet.gradcheck import rel_error
+from conftest import normal
 
 SPECS = registry.SPECS
 
@@ -76,9 +77,9 @@ def test_vmap_matches_a_loop(x64, spec, impl):
 def test_per_example_gradients_of_a_small_convnet(x64, impl):
     """vmap(grad(loss of one example)) equals the gradient of each example alone."""
     k = jax.random.split(jax.random.PRNGKey(0), 5)
-    params = {"conv": {"w": jax.random.normal(k[0], (3, 3, 1, 4)) * 0.3, "b": jnp.zeros(4)},
-              "fc": {"w": jax.random.normal(k[1], (16, 3)) * 0.3, "b": jnp.zeros(3)}}
-    x = jax.random.normal(k[2], (5, 4, 4, 1))
+    params = {"conv": {"w": normal(k[0], (3, 3, 1, 4)) * 0.3, "b": jnp.zeros(4)},
+              "fc": {"w": normal(k[1], (16, 3)) * 0.3, "b": jnp.zeros(3)}}
+    x = normal(k[2], (5, 4, 4, 1))
     y = jax.random.randint(k[3], (5,), 0, 3)
 
     def loss(p, xi, yi):          # one example, kept as a batch of one inside
