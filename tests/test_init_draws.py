@@ -55,3 +55,13 @@ def test_different_keys_and_shapes_give_fresh_numbers():
     a = init.he(jax.random.key(0), (10, 10))
     assert not np.array_equal(a, init.he(jax.random.key(1), (10, 10)))
     assert 0.3 < float(jnp.std(init.xavier(jax.random.key(2), (400, 50)))) * math.sqrt(400) < 1.7
+
+
+def test_a_concrete_key_closed_over_inside_a_trace():
+    """``jax.jit`` / ``jax.eval_shape`` of a function that closes over a concrete key: the flat
+    draw is staged there (no NumPy cut), so the initializer draws the shape itself: the eager
+    numbers up to the scaling's rounding (XLA may fuse the multiply differently under jit)."""
+    key = jax.random.key(3)
+    eager = init.he(key, (4, 6))
+    np.testing.assert_allclose(jax.jit(lambda: init.he(key, (4, 6)))(), eager, rtol=1e-6)
+    assert jax.eval_shape(lambda: init.xavier(key, (2, 3, 5))).shape == (2, 3, 5)

@@ -94,7 +94,13 @@ def _scaled_normal(key, shape, dtype, scale, divide=False):
         return ((z / scale) if divide else (scale * z)).astype(dtype)
     n = math.prod(shape)
     size = max(_MIN_DRAW, 1 << max(n - 1, 0).bit_length())
-    z = np.asarray(_flat_normal(key, size, jnp.dtype(dtype)))[:n].reshape(shape)
+    flat = _flat_normal(key, size, jnp.dtype(dtype))
+    if isinstance(flat, jax.core.Tracer):
+        # a concrete key inside a trace (``jax.jit`` or ``jax.eval_shape`` of a function that
+        # closes over it): the draw is staged, so draw the shape itself, as under jit
+        z = jax.random.normal(key, shape, dtype)
+        return ((z / scale) if divide else (scale * z)).astype(dtype)
+    z = np.asarray(flat)[:n].reshape(shape)
     # one IEEE multiply in the draw's dtype, as XLA's eager kernel does it (its division by a
     # constant is a multiplication by the constant's reciprocal rounded to the dtype)
     t = z.dtype.type
