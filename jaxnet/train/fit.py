@@ -142,6 +142,33 @@ def evaluate(
     return _run_eval(step, params, state, x, y, batch_size)
 
 
+def start_from(ts: TrainState, init_params: Any, optimizer: optax.GradientTransformation) -> TrainState:
+    """``ts`` with ``init_params = (params, state)`` in place of its own, and a fresh optimizer state.
+
+    The given trees must match the model's (structure, shapes, dtypes), or a one-line
+    ``ValueError`` names the first difference."""
+    if not (isinstance(init_params, tuple) and len(init_params) == 2):
+        raise ValueError(f"fit: init_params must be a (params, state) tuple, got {type(init_params).__name__}")
+    for what, want, got in (("params", ts.params, init_params[0]), ("state", ts.state, init_params[1])):
+        want_leaves, want_def = jax.tree_util.tree_flatten_with_path(want)
+        got_leaves, got_def = jax.tree_util.tree_flatten_with_path(got)
+        if want_def != got_def:
+            want_keys = {jax.tree_util.keystr(p) for p, _ in want_leaves}
+            got_keys = {jax.tree_util.keystr(p) for p, _ in got_leaves}
+            diff = sorted(want_keys ^ got_keys)
+            raise ValueError(f"fit: init_params' {what} do not have the model's structure"
+                             + (f" (first difference: {diff[0]})" if diff else ""))
+        for (path, w), (_, g) in zip(want_leaves, got_leaves):
+            if tuple(np.shape(g)) != tuple(w.shape) or jnp.result_type(g) != w.dtype:
+                raise ValueError(f"fit: init_params' {what}{jax.tree_util.keystr(path)} is "
+                                 f"{jnp.result_type(g).name}{tuple(np.shape(g))}, the model's is "
+                                 f"{w.dtype.name}{tuple(w.shape)}")
+    params = jax.tree.map(jnp.array, init_params[0])          # copies: the steps donate their buffers
+    state = jax.tree.map(jnp.array, init_params[1])
+    opt_state = jax.jit(optimizer.init)(params)
+    return ts.replace(params=params, state=state, opt_state=opt_state)
+
+
 def _resolve_augment(augment: Any) -> Optional[Callable]:
     if augment is None or augment is False:
         return None
@@ -497,6 +524,7 @@ def fit(
     on_nonfinite: str = "stop",
     callbacks: Optional[Sequence[Any]] = None,
     run_config: Optional[dict] = None,
+    init_params: Optional[tuple] = None,
     _trace_hook: Optional[Callable[[Callable], Callable]] = None,
 ) -> FitResult:
     """Train ``model`` on ``data.x_train``/``data.y_train``, validating on ``data.x_val`` each epoch.
@@ -557,6 +585,10 @@ def fit(
         ``train_state``). The next step donates the train state's buffers: read or copy what
         is needed before returning. Either method may raise :class:`StopTraining` to end the
         run (see there).
+      init_params: ``(params, state)`` to start from instead of ``model.init`` (fine-tuning,
+        transfer learning): the same tree structure, shapes and dtypes as the model's own
+        (a one-line ``ValueError`` names the first difference); the optimizer state starts fresh.
+        Freeze parts or give them their own learning rate with ``optax.multi_transform``.
       run_config: a JSON-serialisable dict stored in the checkpoint's config as ``"run"``
         (e.g. the command line's settings, to compare when resuming).
       _trace_hook: testing hook passed to :func:`make_train_step`/:func:`make_eval_step`.
@@ -610,6 +642,8 @@ def fit(
     init_key, data_key = jax.random.split(root)
     input_shape = (batch_size, *data.x_train.shape[1:])
     ts = create_train_state(model, optimizer, init_key, input_shape)
+    if init_params is not None:
+        ts = start_from(ts, init_params, optimizer)
     config = {
         "model": repr(model),
         "dataset": getattr(data, "name", "dataset"),
@@ -622,6 +656,7 @@ def fit(
         "ema_decay": ema_decay,
         "on_nonfinite": on_nonfinite,
         **({"run": run_config} if run_config is not None else {}),
+        **({"init": "init_params"} if init_params is not None else {}),
     }
 
     with contextlib.ExitStack() as stack:
