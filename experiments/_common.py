@@ -239,6 +239,17 @@ def print_table(headers: Sequence[Any], rows: Sequence[Sequence[Any]], title: st
     sys.stdout.flush()
 
 
+def finish(args: argparse.Namespace, results: dict, headers: Sequence[Any], rows: Sequence[Sequence[Any]],
+           title: str) -> dict:
+    """The end of an experiment with claims: print the table and ``results["claims"]``, write
+    ``results.json``, say where; returns ``results``."""
+    print_table(headers, rows, title=title)
+    print(f"claims: {results['claims']}", flush=True)
+    path = write_results(args.out, results, args)
+    print(f"wrote {path}", flush=True)
+    return results
+
+
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) or hasattr(v, "dtype")
 

@@ -29,8 +29,7 @@ import sys
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits, figure, grid_legend, parse_args, print_table, save_figure, \
-    sized, write_results
+from experiments._common import Timer, cifar_or_digits, figure, finish, grid_legend, parse_args, save_figure, sized
 
 NAME = "residual"
 DESCRIPTION = "Degradation and residual learning: plain nets vs ResNets of two depths (He et al. 2016)."
@@ -143,13 +142,9 @@ def main(argv=None) -> dict:
                "depths": depths, "width": width, "epochs": epochs, "runs": runs, "claims": claims}
     results["figures"] = {"curves": plot(runs, f"{args.out}/residual.png",
                                          f"plain vs residual nets, {source}, {len(ds.y_train)} training images")}
-    print_table(["net", "final train error", "final test error", "seconds"],
-                [[r["name"], r["final_train_error"], r["final_test_error"], r["train_time_s"]] for r in runs],
-                title=f"degradation ({source})")
-    print(f"claims: {claims}", flush=True)
-    path = write_results(args.out, results, args)
-    print(f"wrote {path}", flush=True)
-    return results
+    return finish(args, results, ["net", "final train error", "final test error", "seconds"],
+                  [[r["name"], r["final_train_error"], r["final_test_error"], r["train_time_s"]] for r in runs],
+                  f"degradation ({source})")
 
 
 if __name__ == "__main__":

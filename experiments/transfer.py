@@ -31,8 +31,7 @@ import sys
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits, figure, grid_legend, parse_args, print_table, save_figure, \
-    sized, write_results
+from experiments._common import Timer, cifar_or_digits, figure, finish, grid_legend, parse_args, save_figure, sized
 
 NAME = "transfer"
 DESCRIPTION = "Transfer learning: linear probe vs fine-tuning vs training from scratch on 100 images per class."
@@ -215,13 +214,9 @@ def main(argv=None) -> dict:
                "runs": runs, "claims": claims}
     results["figures"] = {"curves": plot(runs, f"{args.out}/transfer.png",
                                          f"transfer to classes 5-9, {s['per_class']} images per class ({source})")}
-    print_table(["strategy", "final test accuracy", "final train accuracy", "seconds"],
-                [[r["strategy"], r["final_test_accuracy"], r["final_train_accuracy"], r["train_time_s"]] for r in runs],
-                title=f"transfer ({source})")
-    print(f"claims: {claims}", flush=True)
-    path = write_results(args.out, results, args)
-    print(f"wrote {path}", flush=True)
-    return results
+    return finish(args, results, ["strategy", "final test accuracy", "final train accuracy", "seconds"],
+                  [[r["strategy"], r["final_test_accuracy"], r["final_train_accuracy"], r["train_time_s"]]
+                   for r in runs], f"transfer ({source})")
 
 
 if __name__ == "__main__":
