@@ -86,11 +86,18 @@ class _TestError:
 
 def run_one(depth, plain, ds, *, width, epochs, args) -> dict:
     from jaxnet.nn import zoo
+
+    model = zoo.cifar_resnet(depth, int(ds.y_train.max()) + 1, plain=plain, width=width, impl=args.impl)
+    r = train_net(model, f"{'plain' if plain else 'resnet'}-{depth}", ds, epochs=epochs, args=args)
+    return {"name": r.pop("name"), "depth": depth, "plain": plain, **r}
+
+
+def train_net(model, name, ds, *, epochs, args) -> dict:
+    """Train ``model`` with the experiment's recipe; per-epoch training and test errors."""
     from jaxnet.optim import make_optimizer
     from jaxnet.optim.schedules import make_schedule
     from jaxnet.train import fit, num_batches
 
-    model = zoo.cifar_resnet(depth, int(ds.y_train.max()) + 1, plain=plain, width=width, impl=args.impl)
     steps = epochs * num_batches(len(ds.y_train), args.batch_size)
     opt = make_optimizer("momentum", make_schedule("cosine", args.lr, total_steps=steps),
                          weight_decay=args.weight_decay)
@@ -101,10 +108,9 @@ def run_one(depth, plain, ds, *, width, epochs, args) -> dict:
                   augment={"crop_padding": 1 if small else 4, "flip": not small}, progress=False,
                   callbacks=[test_error])
     train_error = [1.0 - a for a in res.history["train_acc"]]
-    name = f"{'plain' if plain else 'resnet'}-{depth}"
     print(f"  {name}: train error {train_error[-1]:.4f}, test error {test_error.errors[-1]:.4f}, "
           f"{t.elapsed:.0f} s", flush=True)
-    return {"name": name, "depth": depth, "plain": plain, "train_error": train_error,
+    return {"name": name, "train_error": train_error,
             "test_error": test_error.errors, "final_train_error": train_error[-1],
             "final_test_error": test_error.errors[-1], "train_time_s": t.elapsed}
 

@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 
 from jaxnet.nn.combinators import Parallel, Residual, Sequential
 from jaxnet.nn.layers import (Affine, AvgPool2D, BatchNorm, Conv2D, Dropout, Flatten, GlobalAvgPool,
-                              LocalResponseNorm, MaxPool2D, ReLU, Tanh, with_impl)
+                              LocalResponseNorm, MaxPool2D, ReLU, StochasticDepth, Tanh, with_impl)
 
 __all__ = ["lenet5", "alexnet", "zfnet", "vgg", "resnet", "cifar_resnet", "googlenet", "inception", "wide_resnet", "mobilenet",
            "ZOO", "RESNET_BLOCKS",
@@ -153,12 +153,15 @@ def _conv_bn(features, kernel, stride=1, padding=None):
     return [("conv", Conv2D(features, kernel=kernel, stride=stride, padding=pad, bias=False)), ("bn", BatchNorm())]
 
 
-def _basic_block(width, stride, project, residual=True):
-    """Two 3x3 conv-bn (relu between); out width channels."""
-    body = _seq([("conv1", Conv2D(width, kernel=3, stride=stride, padding=_torch_pad(3, stride), bias=False)),
-                 ("bn1", BatchNorm()),
-                 ("relu1", ReLU()), ("conv2", Conv2D(width, kernel=3, padding=1, bias=False)), ("bn2", BatchNorm())])
-    return _block(body, width, stride, project, residual)
+def _basic_block(width, stride, project, residual=True, drop=0.0):
+    """Two 3x3 conv-bn (relu between); out width channels; ``drop`` > 0 ends the body in
+    stochastic depth."""
+    body = [("conv1", Conv2D(width, kernel=3, stride=stride, padding=_torch_pad(3, stride), bias=False)),
+            ("bn1", BatchNorm()),
+            ("relu1", ReLU()), ("conv2", Conv2D(width, kernel=3, padding=1, bias=False)), ("bn2", BatchNorm())]
+    if drop > 0:
+        body.append(("drop", StochasticDepth(drop)))
+    return _block(_seq(body), width, stride, project, residual)
 
 
 def _bottleneck_block(width, stride, project, residual=True, expansion=4):
@@ -205,26 +208,34 @@ def resnet(depth: int = 50, num_classes: int = 1000, *, impl: Optional[str] = No
 
 
 def cifar_resnet(depth: int = 20, num_classes: int = 10, *, plain: bool = False, width: int = 16,
-                 impl: Optional[str] = None):
+                 drop_path: float = 0.0, impl: Optional[str] = None):
     """He et al.'s CIFAR-10 nets (section 4.2), depth = 6n + 2 (20, 32, 44, 56, 110, ...):
     conv3x3 (width) - bn - relu - three stages of n basic blocks (width, 2 width, 4 width; stride 2
     from the second) - global average pool - fc.  ``plain=True``: the same layers without the
     shortcuts (the degradation experiment's twin).  Projection shortcuts ("option B") where the
     shape changes: 272,474 parameters for ResNet-20 with 10 classes (the paper's zero-padding
-    "option A": 0.27 M)."""
+    "option A": 0.27 M).  ``drop_path`` > 0: stochastic depth (Huang et al. 2016), block l of L
+    dropped with probability ``drop_path * l / L`` (the linear decay rule; the last block's is
+    ``drop_path``), no parameters added."""
     _positive("cifar_resnet", "depth", depth)
+    if not (isinstance(drop_path, (int, float)) and not isinstance(drop_path, bool) and 0 <= drop_path < 1):
+        raise ValueError(f"cifar_resnet: `drop_path` must be a number in [0, 1), got {drop_path!r}")
+    if drop_path and plain:
+        raise ValueError("cifar_resnet: `drop_path` needs the shortcuts (plain=False)")
     if (depth - 2) % 6:
         raise ValueError(f"cifar_resnet: depth must be 6n + 2 (20, 32, 44, 56, 110, ...), got {depth}")
     _positive("cifar_resnet", "num_classes", num_classes)
     _positive("cifar_resnet", "width", width)
     n = (depth - 2) // 6
     items = [("stem", _seq(_conv_bn(width, 3) + [("relu", ReLU())]))]
-    channels = width
+    channels, index = width, 0
     for s, w in enumerate((width, 2 * width, 4 * width), start=1):
         blocks = []
         for b in range(n):
             stride = 2 if (b == 0 and s > 1) else 1
-            blocks.append((f"block{b + 1}", _basic_block(w, stride, stride != 1 or channels != w, residual=not plain)))
+            index += 1
+            blocks.append((f"block{b + 1}", _basic_block(w, stride, stride != 1 or channels != w, residual=not plain,
+                                                         drop=drop_path * index / (3 * n))))
             channels = w
         items.append((f"stage{s}", _seq(blocks)))
     items += [("avgpool", GlobalAvgPool()), ("fc", Affine(num_classes))]
