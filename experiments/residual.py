@@ -38,6 +38,11 @@ DESCRIPTION = "Degradation and residual learning: plain nets vs ResNets of two d
 def _extra(parser) -> None:
     parser.add_argument("--depths", default=None, help="two or more depths 6n + 2, comma-separated (default 20,56)")
     parser.add_argument("--width", type=int, default=None, help="channels of the first stage (default 16)")
+    recipe_flags(parser)
+
+
+def recipe_flags(parser) -> None:
+    """The training recipe's flags (shared with experiments.wide_deep)."""
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default 10; quick 3; smoke 1)")
     parser.add_argument("--n-train", type=int, default=None, help="training images (default 5000; quick 2000)")
     parser.add_argument("--batch-size", type=int, default=128)

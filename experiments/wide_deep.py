@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 from experiments._common import cifar_or_digits, figure, finish, grid_legend, parse_args, save_figure, sized
-from experiments.residual import train_net
+from experiments.residual import recipe_flags, train_net
 
 NAME = "wide_deep"
 DESCRIPTION = "Wide vs deep ResNets at an equal parameter budget, and stochastic depth."
@@ -34,13 +34,8 @@ SMOKE_NETS = {32: (8, 4), 14: (8, 6), 8: (8, 8)}
 
 
 def _extra(parser) -> None:
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 10; quick 3; smoke 1)")
-    parser.add_argument("--n-train", type=int, default=None, help="training images (default 5000; quick 2000)")
     parser.add_argument("--drop-path", type=float, default=0.2, help="stochastic depth of the last block (default 0.2)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.1, help="peak learning rate (cosine to 0)")
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--impl", default="manual", choices=("manual", "auto"), help="backward path of the ops")
+    recipe_flags(parser)
 
 
 def _fail(msg: str):

@@ -81,3 +81,19 @@ def pytest_collection_modifyitems(config, items):
         name = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
         if name in _GROUPED_MODULES and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(name))
+
+
+def assert_bad_flags_exit(module, flags, message, out, capsys, *extra):
+    """``module.main(["--smoke", "--out", out, *extra, *flags])`` exits with status 2 and one stderr
+    line ``experiments.NAME: ...`` containing ``message`` (the embedded digits, whatever
+    ``$JAXNET_CIFAR10_DIR`` says)."""
+    mp = pytest.MonkeyPatch()
+    mp.delenv("JAXNET_CIFAR10_DIR", raising=False)
+    try:
+        with pytest.raises(SystemExit) as e:
+            module.main(["--smoke", "--out", str(out), *extra, *flags])
+    finally:
+        mp.undo()
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"experiments.{module.NAME}: ") and message in err[0], err

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_quick_experiment
+from conftest import assert_bad_flags_exit, run_quick_experiment
 from experiments import residual as exp
 
 pytestmark = pytest.mark.xdist_group("exp_residual")
@@ -34,13 +34,8 @@ def test_figure_from_runs(tmp_path):
     (["--width", "0"], "--width must be >= 1"), (["--lr", "0"], "--lr must be a finite number > 0"),
     (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
 ])
-def test_bad_flags_exit_with_one_line(flags, message, tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("JAXNET_CIFAR10_DIR", raising=False)
-    with pytest.raises(SystemExit) as e:
-        exp.main(["--smoke", "--out", str(tmp_path), *flags])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("experiments.residual: ") and message in err[0], err
+def test_bad_flags_exit_with_one_line(flags, message, tmp_path, capsys):
+    assert_bad_flags_exit(exp, flags, message, tmp_path, capsys)
 
 
 @pytest.mark.slow

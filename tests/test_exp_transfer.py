@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import run_quick_experiment
+from conftest import assert_bad_flags_exit, run_quick_experiment
 from experiments import transfer as exp
 from jaxnet import nn
 from jaxnet.data import Dataset
@@ -77,13 +77,8 @@ def test_multi_transform_labels_per_strategy():
     (["--backbone-lr-scale", "nan"], "--backbone-lr-scale must be a finite number > 0"),
     (["--per-class", "100000"], "--per-class 100000: class 5 has only"),
 ])
-def test_bad_flags_exit_with_one_line(flags, message, tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("JAXNET_CIFAR10_DIR", raising=False)
-    with pytest.raises(SystemExit) as e:
-        exp.main(["--smoke", "--out", str(tmp_path), *flags])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("experiments.transfer: ") and message in err[0], err
+def test_bad_flags_exit_with_one_line(flags, message, tmp_path, capsys):
+    assert_bad_flags_exit(exp, flags, message, tmp_path, capsys)
 
 
 # ------------------------------------------------------------------ fit(init_params=...)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_quick_experiment
+from conftest import assert_bad_flags_exit, run_quick_experiment
 from experiments import wide_deep as exp
 from jaxnet.nn import StochasticDepth, zoo
 
@@ -84,10 +84,5 @@ def test_smoke_run_files(tmp_path):
     (["--drop-path", "1"], "--drop-path must be in (0, 1)"), (["--epochs", "0"], "--epochs must be >= 1"),
     (["--lr", "-1"], "--lr must be a finite number > 0"),
 ])
-def test_bad_flags_exit_with_one_line(flags, message, tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("JAXNET_CIFAR10_DIR", raising=False)
-    with pytest.raises(SystemExit) as e:
-        exp.main(["--smoke", "--out", str(tmp_path), *flags])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("experiments.wide_deep: ") and message in err[0], err
+def test_bad_flags_exit_with_one_line(flags, message, tmp_path, capsys):
+    assert_bad_flags_exit(exp, flags, message, tmp_path, capsys)
