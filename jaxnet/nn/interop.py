@@ -151,9 +151,7 @@ def from_torch_state_dict(model, state_dict: Mapping[str, Any], input_shape, *, 
                                  f"conversion, the model wants {tuple(want[name].shape)}")
         _set(params, path, {k: jnp.asarray(v, dtype) for k, v in p.items()})
     # the parameter-free layers' (empty) entries, so the trees have the model's structure
-    params = jax.tree_util.tree_map(lambda _, v: v, params_like, _fill(params_like, params))
-    state = jax.tree_util.tree_map(lambda _, v: v, state_like, _fill(state_like, state))
-    return params, state
+    return _fill(params_like, params), _fill(state_like, state)
 
 
 def _fill(like, got):
