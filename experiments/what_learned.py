@@ -16,7 +16,7 @@ draws the course's three pictures (lecture "Visualizing and understanding"):
 3. ``tsne.png``: a 2-D t-SNE (``sklearn.manifold.TSNE``, perplexity 30) of the features of
    ``--tsne-n`` test images coloured by class, with a grid of thumbnails placed by the map.
 
-``--smoke`` (the default test suite's run): 300 training and 200 test images, a t-SNE of 60.
+``--smoke`` (the default test suite's run): 300 training and 200 test images, a t-SNE of 60, 2 queries shown.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 def _extra(parser) -> None:
     parser.add_argument("--checkpoint", default=os.path.join("results", "convnets", "fast_convnet.ckpt"),
                         help="the fast_convnet checkpoint written by experiments.convnets")
-    parser.add_argument("--queries", type=int, default=8, help="test images shown with their neighbours")
+    parser.add_argument("--queries", type=int, default=None,
+                        help="test images shown with their neighbours (default 8; smoke 2)")
     parser.add_argument("--tsne-n", type=int, default=None,
                         help="test images in the t-SNE map (default 2000; quick 300; smoke 60)")
 
@@ -242,7 +243,7 @@ def main(argv=None) -> dict:
     nn_p = nearest(p_test[eval_idx], p_train, k)
     same_f = float(np.mean(ds.y_train[nn_f] == ds.y_test[eval_idx, None]))
     same_p = float(np.mean(ds.y_train[nn_p] == ds.y_test[eval_idx, None]))
-    nq = min(args.queries, n_eval)
+    nq = min(args.queries or sized(args, 8, 8, 2), n_eval)   # smoke: a 2-row figure (112 subplots cost seconds)
     neighbours_png = plot_neighbours(raw_test, raw_train, eval_idx[:nq], nn_f[:nq], nn_p[:nq], ds.y_test,
                                      ds.y_train, names, os.path.join(args.out, "neighbours.png"))
 

@@ -153,6 +153,9 @@ def test_mosaics_match_placed_labels_and_positions():
         cifar_mosaics(ds.replace(x_test=ds.x_test[:0], y_test=ds.y_test[:0]), 4, 4)
 
 
+# the mosaics' logic is checked on the fake CIFAR-10 above (default suite); this one reads the real
+# 180 MB copy (decoding it when the cache is cold: ~20 s): the slow tier
+@pytest.mark.slow
 def test_mosaics_of_real_cifar10():
     path = find_cifar10()
     if path is None:

@@ -117,31 +117,35 @@ def test_decoders_match_a_step_by_step_loop(cell, inject):
     f = normal(jax.random.PRNGKey(2), (4, feat))
     max_len = 6
     got = np.asarray(cap.decode_greedy(params, f, cell=cell, max_len=max_len))
-    h0 = f @ params["w_proj"] + params["b_proj"]
-    state = h0 if cell == "rnn" else (h0, jnp.zeros_like(h0))
-    fx = f @ params["w_fx"] + params["b_fx"] if inject == "every" else None
-    tok = jnp.full((4,), START, jnp.int32)
+    # the loop in NumPy float64 (eager jnp would compile every small op at every shape)
+    P = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    fn = np.asarray(f, np.float64)
+    sig = lambda a: 1.0 / (1.0 + np.exp(-a))  # noqa: E731
+    h0 = fn @ P["w_proj"] + P["b_proj"]
+    state = h0 if cell == "rnn" else (h0, np.zeros_like(h0))
+    fx = fn @ P["w_fx"] + P["b_fx"] if inject == "every" else None
+    tok = np.full((4,), START, np.int32)
     want = np.zeros((4, max_len), np.int32)
     done = np.zeros(4, bool)
     for t in range(max_len):
         # the step written out: word vector (+ projected features), one cell step, vocabulary scores
-        x = params["w_embed"][tok]
+        x = P["w_embed"][tok]
         if fx is not None:
-            x = jnp.concatenate([x, fx], axis=-1)
+            x = np.concatenate([x, fx], axis=-1)
         if cell == "rnn":
-            state = jnp.tanh(x @ params["wx"] + state @ params["wh"] + params["b"])
+            state = np.tanh(x @ P["wx"] + state @ P["wh"] + P["b"])
             h = state
         else:
-            a = x @ params["wx"] + state[0] @ params["wh"] + params["b"]
-            i, fg, o, g = jnp.split(a, 4, axis=-1)
-            c = jax.nn.sigmoid(fg) * state[1] + jax.nn.sigmoid(i) * jnp.tanh(g)
-            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            a = x @ P["wx"] + state[0] @ P["wh"] + P["b"]
+            i, fg, o, g = np.split(a, 4, axis=-1)
+            c = sig(fg) * state[1] + sig(i) * np.tanh(g)
+            h = sig(o) * np.tanh(c)
             state = (h, c)
-        logits = h @ params["w_vocab"] + params["b_vocab"]
-        tok = jnp.argmax(logits, -1).astype(jnp.int32)
-        want[:, t] = np.where(done, 0, np.asarray(tok))
-        done |= np.asarray(tok) == END
-        tok = jnp.where(jnp.asarray(done), END, tok)
+        logits = h @ P["w_vocab"] + P["b_vocab"]
+        tok = np.argmax(logits, -1).astype(np.int32)
+        want[:, t] = np.where(done, 0, tok)
+        done |= tok == END
+        tok = np.where(done, END, tok)
     np.testing.assert_array_equal(got, want)
     # a beam of one is greedy decoding
     np.testing.assert_array_equal(np.asarray(cap.decode_beam(params, f, cell=cell, max_len=max_len, beam_size=1)),

@@ -40,13 +40,15 @@ def test_stochastic_depth_follows_the_linear_decay_rule():
     assert _drops(zoo.cifar_resnet(14, drop_path=0.5)) == pytest.approx([0.5 * l / 6 for l in range(1, 7)])
     assert _drops(zoo.cifar_resnet(14)) == []
     model = zoo.cifar_resnet(8, 3, width=4, drop_path=0.5)
-    params, state = model.init(jax.random.key(0), (6, 8, 8, 3))
+    params, state = model.init(jax.random.key(0), (6, 8, 8, 3))     # (eager: a jitted init compiles for ~15 s)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((6, 8, 8, 3)), jnp.float32)
-    eval_out = model.apply(params, state, x, train=False)[0]
-    ref = zoo.cifar_resnet(8, 3, width=4).apply(params, state, x, train=False)[0]
+    plain = zoo.cifar_resnet(8, 3, width=4)
+    # jitted forward passes (eager, each small op compiles alone): eval of both nets, one program for two keys
+    eval_out, ref = jax.jit(lambda p, s, x: (model.apply(p, s, x, train=False)[0],
+                                             plain.apply(p, s, x, train=False)[0]))(params, state, x)
+    train = jax.jit(lambda p, s, x, k: model.apply(p, s, x, train=True, key=k)[0])
+    a, b = train(params, state, x, jax.random.key(1)), train(params, state, x, jax.random.key(2))
     np.testing.assert_array_equal(eval_out, ref)          # eval: the identity
-    a = model.apply(params, state, x, train=True, key=jax.random.key(1))[0]
-    b = model.apply(params, state, x, train=True, key=jax.random.key(2))[0]
     assert not np.allclose(a, b)                           # training: keys drop different blocks
     for bad in (1.0, -0.1, True):
         with pytest.raises(ValueError, match="cifar_resnet: `drop_path` must be a number in"):

@@ -278,6 +278,9 @@ def _cifar_run(tmp_path, monkeypatch, flag):
     return res
 
 
+# a second end-to-end run of the experiment (the digits smoke above is the default suite's; this one adds
+# reading the 180 MB CIFAR-10 copy): the slow tier, with the --quick CIFAR-10 run
+@pytest.mark.slow
 def test_experiment_smoke_on_cifar10(tmp_path, monkeypatch):
     res = _cifar_run(tmp_path, monkeypatch, "--smoke")
     assert res["smoke"] is True and res["protocol"]["n_train"] == 300 and res["protocol"]["n_test"] == 50

@@ -79,7 +79,14 @@ LAYER_CASES = [
 ]
 
 
-@pytest.mark.parametrize("layer,shape", LAYER_CASES, ids=lambda v: type(v).__name__ if not isinstance(v, tuple) else str(v))
+# one case per family (dense, conv, conv transpose, activation, pool, global pool, flatten, norm, dropout,
+# combinator) in the default suite; the rest of the sweep is slow
+_LAYER_DEFAULT = {0, 3, 7, 9, 14, 18, 21, 23, 24, 26, 29, 30, 31, 33, 35}
+_LAYER_PARAMS = [pytest.param(*c, marks=() if i in _LAYER_DEFAULT else pytest.mark.slow)
+                 for i, c in enumerate(LAYER_CASES)]
+
+
+@pytest.mark.parametrize("layer,shape", _LAYER_PARAMS, ids=lambda v: type(v).__name__ if not isinstance(v, tuple) else str(v))
 def test_layer_output_shape_matches_real_output(layer, shape):
     predicted = layer.output_shape(shape)
     modal = isinstance(layer, (nn.BatchNorm, nn.Dropout, nn.Sequential, nn.Residual, nn.Parallel))
@@ -103,7 +110,12 @@ MODEL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,kwargs,shape", MODEL_CASES)
+# one configuration per model family in the default suite; the other configurations are slow
+_MODEL_DEFAULT = {0, 1, 3, 4, 7}
+
+
+@pytest.mark.parametrize("name,kwargs,shape", [pytest.param(*c, marks=() if i in _MODEL_DEFAULT else pytest.mark.slow)
+                                               for i, c in enumerate(MODEL_CASES)])
 def test_model_output_shape_matches_real_output(name, kwargs, shape):
     model = nn.get_model(name, num_classes=5, **kwargs)
     assert model.output_shape(shape) == (shape[0], 5)
@@ -384,7 +396,13 @@ GRAD_MODELS = [
 ]
 
 
-@pytest.mark.parametrize("name,kwargs,shape", GRAD_MODELS)
+# one configuration per model family in the default suite (with the group-norm + max-pool regression);
+# the other configurations are slow
+_GRAD_DEFAULT = {0, 1, 3, 6, 7}
+
+
+@pytest.mark.parametrize("name,kwargs,shape", [pytest.param(*c, marks=() if i in _GRAD_DEFAULT else pytest.mark.slow)
+                                               for i, c in enumerate(GRAD_MODELS)])
 def test_manual_and_auto_give_same_loss_and_grads(name, kwargs, shape):
     with jax.enable_x64(True):
         x = _x(shape, dtype=jnp.float64)

@@ -3,6 +3,8 @@
 Small shapes; the recurrences are the ops' (``jaxnet.ops.recurrent``), here the layers'
 plumbing: masks, initial and final states, steps, reversal, stacking, impl, errors.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,12 @@ from jaxnet import nn
 
 KEY = jax.random.PRNGKey(0)
 CELLS = [nn.RNN, nn.LSTM, nn.GRU]
+
+
+def _one_cell_default(default):
+    """The cells as parameters, ``default`` in the default suite and the others slow: the layer
+    plumbing is shared by the cells (each cell's recurrence is test_recurrent_ops')."""
+    return [pytest.param(c, id=c.__name__, marks=() if c is default else pytest.mark.slow) for c in CELLS]
 MASK = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], bool)     # lengths 3, 5, 1
 
 
@@ -19,10 +27,21 @@ def _x(shape=(3, 5, 4), seed=1):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_with_state(layer, p, x, m, s):
+    return layer.apply_with_state(p, x, mask=m, initial_state=s)
+
+
 def _run(layer, params, x, mask=None, initial_state=None):
-    """``layer.apply_with_state`` compiled as one program (eager, every small op would compile alone)."""
-    return jax.jit(lambda p, x, m, s: layer.apply_with_state(p, x, mask=m, initial_state=s))(
-        params, x, mask, initial_state)
+    """``layer.apply_with_state`` compiled as one program (eager, every small op would compile alone);
+    one jitted function for the module, so an equal layer at the same shapes reuses its program."""
+    return _apply_with_state(layer, params, x, mask, initial_state)
+
+
+def _zero_params(gates, d, hidden):
+    """Params of a cell's shapes, without compiling its init (for the error tests)."""
+    return {"wx": np.zeros((d, gates * hidden), np.float32), "wh": np.zeros((hidden, gates * hidden), np.float32),
+            "b": np.zeros(gates * hidden, np.float32)}
 
 
 def _h(carry):
@@ -32,7 +51,9 @@ def _h(carry):
 
 # --------------------------------------------------------------------------------- shapes and init
 
-@pytest.mark.parametrize("cls,k", [(nn.RNN, 1), (nn.LSTM, 4), (nn.GRU, 3)])
+# the same code for every cell (k gate blocks): LSTM (4 blocks) in the default suite, the others slow
+@pytest.mark.parametrize("cls,k", [pytest.param(nn.RNN, 1, marks=pytest.mark.slow), (nn.LSTM, 4),
+                                   pytest.param(nn.GRU, 3, marks=pytest.mark.slow)])
 def test_init_shapes_output_shape_and_weight_init(cls, k, x64):
     layer = cls(6)
     params, state = layer.init(KEY, (2, 5, 4))
@@ -49,11 +70,11 @@ def test_init_shapes_output_shape_and_weight_init(cls, k, x64):
     assert y.shape == (2, 6)
 
 
-def test_lstm_forget_bias_and_other_biases():
-    b = nn.LSTM(3, forget_bias=2.5).init(KEY, (1, 2, 2))[0]["b"]
+def test_lstm_forget_bias_and_other_biases(x64):      # x64, D 4: GRU(3)'s init is the other tests' program
+    b = nn.LSTM(3, forget_bias=2.5).init(KEY, (1, 2, 4))[0]["b"]
     np.testing.assert_array_equal(b, [0, 0, 0, 2.5, 2.5, 2.5, 0, 0, 0, 0, 0, 0])
-    assert np.all(np.asarray(nn.GRU(3).init(KEY, (1, 2, 2))[0]["b"]) == 0)
-    wh = nn.RNN(3, recurrent_init="zeros").init(KEY, (1, 2, 2))[0]["wh"]
+    assert np.all(np.asarray(nn.GRU(3).init(KEY, (1, 2, 4))[0]["b"]) == 0)
+    wh = nn.RNN(3, recurrent_init="zeros").init(KEY, (1, 2, 4))[0]["wh"]
     assert np.all(np.asarray(wh) == 0)
 
 
@@ -75,9 +96,9 @@ def test_embedding_and_temporal_affine(x64):
 
 # --------------------------------------------------------------------------------- masks and state
 
-@pytest.mark.parametrize("cls", CELLS)
+@pytest.mark.parametrize("cls", _one_cell_default(nn.LSTM))
 def test_padded_equals_unpadded_on_the_valid_part(cls, x64):
-    layer = cls(4)
+    layer = cls(3)          # hidden 3, D 4 as in the tests below: the same compiled init
     params, _ = layer.init(KEY, (3, 5, 4))
     x = _x()
     run = jax.jit(lambda x, m: _run(layer, params, x, mask=m))
@@ -89,11 +110,11 @@ def test_padded_equals_unpadded_on_the_valid_part(cls, x64):
         np.testing.assert_allclose(hs[i, length:], np.broadcast_to(alone[0, -1], hs[i, length:].shape), rtol=1e-12)
         for got, want in zip(jax.tree_util.tree_leaves(final), jax.tree_util.tree_leaves(alone_final)):
             np.testing.assert_allclose(got[i], want[0], rtol=1e-12, atol=1e-13)
-    last, _ = jax.jit(lambda p, x: cls(4, return_sequences=False).apply(p, {}, x, train=False, mask=MASK))(params, x)
+    last, _ = jax.jit(lambda p, x: cls(3, return_sequences=False).apply(p, {}, x, train=False, mask=MASK))(params, x)
     np.testing.assert_allclose(last, _h(final), rtol=1e-13)
 
 
-@pytest.mark.parametrize("cls", CELLS)
+@pytest.mark.parametrize("cls", _one_cell_default(nn.GRU))
 def test_state_passing_across_chunks_equals_one_run(cls, x64):
     """Truncated BPTT's forward: the final state of chunk 1 starts chunk 2."""
     layer = cls(3)
@@ -112,7 +133,9 @@ def test_state_passing_across_chunks_equals_one_run(cls, x64):
     assert not np.allclose(_run(layer, params, x, initial_state=moved)[0], whole)
 
 
-@pytest.mark.parametrize("layer", [nn.RNN(3), nn.LSTM(3), nn.GRU(3), nn.StackedRNN((nn.LSTM(3), nn.GRU(2)))],
+# one cell per carry kind (RNN: an array, LSTM: a pair) and the stack in the default suite; GRU slow
+@pytest.mark.parametrize("layer", [nn.RNN(3), nn.LSTM(3), pytest.param(nn.GRU(3), marks=pytest.mark.slow),
+                                   nn.StackedRNN((nn.LSTM(3), nn.GRU(2)))],
                          ids=["RNN", "LSTM", "GRU", "Stacked"])
 def test_step_scanned_equals_apply(layer, x64):
     params, _ = layer.init(KEY, (2, 5, 4))
@@ -144,7 +167,9 @@ def test_reverse_within_length():
     np.testing.assert_array_equal(r[0, 0], y[0, 2])
 
 
-@pytest.mark.parametrize("cls,merge", [(nn.RNN, "sum"), (nn.LSTM, "concat"), (nn.GRU, "concat")])
+# both merges in the default suite; GRU-concat slow
+@pytest.mark.parametrize("cls,merge", [(nn.RNN, "sum"), (nn.LSTM, "concat"),
+                                       pytest.param(nn.GRU, "concat", marks=pytest.mark.slow)])
 def test_bidirectional_against_a_manual_loop(cls, merge, x64):
     bi = nn.Bidirectional(cls(3), merge=merge)
     params, _ = bi.init(KEY, (3, 5, 4))
@@ -174,7 +199,7 @@ def test_bidirectional_against_a_manual_loop(cls, merge, x64):
 
 
 def test_stacked_equals_layers_applied_in_turn(x64):
-    layers = (nn.LSTM(5), nn.Bidirectional(nn.GRU(3)), nn.RNN(2))
+    layers = (nn.LSTM(3), nn.Bidirectional(nn.GRU(3)), nn.RNN(2))   # LSTM(3) on D 4: the other tests' init
     stack = nn.StackedRNN(layers)
     params, _ = stack.init(KEY, (3, 5, 4))
     assert stack.output_shape((3, 5, 4)) == (3, 5, 2)
@@ -198,7 +223,10 @@ def test_stacked_equals_layers_applied_in_turn(x64):
 
 # ------------------------------------------------------------------------------------ impl and jit
 
-@pytest.mark.parametrize("layer", [nn.RNN(3), nn.LSTM(3), nn.GRU(3), nn.Bidirectional(nn.LSTM(2))],
+# LSTM, GRU and BiLSTM in the default suite, RNN slow (the rnn op's two backward paths are also held
+# together by the float64 gradient audit, test_audit, in the default suite)
+@pytest.mark.parametrize("layer", [pytest.param(nn.RNN(3), marks=pytest.mark.slow), nn.LSTM(3), nn.GRU(3),
+                                   nn.Bidirectional(nn.LSTM(2))],
                          ids=["RNN", "LSTM", "GRU", "BiLSTM"])
 def test_impl_manual_and_autodiff_agree_in_values_and_gradients(layer, x64):
     params, _ = layer.init(KEY, (3, 5, 4))
@@ -241,13 +269,13 @@ ERRORS = [
     (lambda: nn.RNN(3).init(KEY, (2, 4)), ValueError, r"RNN\(hidden=3\): `input_shape` must be \(N, T, D\), "
                                                       r"got \(2, 4\)"),
     (lambda: nn.RNN(3).output_shape((2, 4, 5, 1)), ValueError, r"RNN\(hidden=3\): `input_shape` must be"),
-    (lambda: nn.LSTM(3).apply(nn.LSTM(3).init(KEY, (2, 4, 5))[0], {}, jnp.ones((2, 4, 6)), train=False),
+    (lambda: nn.LSTM(3).apply(_zero_params(4, 5, 3), {}, np.ones((2, 4, 6), np.float32), train=False),
      ValueError, r"LSTM\(hidden=3\): lstm: `wx` must have shape .*\(2, 4, 6\)"),
-    (lambda: nn.GRU(3).apply(nn.GRU(3).init(KEY, (2, 4, 5))[0], {}, jnp.ones((2, 4, 5)), train=False,
-                             mask=jnp.ones((2, 3))),
+    (lambda: nn.GRU(3).apply(_zero_params(3, 5, 3), {}, np.ones((2, 4, 5), np.float32), train=False,
+                             mask=np.ones((2, 3))),
      ValueError, r"GRU\(hidden=3\): gru: `mask` must have shape \(N, T\) = \(2, 4\)"),
-    (lambda: nn.LSTM(3).apply(nn.LSTM(3).init(KEY, (2, 4, 5))[0], {}, jnp.ones((2, 4, 5)), train=False,
-                              initial_state=jnp.zeros((2, 3))),
+    (lambda: nn.LSTM(3).apply(_zero_params(4, 5, 3), {}, np.ones((2, 4, 5), np.float32), train=False,
+                              initial_state=np.zeros((2, 3), np.float32)),
      ValueError, r"LSTM\(hidden=3\): `initial_state` must be a pair \(h0, c0\)"),
     (lambda: nn.Bidirectional(nn.RNN(2), merge="max"), ValueError, r"Bidirectional: `merge` must be 'concat' or 'sum'"),
     (lambda: nn.Bidirectional(nn.Affine(2)), TypeError, r"Bidirectional: layer must be a recurrent layer"),

@@ -112,8 +112,18 @@ def test_bad_hyperparameters_are_refused_in_one_line(op, arg, path):
         assert "\n" not in msg, msg
 
 
+# NumPy spellings: one hyperparameter per op family (and both int and float kinds) in the default suite,
+# each call compiling its op's kernels eagerly; the rest of the table is in the slow tier (make test-slow).
+# The bad values above stay on every hyperparameter in the default suite.
+SCALARS_DEFAULT = {("leaky_relu", "slope"), ("maxout", "pieces"), ("svm_hinge", "margin"), ("conv2d", "stride"),
+                   ("conv2d", "padding"), ("max_pool2d", "padding"), ("batch_norm", "momentum"),
+                   ("dropout", "rate"), ("patch_embed", "patch")}
+assert SCALARS_DEFAULT <= set(HYPER)
+
+
 @pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize("op,arg", list(HYPER), ids=_ids(HYPER))
+@pytest.mark.parametrize("op,arg", [k if k in SCALARS_DEFAULT else pytest.param(*k, marks=pytest.mark.slow)
+                                    for k in HYPER], ids=_ids(HYPER))
 def test_numpy_scalars_work_like_python_numbers(op, arg, path):
     call, good, spellings, _ = HYPER[op, arg]
     want = np.asarray(call(PATHS[path], good))
@@ -172,7 +182,9 @@ def _loss_and_grad(m, name, scores, labels, jit=False):
     return (jax.jit(f) if jit else f)(scores)
 
 
-@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+# jitted (as training runs) in the default suite, which also runs the valid rows eagerly; the eager
+# twins in the slow tier (make test-slow)
+@pytest.mark.parametrize("jit", [pytest.param(False, marks=pytest.mark.slow), True], ids=["eager", "jit"])
 @pytest.mark.parametrize("name", LOSSES)
 def test_out_of_range_labels_give_nan_rows_on_both_paths(name, jit, x64):
     scores = _x((4, 10), jnp.float64)

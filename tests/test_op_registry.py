@@ -105,18 +105,30 @@ def test_eval_mode_batch_norm_audits_the_running_statistics(monkeypatch):
 
 
 def test_softplus_and_gelu_match_jax_nn(x64):
-    x = jnp.linspace(-30.0, 30.0, 121)
-    np.testing.assert_allclose(ops.softplus(x), jax.nn.softplus(x), rtol=1e-14, atol=1e-300)
-    np.testing.assert_allclose(manual.softplus(x), jax.nn.softplus(x), rtol=1e-14, atol=1e-300)
-    assert float(ops.softplus(jnp.float64(800.0))) == 800.0           # no overflow
+    x = jnp.asarray(np.linspace(-30.0, 30.0, 121))
+
+    @jax.jit            # one program: eagerly, each of the small ops below compiled its own kernel (~5 s)
+    def values(x):
+        out = {"softplus": (ops.softplus(x), manual.softplus(x), jax.nn.softplus(x)),
+               "softplus(800)": ops.softplus(jnp.float64(800.0)),
+               "dsoftplus": (jax.grad(lambda v: jnp.sum(manual.softplus(v)))(x), jax.nn.sigmoid(x))}
+        for approximate in (False, True):
+            out[f"gelu {approximate}"] = (ops.gelu(x, approximate=approximate),
+                                          jax.nn.gelu(x, approximate=approximate))
+            out[f"dgelu {approximate}"] = (
+                jax.grad(lambda v: jnp.sum(jnp.sin(v) * manual.gelu(v, approximate=approximate)))(x),
+                jax.grad(lambda v: jnp.sum(jnp.sin(v) * jax.nn.gelu(v, approximate=approximate)))(x))
+        return out
+
+    out = values(x)
+    ref, man, want = out["softplus"]
+    np.testing.assert_allclose(ref, want, rtol=1e-14, atol=1e-300)
+    np.testing.assert_allclose(man, want, rtol=1e-14, atol=1e-300)
+    assert float(out["softplus(800)"]) == 800.0           # no overflow
     for approximate in (False, True):
-        want = jax.nn.gelu(x, approximate=approximate)
-        np.testing.assert_allclose(ops.gelu(x, approximate=approximate), want, rtol=1e-12, atol=1e-15)
-        g = jax.grad(lambda v: jnp.sum(jnp.sin(v) * manual.gelu(v, approximate=approximate)))(x)
-        g_ref = jax.grad(lambda v: jnp.sum(jnp.sin(v) * jax.nn.gelu(v, approximate=approximate)))(x)
-        np.testing.assert_allclose(g, g_ref, rtol=1e-10, atol=1e-12)
-    g = jax.grad(lambda v: jnp.sum(manual.softplus(v)))(x)
-    np.testing.assert_allclose(g, jax.nn.sigmoid(x), rtol=1e-14)
+        np.testing.assert_allclose(*out[f"gelu {approximate}"], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(*out[f"dgelu {approximate}"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(*out["dsoftplus"], rtol=1e-14)
     assert F.gelu(x, approximate=True, impl="autodiff").shape == x.shape
 
 

@@ -80,21 +80,24 @@ _TP_SCRIPT = textwrap.dedent(
     from jaxnet.train import fit, evaluate
     from jaxnet.train.parallel import make_mesh, param_shardings
     assert len(jax.devices()) == 8
-    data = load_digits()
-    model = nn.VisionTransformer(10, patch=4, depth=1, features=32, num_heads=4, ff_hidden=64)
+    import dataclasses
+    full = load_digits()     # a slice: 4 steps (the sums compared are the same; compiling is the cost)
+    data = dataclasses.replace(full, x_train=full.x_train[:256], y_train=full.y_train[:256], x_val=full.x_val[:64],
+                               y_val=full.y_val[:64], x_test=full.x_test[:64], y_test=full.y_test[:64])
+    model = nn.VisionTransformer(10, patch=4, depth=1, features=16, num_heads=4, ff_hidden=32)
     kw = dict(epochs=1, batch_size=64, key=0, progress=False)
     sgd = make_optimizer("momentum", 0.05)
     one = fit(model, data, optimizer=sgd, devices=1, **kw)
-    for devices, m in [(8, 4), (8, 8)]:     # 2 x 4 (one head per device), 1 x 8 (heads straddle devices)
+    for devices, m in LAYOUTS:     # (8, 4): 2 x 4 (one head per device), (8, 8): 1 x 8 (heads straddle devices)
         run = fit(model, data, optimizer=sgd, devices=devices, model_parallel=m, **kw)
         ts = run.train_state
         # the weights and their momentum are split: each device holds 1/m of them
         q = ts.params["encoder"]["0"]["attn"]["query"]["w"]
         fc2 = ts.params["encoder"]["0"]["ff"]["fc2"]["w"]
-        assert q.sharding.spec == P(None, "model") and q.addressable_shards[0].data.shape == (32, 32 // m)
-        assert fc2.addressable_shards[0].data.shape == (64 // m, 32)
-        trace = [x for x in jax.tree.leaves(ts.opt_state) if getattr(x, "shape", None) == (64, 32)]
-        assert trace and all(x.addressable_shards[0].data.shape == (64 // m, 32) for x in trace)
+        assert q.sharding.spec == P(None, "model") and q.addressable_shards[0].data.shape == (16, 16 // m)
+        assert fc2.addressable_shards[0].data.shape == (32 // m, 16)
+        trace = [x for x in jax.tree.leaves(ts.opt_state) if getattr(x, "shape", None) == (32, 16)]
+        assert trace and all(x.addressable_shards[0].data.shape == (32 // m, 16) for x in trace)
         assert len(q.sharding.device_set) == devices
         for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ts), jax.tree.leaves(one.train_state)):
             assert a.dtype == b.dtype
@@ -106,12 +109,12 @@ _TP_SCRIPT = textwrap.dedent(
     l8 = evaluate(model, jax.device_get(run.best_params), run.best_state, data.x_test, data.y_test, 64)
     np.testing.assert_allclose(l8, l1, rtol=1e-10)
     # a width that cannot be split m ways: one line naming the parameter
-    wide = nn.VisionTransformer(10, patch=4, depth=1, features=36, num_heads=4, ff_hidden=72)
+    wide = nn.VisionTransformer(10, patch=4, depth=1, features=20, num_heads=4, ff_hidden=40)
     try:
         fit(wide, data, optimizer=sgd, devices=8, model_parallel=8, **kw)
-        raise SystemExit("no error for features 36 over 8 devices")
+        raise SystemExit("no error for features 20 over 8 devices")
     except ValueError as e:
-        assert "tensor parallel: parameter ['encoder']['0']['attn']" in str(e) and "36" in str(e), e
+        assert "tensor parallel: parameter ['encoder']['0']['attn']" in str(e) and "20" in str(e), e
     # a batch not divisible by the data-parallel groups (8 / 2 = 4)
     try:
         fit(model, data, optimizer=sgd, devices=8, model_parallel=2, **{**kw, "batch_size": 30})
@@ -123,8 +126,13 @@ _TP_SCRIPT = textwrap.dedent(
 )
 
 
-def test_tensor_parallel_on_eight_host_devices_matches_one_device():
-    proc = subprocess.run([sys.executable, "-c", _TP_SCRIPT], env=_env(8), capture_output=True, text=True,
+# each layout compiles its own sharded train step (~10 s on a 2-core CPU): the default suite runs 1 x 8
+# (heads straddle devices, the harder split), the slow tier 2 x 4 (one head per device)
+@pytest.mark.parametrize("layouts", [[(8, 8)], pytest.param([(8, 4)], marks=pytest.mark.slow)],
+                         ids=["1x8", "2x4"])
+def test_tensor_parallel_on_eight_host_devices_matches_one_device(layouts):
+    script = f"LAYOUTS = {layouts!r}\n" + _TP_SCRIPT
+    proc = subprocess.run([sys.executable, "-c", script], env=_env(8), capture_output=True, text=True,
                           timeout=600, cwd=REPO)
     assert proc.returncode == 0 and "TP-OK" in proc.stdout, proc.stdout + proc.stderr[-4000:]
 
@@ -133,7 +141,8 @@ def test_tensor_parallel_on_eight_host_devices_matches_one_device():
 
 
 def _train(out, *extra, env, process=None, port=None):
-    cmd = [sys.executable, "-m", "jaxnet", "train", "--model", "fc", "--batch-size", "64", "--no-progress",
+    # batch 256: 5 steps an epoch (the processes' startup and compiles are the cost, not the steps)
+    cmd = [sys.executable, "-m", "jaxnet", "train", "--model", "fc", "--batch-size", "256", "--no-progress",
            "--schedule", "constant",
            "--out", str(out), *extra]
     if process is not None:
@@ -158,19 +167,24 @@ def _metrics(out):
     return [{k: v for k, v in r.items() if k not in ("images_per_sec", "epoch_time")} for r in rows]
 
 
-def test_two_processes_train_and_resume_like_one_process_on_two_devices(tmp_path):
+# five `jaxnet train` processes (~8 s each on a 2-core CPU): the default suite trains one epoch both
+# ways (three processes); the slow tier adds --resume to a second epoch
+@pytest.mark.parametrize("resume", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["train", "resume"])
+def test_two_processes_train_and_resume_like_one_process_on_two_devices(tmp_path, resume):
     """`jaxnet train` under jax.distributed (2 processes x 1 CPU device, gloo collectives):
     the same metrics as one process on 2 devices; only process 0 writes; --resume continues."""
     multi, single = tmp_path / "multi", tmp_path / "single"
     cache = tmp_path / "xla-cache"
+    epochs = 2 if resume else 1
     (so0, _), (so1, _) = _two_processes(multi, "--epochs", "1", cache=cache)
     assert "test accuracy" in so0 and "test accuracy" not in so1           # process 1 prints no result
     assert sorted(os.listdir(multi)) == ["checkpoint", "curves.png", "metrics.jsonl", "summary.json"]
-    _two_processes(multi, "--epochs", "2", "--resume", cache=cache)       # reads the programs compiled above
-    p = _train(single, "--epochs", "2", env=_env(2))       # uninterrupted (constant rate: same schedule)
+    if resume:
+        _two_processes(multi, "--epochs", "2", "--resume", cache=cache)   # reads the programs compiled above
+    p = _train(single, "--epochs", str(epochs), env=_env(2))   # uninterrupted (constant rate: same schedule)
     assert p.wait(timeout=300) == 0, p.stderr.read()
     got, want = _metrics(multi), _metrics(single)
-    assert [r["epoch"] for r in got] == [1, 2]
+    assert [r["epoch"] for r in got] == list(range(1, epochs + 1)) and len(want) == epochs
     for g, w in zip(got, want):
         for k in w:
             assert g[k] == pytest.approx(w[k], rel=1e-5), (k, g, w)

@@ -4,7 +4,7 @@ For every drawn configuration, the manual op must match the reference op in
 value and in VJP (float64), and the output size must follow the course's formula.
 
 Every example compiles its own program (new shapes), 0.5 to 1.5 s of CPU each: the default
-suite draws 5 configurations per sweep, ``make test-slow`` the full 15 (``*_full`` twins).
+suite draws 3 configurations per sweep, ``make test-slow`` the full 15 (``*_full`` twins).
 """
 import jax
 import jax.numpy as jnp
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.xdist_group("properties")
 
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
-SMOKE = settings(SETTINGS, max_examples=5)
+SMOKE = settings(SETTINGS, max_examples=3)
 
 
 def _sweeps(check, *, smoke_name, full_name, **strategies):

@@ -91,8 +91,17 @@ def test_bad_input_is_a_one_line_error_naming_op_and_shapes(label, path):
 
 # ------------------------------------------------------------------------------------------ mask
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("op", ["rnn", "lstm", "gru"])
+# Per-cell sweeps (padded sequences, steps vs sequence): every cell in the default suite once, the
+# paths alternating between cells; the other (cell, path) pairs in the slow tier (make test-slow).
+CELL_PATHS = [pytest.param(op, path, marks=() if (op, path) in {("rnn", "manual"), ("lstm", "manual"),
+                                                                ("gru", "reference")} else pytest.mark.slow)
+              for op in ("rnn", "lstm", "gru") for path in PATHS]
+STEP_CELL_PATHS = [pytest.param(op, path, marks=() if (op, path) in {("rnn", "reference"), ("lstm", "manual"),
+                                                                     ("gru", "manual")} else pytest.mark.slow)
+                   for op in ("rnn", "lstm", "gru") for path in PATHS]
+
+
+@pytest.mark.parametrize("op,path", CELL_PATHS, ids=[f"{o}-{p}" for o in ("rnn", "lstm", "gru") for p in PATHS])
 def test_padded_sequences_match_the_unpadded_ones(op, path, x64):
     """Lengths (4, 1) padded to T=4 with junk: each sequence's valid outputs, final states and
     gradients equal those of the sequence run alone, unpadded; padding gets zero gradient."""
@@ -154,16 +163,18 @@ def test_float_mask_gets_no_gradient(x64):
     args = _inputs("gru", n=2, t=3)
     mask = jnp.array([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     for m in PATHS.values():
-        g = jax.grad(lambda mk: m.gru(*args, mask=mk).sum())(mask)
+        g = jax.jit(jax.grad(lambda mk: m.gru(*args, mask=mk).sum()))(mask)
         assert float(jnp.max(jnp.abs(g))) == 0.0
 
 
 # ------------------------------------------------------------------------------------- transforms
 
 # float32 (what training runs) in the default suite; the float64 twin, at 1e-12, in the slow tier
-# (the float64 gradient audit already holds both paths to 1e-9 on every configuration).
+# (the float64 gradient audit already holds both paths to 1e-9 on every configuration). One cell, the
+# LSTM, in the default suite (test_transforms jits every cell and vmaps the rnn); rnn and gru in the slow tier.
 @pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.float64, marks=pytest.mark.slow)])
-@pytest.mark.parametrize("op", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("op", [pytest.param("rnn", marks=pytest.mark.slow), "lstm",
+                                pytest.param("gru", marks=pytest.mark.slow)])
 def test_jit_vmap_grad_both_paths(op, dtype):
     with jax.enable_x64(dtype == jnp.float64):
         tol = 1e-12 if dtype == jnp.float64 else 2e-5
@@ -199,7 +210,7 @@ def test_vmap_of_grad_per_example(x64):
     for path, m in PATHS.items():
         def loss(wh, x1, h1):
             return m.rnn(x1[None], h1[None], wx, wh, b).sum()
-        out[path] = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(wh, x, h0)
+        out[path] = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))(wh, x, h0)   # one program
         assert out[path].shape == (3,) + wh.shape
     np.testing.assert_allclose(out["manual"], out["reference"], rtol=1e-12, atol=1e-12)
 
@@ -214,8 +225,7 @@ def test_functional_dispatches_both_paths(x64):
 
 # ----------------------------------------------------------------------------- steps vs sequences
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("op", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("op,path", STEP_CELL_PATHS, ids=[f"{o}-{p}" for o in ("rnn", "lstm", "gru") for p in PATHS])
 def test_step_loop_matches_sequence_op(op, path, x64):
     m = PATHS[path]
     args = _inputs(op, n=2, t=4, d=3, h=5)

@@ -85,23 +85,31 @@ def test_mha_heads_match_jax_nn_dot_product_attention():
     x = _x((2, 6, 12))
     mha = MultiHeadAttention(3, causal=True)
     p = _init(mha, x.shape, 1)
-    y, _ = mha.apply(p, {}, x, train=False)
-    proj = lambda e: (x @ e["w"] + e["b"]).reshape(2, 6, 3, 4)          # (N, T, heads, dh): jax.nn's layout
-    o = jax.nn.dot_product_attention(proj(p["query"]), proj(p["key"]), proj(p["value"]), is_causal=True)
+
+    @jax.jit                # one program (eager, every small op compiles its own kernel)
+    def both(p, x):
+        y, _ = mha.apply(p, {}, x, train=False)
+        proj = lambda e: (x @ e["w"] + e["b"]).reshape(2, 6, 3, 4)      # (N, T, heads, dh): jax.nn's layout
+        o = jax.nn.dot_product_attention(proj(p["query"]), proj(p["key"]), proj(p["value"]), is_causal=True)
+        return y, o.reshape(2, 6, 12) @ p["out"]["w"] + p["out"]["b"]
+
+    y, want = both(p, x)
     # jax.nn.dot_product_attention casts the logits to float32 for its softmax whatever the dtype: 1e-6
-    np.testing.assert_allclose(y, o.reshape(2, 6, 12) @ p["out"]["w"] + p["out"]["b"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-7)
 
 
 def test_key_padding_mask_hides_padding_keys():
     x = _x((2, 6, 8))
     mha = MultiHeadAttention(2)
     p = _init(mha, x.shape, 2)
-    kpm = jnp.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
-    y, _ = mha.apply(p, {}, x, train=False, key_padding_mask=kpm)
-    garbage = x.at[0, 4:].set(1e3)                                       # what sits in the padding is never read
-    y2, _ = mha.apply(p, {}, garbage, train=False, key_padding_mask=kpm)
+    kpm = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    run = jax.jit(lambda x, m: mha.apply(p, {}, x, train=False, key_padding_mask=m)[0])
+    y = run(x, kpm)
+    garbage = np.array(x)
+    garbage[0, 4:] = 1e3                                                 # what sits in the padding is never read
+    y2 = run(garbage, kpm)
     np.testing.assert_allclose(y[0, :4], y2[0, :4], rtol=1e-12)
-    assert not np.allclose(y[0, :4], mha.apply(p, {}, x, train=False)[0][0, :4])
+    assert not np.allclose(y[0, :4], run(x, None)[0, :4])
 
 
 def _tree_close(a, b, rtol):
@@ -109,6 +117,9 @@ def _tree_close(a, b, rtol):
         np.testing.assert_allclose(u, v, rtol=rtol, atol=1e-10)
 
 
+# slow: two float64 gradient programs of an encoder-decoder (~16 s); the default suite keeps both
+# paths' gradients on the (pre-norm) encoder in test_vit_class_token_both_paths
+@pytest.mark.slow
 def test_encoder_decoder_manual_and_autodiff_agree_in_train_mode():
     """Post-norm encoder-decoder with every dropout on (the pre-norm form: the ViT test below)."""
     x = _x((2, 5, 8))
@@ -135,9 +146,9 @@ def test_post_norm_ends_in_layer_norm_pre_norm_does_not():
     for norm_first in (False, True):
         layer = TransformerEncoderLayer(2, 16, norm_first=norm_first)
         p = _init(layer, x.shape, 6)
-        y, _ = layer.apply(p, {}, x, train=False)
-        y = (y - p["norm_ff"]["beta"]) / p["norm_ff"]["gamma"]          # undo the last LayerNorm's affine part
-        normalised = np.allclose(jnp.mean(y, -1), 0, atol=1e-9) and np.allclose(jnp.std(y, -1), 1, atol=1e-3)
+        y, _ = jax.jit(lambda p, x: layer.apply(p, {}, x, train=False))(p, x)
+        y = (np.asarray(y) - np.asarray(p["norm_ff"]["beta"])) / np.asarray(p["norm_ff"]["gamma"])   # undo the last LayerNorm's affine part
+        normalised = np.allclose(np.mean(y, -1), 0, atol=1e-9) and np.allclose(np.std(y, -1), 1, atol=1e-3)
         assert normalised == (not norm_first)
 
 
@@ -200,8 +211,9 @@ def test_vit_mean_pool_is_the_mean_of_the_encoded_tokens():
     p = _init(vit, img.shape, 10)
     assert vit.tokens(img.shape) == 16 and "cls" not in p
     logits = jax.jit(lambda p, x: vit.apply(p, {}, x, train=False)[0])(p, img)
-    tokens = vit.encode(p, img)
-    np.testing.assert_allclose(logits, jnp.mean(tokens, 1) @ p["head"]["w"] + p["head"]["b"], rtol=1e-12)
+    tokens = np.asarray(jax.jit(vit.encode)(p, img))
+    np.testing.assert_allclose(logits, np.mean(tokens, 1) @ np.asarray(p["head"]["w"]) + np.asarray(p["head"]["b"]),
+                               rtol=1e-12)
 
 
 def test_feed_forward_activations():
@@ -210,8 +222,9 @@ def test_feed_forward_activations():
                     ("gelu_tanh", lambda h: jax.nn.gelu(h, approximate=True))):
         ff = FeedForward(6, activation=act)
         p = _init(ff, x.shape, 0)
-        want = fn(x @ p["fc1"]["w"] + p["fc1"]["b"]) @ p["fc2"]["w"] + p["fc2"]["b"]
-        np.testing.assert_allclose(ff.apply(p, {}, x, train=False)[0], want, rtol=1e-12)
+        got, want = jax.jit(lambda p, x: (ff.apply(p, {}, x, train=False)[0],       # one program, not eager ops
+                                          fn(x @ p["fc1"]["w"] + p["fc1"]["b"]) @ p["fc2"]["w"] + p["fc2"]["b"]))(p, x)
+        np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
 def test_causal_mask_helper():
@@ -254,20 +267,21 @@ def test_attention_weights_are_the_ones_apply_uses():
     x = _x((2, 5, 8))
     mha = MultiHeadAttention(2, causal=True)
     p = _init(mha, x.shape, 11)
-    w = mha.attention_weights(p, x)
+    w, y = jax.jit(lambda p, x: (mha.attention_weights(p, x), mha.apply(p, {}, x, train=False)[0]))(p, x)
+    w, p, x = np.asarray(w), jax.tree.map(np.asarray, p), np.asarray(x)       # the by-hand part in NumPy
     assert w.shape == (2, 2, 5, 5)
-    np.testing.assert_allclose(jnp.sum(w, -1), 1, rtol=1e-12)
-    np.testing.assert_array_equal(np.asarray(w)[..., np.triu_indices(5, 1)[0], np.triu_indices(5, 1)[1]], 0)
+    np.testing.assert_allclose(np.sum(w, -1), 1, rtol=1e-12)
+    np.testing.assert_array_equal(w[..., np.triu_indices(5, 1)[0], np.triu_indices(5, 1)[1]], 0)
     v = (x @ p["value"]["w"] + p["value"]["b"]).reshape(2, 5, 2, 4).transpose(0, 2, 1, 3)
     o = (w @ v).transpose(0, 2, 1, 3).reshape(2, 5, 8) @ p["out"]["w"] + p["out"]["b"]
-    np.testing.assert_allclose(o, mha.apply(p, {}, x, train=False)[0], rtol=1e-11)
+    np.testing.assert_allclose(o, y, rtol=1e-11)
 
 
 def test_attention_rollout():
     rng = np.random.default_rng(12)
     ws = [jnp.asarray(rng.dirichlet(np.ones(4), size=(1, 2, 4))) for _ in range(2)]   # rows sum to 1
     r = attention_rollout(ws)
-    np.testing.assert_allclose(jnp.sum(r, -1), 1, rtol=1e-12)
+    np.testing.assert_allclose(np.sum(np.asarray(r), -1), 1, rtol=1e-12)
     a = [0.5 * np.eye(4) + 0.5 * np.mean(np.asarray(w), 1) for w in ws]
     np.testing.assert_allclose(r, a[1] @ a[0], rtol=1e-12)
     np.testing.assert_allclose(attention_rollout(ws, residual=1.0)[0], np.eye(4))
@@ -297,6 +311,6 @@ def test_decoder_cross_attention_weights_read_the_memory():
 
         ws, want = both(p, x, mem)
         assert len(ws) == 2 and ws[0].shape == (2, 2, 4, 3)
-        np.testing.assert_allclose(jnp.sum(ws[1], -1), 1, rtol=1e-12)
+        np.testing.assert_allclose(np.sum(np.asarray(ws[1]), -1), 1, rtol=1e-12)
         np.testing.assert_array_equal(ws[0][0, :, :, 2], 0)              # the padded memory slot is never read
         np.testing.assert_allclose(ws[0], want, rtol=1e-10)

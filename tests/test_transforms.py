@@ -33,8 +33,20 @@ def test_jit_matches_eager(x64, spec, impl):
     assert rel_error(eager, jitted) < 1e-12
 
 
+# vmap and its gradient: one op per family in the default suite (each op compiles four programs,
+# ~1-4 s); every other op is in the slow tier (make test-slow). jit vs eager above stays on every op.
+VMAP_DEFAULT = {"affine", "elu", "softmax_cross_entropy", "conv2d", "max_pool2d", "batch_norm", "dropout",
+                "word_embedding", "rnn", "scaled_dot_product_attention", "gram_matrix"}
+VMAP_SPECS = [s if s.name in VMAP_DEFAULT else pytest.param(s, marks=pytest.mark.slow) for s in SPECS]
+
+
+def test_vmap_default_ops_are_one_per_family():
+    fam = {s.name: s.family for s in SPECS}
+    assert VMAP_DEFAULT <= set(fam) and {fam[n] for n in VMAP_DEFAULT} == set(fam.values())
+
+
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+@pytest.mark.parametrize("spec", VMAP_SPECS, ids=[s.name for s in SPECS])
 def test_vmap_matches_a_loop(x64, spec, impl):
     """vmap over a leading axis of stacked inputs = calling the op on each slice."""
     case = spec.cases[0]
@@ -73,7 +85,7 @@ def test_vmap_matches_a_loop(x64, spec, impl):
         assert rel_error([g[j] for g in g_vmap], g_one) < 1e-9
 
 
-@pytest.mark.parametrize("impl", ["auto", "manual"])
+@pytest.mark.parametrize("impl", IMPLS)       # the reference path's twin in the slow tier, as above
 def test_per_example_gradients_of_a_small_convnet(x64, impl):
     """vmap(grad(loss of one example)) equals the gradient of each example alone."""
     k = jax.random.split(jax.random.PRNGKey(0), 5)
