@@ -21,6 +21,7 @@ from jaxnet.ops import activations as _activations, conv as _conv, linear as _li
 from jaxnet.ops import norm as _norm, pool as _pool, regularization as _regularization
 from jaxnet.ops import recurrent as _recurrent, sequence as _sequence  # noqa: F401
 from jaxnet.ops import attention as _attention
+from jaxnet.ops import style as _style
 
 _IMPL_DOC = "\n\n    impl: 'autodiff' (alias 'auto') | 'manual' | None (the current default).\n"
 
@@ -100,6 +101,9 @@ scaled_dot_product_attention = _dispatch(_attention.scaled_dot_product_attention
                                          _attention.scaled_dot_product_attention_manual)
 patch_embed = _dispatch(_attention.patch_embed, _attention.patch_embed_manual)
 
+# style
+gram_matrix = _dispatch(_style.gram_matrix, _style.gram_matrix_manual)
+
 
 __all__ = [
     "affine", "relu", "leaky_relu", "sigmoid", "tanh", "elu", "prelu", "maxout", "softplus", "gelu",
@@ -112,4 +116,6 @@ __all__ = [
     "rnn_step", "lstm_step", "gru_step", "rnn", "lstm", "gru",
     # attention
     "scaled_dot_product_attention", "patch_embed",
+    # style
+    "gram_matrix",
 ]

@@ -101,9 +101,9 @@ def _cached_eval_step(model, loss_fn, impl):
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_steps(model, optimizer, loss_fn, impl, augment_fn, mesh, trace_hook):
+def _cached_steps(model, optimizer, loss_fn, impl, augment_fn, mesh, trace_hook, adversarial=None):
     train_step = make_train_step(model, optimizer, loss_fn=loss_fn, impl=impl, augment_fn=augment_fn,
-                                 mesh=mesh, _trace_hook=trace_hook)
+                                 mesh=mesh, _trace_hook=trace_hook, adversarial=adversarial)
     eval_step = make_eval_step(model, loss_fn=loss_fn, impl=impl, mesh=mesh, _trace_hook=trace_hook)
     return train_step, eval_step
 
@@ -525,6 +525,7 @@ def fit(
     callbacks: Optional[Sequence[Any]] = None,
     run_config: Optional[dict] = None,
     init_params: Optional[tuple] = None,
+    adversarial: Any = None,
     _trace_hook: Optional[Callable[[Callable], Callable]] = None,
 ) -> FitResult:
     """Train ``model`` on ``data.x_train``/``data.y_train``, validating on ``data.x_val`` each epoch.
@@ -589,6 +590,11 @@ def fit(
         transfer learning): the same tree structure, shapes and dtypes as the model's own
         (a one-line ``ValueError`` names the first difference); the optimizer state starts fresh.
         Freeze parts or give them their own learning rate with ``optax.multi_transform``.
+      adversarial: None (default: plain training, the step unchanged) or a
+        :class:`jaxnet.understand.Adversarial` (``Adversarial(eps, kind="fgsm" | "pgd_linf" |
+        "pgd_l2", steps=..., mode="replace" | "augment", clip=...)``): inside the jitted train step
+        each batch is replaced by (or joined with) its FGSM/PGD examples for the current params.
+        Recorded in the checkpoint's config as its repr.
       run_config: a JSON-serialisable dict stored in the checkpoint's config as ``"run"``
         (e.g. the command line's settings, to compare when resuming).
       _trace_hook: testing hook passed to :func:`make_train_step`/:func:`make_eval_step`.
@@ -624,6 +630,10 @@ def fit(
         ema_decay = float(ema_decay)
     if on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"fit: on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
+    if adversarial is not None:
+        from jaxnet.understand.adversarial import Adversarial
+        if not isinstance(adversarial, Adversarial):
+            raise ValueError(f"fit: adversarial must be None or a jaxnet.understand.Adversarial, got {adversarial!r}")
     check_labels(data)
     has_val = len(data.x_val) > 0
     if on_nonfinite == "skip":
@@ -633,10 +643,11 @@ def fit(
     check_batch_divisible(batch_size, mesh)
     augment_fn = _resolve_augment(augment)
     try:  # the same model and optimizer objects in a later fit reuse the compiled steps
-        train_step, eval_step = _cached_steps(model, optimizer, loss_fn, impl, augment_fn, mesh, _trace_hook)
+        train_step, eval_step = _cached_steps(model, optimizer, loss_fn, impl, augment_fn, mesh, _trace_hook,
+                                              adversarial)
     except TypeError:  # something unhashable
         train_step, eval_step = _cached_steps.__wrapped__(
-            model, optimizer, loss_fn, impl, augment_fn, mesh, _trace_hook)
+            model, optimizer, loss_fn, impl, augment_fn, mesh, _trace_hook, adversarial)
 
     root = as_key(key)
     init_key, data_key = jax.random.split(root)
@@ -657,6 +668,7 @@ def fit(
         "on_nonfinite": on_nonfinite,
         **({"run": run_config} if run_config is not None else {}),
         **({"init": "init_params"} if init_params is not None else {}),
+        **({"adversarial": repr(adversarial)} if adversarial is not None else {}),
     }
 
     with contextlib.ExitStack() as stack:

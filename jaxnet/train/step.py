@@ -71,18 +71,25 @@ def _learning_rate(opt_state: Any) -> Array:
 
 
 def step_core(forward: Callable, optimizer: optax.GradientTransformation, loss_fn: Callable,
-              augment_fn: Optional[Callable], ts: TrainState, x: Array, y: Array, mask: Array):
+              augment_fn: Optional[Callable], ts: TrainState, x: Array, y: Array, mask: Array,
+              adversarial_fn: Optional[Callable] = None):
     """One training update, shared by :func:`make_train_step` and ``make_stats_step`` (traced
-    inside their ``jit``): split the key, augment, forward + masked loss, gradient, optimizer.
+    inside their ``jit``): split the key, augment, [adversarial examples], forward + masked loss,
+    gradient, optimizer.
 
     forward: ``(params, state, x, key) -> (logits (B, C), new_state, aux)``; ``aux`` is passed
-    through (e.g. every layer's output). Returns ``(new_ts, metrics, grads, aux)``.
+    through (e.g. every layer's output). adversarial_fn: None, or
+    ``(key, params, state, x, y, mask) -> (x, y, mask)`` (e.g. a
+    :class:`jaxnet.understand.Adversarial` bound to the model), run after augmentation with the
+    key ``fold_in(step_key, 1)`` (the other keys are unchanged). Returns ``(new_ts, metrics, grads, aux)``.
     """
     next_key, step_key = jax.random.split(ts.key)
     dropout_key, augment_key = jax.random.split(step_key)
     mask = mask.astype(jnp.float32)
     if augment_fn is not None:
         x = augment_fn(augment_key, x)
+    if adversarial_fn is not None:
+        x, y, mask = adversarial_fn(jax.random.fold_in(step_key, 1), ts.params, ts.state, x, y, mask)
 
     def objective(params):
         logits, new_state, aux = forward(params, ts.state, x, dropout_key)
@@ -117,6 +124,7 @@ def make_train_step(
     mesh: Any = None,
     donate: bool = True,
     _trace_hook: Optional[Callable[[Callable], Callable]] = None,
+    adversarial: Any = None,
 ) -> Callable:
     """A jitted ``train_step(ts, x, y, mask) -> (ts, metrics)``.
 
@@ -137,6 +145,9 @@ def make_train_step(
         the ``ts`` passed in must not be used after the call.
       _trace_hook: testing hook; wraps the python step before ``jit``, e.g.
         ``functools.partial(chex.assert_max_traces, n=1)``.
+      adversarial: None, or a :class:`jaxnet.understand.Adversarial`: each batch (after
+        augmentation) is replaced by, or joined with, its adversarial examples for the current
+        params (see there). None leaves the step exactly as without it.
 
     The step: x (B, ...) as given (float32 numpy), y (B,) int32, mask (B,) float32 0/1.
     The key in ``ts`` is split each step for dropout (``apply(..., key=)``) and augmentation.
@@ -153,9 +164,15 @@ def make_train_step(
         logits, new_state = model.apply(params, state, x, train=True, key=key)
         return logits, new_state, None
 
+    adversarial_fn = None
+    if adversarial is not None:
+        def adversarial_fn(key, params, state, x, y, mask):
+            return adversarial(model, key, params, state, x, y, mask)
+
     def train_step(ts: TrainState, x: Array, y: Array, mask: Array):
         with _impl_context(impl):
-            new_ts, metrics, _, _ = step_core(forward, optimizer, loss_fn, augment_fn, ts, x, y, mask)
+            new_ts, metrics, _, _ = step_core(forward, optimizer, loss_fn, augment_fn, ts, x, y, mask,
+                                              adversarial_fn=adversarial_fn)
             return new_ts, metrics
 
     fn = _trace_hook(train_step) if _trace_hook is not None else train_step
