@@ -42,8 +42,9 @@ LOSS_FNS = {
 }
 
 # --smoke (the default test suite's run): the quick protocol on 400 training images, 2 trials of
-# 50 steps, 100 final steps; the sanity checks on 100 rows instead of 500.
-SMOKE = dict(search="random", stages=1, trials=2, search_iters=50, iters=100, batch_size=100, lr_decay=0.9,
+# 50 steps, 50 final steps (as many as a trial's: one compiled scan for the search and the final run);
+# the sanity checks on 100 rows instead of 500.
+SMOKE = dict(search="random", stages=1, trials=2, search_iters=50, iters=50, batch_size=100, lr_decay=0.9,
              train_subset=400, check_rows=100)
 
 # Settings per loss: full run, --quick and --smoke. Ranges are for 0..255 pixels (mean-image subtracted);

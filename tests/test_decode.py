@@ -169,8 +169,14 @@ def test_decoding_an_lstm_language_model_carry():
     from jaxnet import nn
     emb, lstm, head = nn.Embedding(5, 3), nn.LSTM(4), nn.TemporalAffine(5)
     key = jax.random.PRNGKey(2)
-    pe, pl = emb.init(key, (1, 1))[0], lstm.init(key, (1, 1, 3))[0]
-    ph = head.init(key, (1, 1, 4))[0]
+
+    def fill(layer, shape, seed):           # the layer's params' shapes, drawn by NumPy (no compile per shape)
+        like = jax.eval_shape(lambda: layer.init(key, shape)[0])
+        leaves, tree = jax.tree.flatten(like)
+        return jax.tree.unflatten(tree, [0.5 * np.asarray(normal(jax.random.PRNGKey(seed + i), a.shape))
+                                         for i, a in enumerate(leaves)])
+
+    pe, pl, ph = fill(emb, (1, 1), 0), fill(lstm, (1, 1, 3), 10), fill(head, (1, 1, 4), 20)
     ph = {"w": ph["w"] * 30.0, "b": ph["b"]}                   # peaked logits: no near-ties
 
     def step(tokens, carry):

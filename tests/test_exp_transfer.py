@@ -51,8 +51,8 @@ def test_smoke_run_files_and_what_each_strategy_trains(smoke):
     assert saved["claims"] == {}            # the smoke runs neither linear probe nor full fine-tuning
 
 
-# the four strategies end to end (the default suite runs two; labels_for / optimizer_for of all four are
-# unit-tested below)
+# the four strategies end to end (the default suite runs one, fine-tune last block; labels_for /
+# optimizer_for of all four are unit-tested below)
 @pytest.mark.slow
 def test_smoke_with_every_strategy(tmp_path, monkeypatch):
     monkeypatch.setattr(exp, "SMOKE_STRATEGIES", exp.STRATEGIES)

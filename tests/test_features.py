@@ -235,7 +235,7 @@ def test_two_layer_net_smoke_on_digits(tmp_path):
     returned = run_quick_experiment(exp, out, "--smoke")
     res, hp = _two_layer_net_files_and_structure(out, returned, 400, 200)
     assert res["smoke"] is True and hp["epochs"] == 2 == len(res["history"]["val_acc"])
-    assert res["search"]["epochs_per_trial"] == 1 and len(res["search"]["results"]) == 1
+    assert res["search"]["epochs_per_trial"] == 2 and len(res["search"]["results"]) == 1
     for key in ("train_acc", "val_acc", "test_acc"):
         assert 0.0 <= res[key] <= 1.0
     assert res["history"]["train_loss"][-1] < res["history"]["train_loss"][0]
