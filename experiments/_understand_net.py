@@ -11,7 +11,8 @@ Sizes (``--net-epochs`` overrides the epochs):
 - ``--quick``: 4,000 images, 4 epochs, peak learning rate 0.02 (0.1 elsewhere; 0.05 smoke);
 - ``--smoke`` (the test suite): 600 images, 6 epochs, widths (8, 16).
 
-The checkpoint is ``results/understand_net/<source>-<size>.ckpt`` unless ``--checkpoint PATH``
+The checkpoint is ``results/understand_net/<source>-<size>.ckpt`` (the folder: ``$JAXNET_UNDERSTAND_NET_DIR``
+when set) unless ``--checkpoint PATH``
 names another one (a missing file there is trained and written; one of another model or
 input shape is refused in one line). Images are float32, normalised per channel with the
 training split's statistics: :class:`Net` carries that normalisation, so pictures are shown
@@ -32,6 +33,8 @@ from experiments._common import Timer
 # training loss 3.4 after epoch 1, test accuracy 0.118); 0.02 trains (0.30 training accuracy
 # after 2 of its epochs).
 PEAK_LR = {"full": 0.1, "quick": 0.02, "smoke": 0.05}
+NET_DIR_ENV = "JAXNET_UNDERSTAND_NET_DIR"   # the default checkpoints' folder (the test suite points it at a temporary one)
+
 SIZES = {  # size -> (n_train, epochs, stem, widths)
     "full": (50_000, 6, 16, (32, 64, 128)),
     "quick": (4_000, 4, 16, (32, 64, 128)),
@@ -142,7 +145,8 @@ def trained_net(args) -> Net:
             _fail(args, f"--net-epochs must be >= 1, got {args.net_epochs}")
         epochs = args.net_epochs
     ds, mean, std, source = _data(args, n_train)
-    path = args.checkpoint or os.path.join("results", "understand_net", f"{source}-{size}.ckpt")
+    folder = os.environ.get(NET_DIR_ENV) or os.path.join("results", "understand_net")
+    path = args.checkpoint or os.path.join(folder, f"{source}-{size}.ckpt")
     model = fast_convnet(stem=stem, widths=widths, num_classes=len(ds.classes))
     input_shape = list(ds.x_train.shape[1:])
     params = state = None
@@ -176,6 +180,10 @@ def trained_net(args) -> Net:
               f"{t.elapsed:.0f} s -> {path}", flush=True)
     _, acc = evaluate(model, params, state, ds.x_test, ds.y_test, 500)
     print(f"net: test accuracy {float(acc):.4f}", flush=True)
+    if float(acc) < 1.5 / len(ds.classes):
+        sys.stderr.write(f"experiments.{args.name}: warning: the net's test accuracy {float(acc):.4f} is near chance "
+                         f"({1 / len(ds.classes):.2f}): the pictures and numbers will mean little; delete {path} "
+                         f"to train it again, or pass --net-epochs\n")
     del jax
     return Net(model, params, state, tuple(ds.classes), np.asarray(ds.x_test), np.asarray(ds.y_test),
                np.asarray(ds.x_train), np.asarray(ds.y_train), mean, std, source, path, float(acc), trained_now)

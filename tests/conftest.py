@@ -25,6 +25,8 @@ def pytest_configure(config):
         import tempfile                  # the controller (or a run without xdist): make the directory;
         os.environ[_RUN_CACHE] = tempfile.mkdtemp(prefix="jaxnet-test-cache-")  # workers inherit it
         config._jaxnet_run_cache = os.environ[_RUN_CACHE]
+    if not os.environ.get("JAXNET_UNDERSTAND_NET_DIR"):   # the understanding experiments' cached smoke net:
+        os.environ["JAXNET_UNDERSTAND_NET_DIR"] = os.path.join(os.environ[_RUN_CACHE], "understand_net")  # per run
     jax.config.update("jax_compilation_cache_dir", os.environ[_RUN_CACHE])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
