@@ -8,6 +8,9 @@ from experiments._common import parse_args
 from experiments._understand_net import add_net_flags, trained_net
 from jaxnet.train import TrainState, save_checkpoint
 
+# with the understanding experiments' tests: the smoke net, cached per run, is trained once
+pytestmark = pytest.mark.xdist_group("exp_understand")
+
 
 def _args(tmp_path, monkeypatch, *flags):
     monkeypatch.delenv("JAXNET_CIFAR10_DIR", raising=False)
@@ -38,3 +41,13 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path, monkeypatch, capsys)
                     key=np.zeros(2, np.uint32))
     save_checkpoint(path, ts, config={"model": "two_layer_net", "input_shape": [8, 8, 1]})
     _exits_with(_args(tmp_path, monkeypatch, "--checkpoint", path), capsys, "not a fast_convnet checkpoint")
+
+
+def test_a_net_near_chance_gets_a_one_line_warning(tmp_path, monkeypatch, capsys):
+    import jaxnet.train
+    monkeypatch.setattr(jaxnet.train, "evaluate", lambda *a, **k: (2.3, 0.1))   # as if it learned nothing
+    net = trained_net(_args(tmp_path, monkeypatch))
+    assert net.test_accuracy == 0.1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("experiments.probe: warning: the net's test accuracy 0.1000 is near chance")
+    assert net.checkpoint in err[0]
