@@ -7,7 +7,6 @@ and names the bad argument with its shape or value.
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 from typing import Optional
 
@@ -15,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnet._checks import check_number  # noqa: F401 - the one number check, shared with the ops
 from jaxnet.nn.combinators import Residual, Sequential
 from jaxnet.nn.inspect import intermediates
 from jaxnet.nn.layers import Layer, ReLU
@@ -59,23 +59,6 @@ def as_labels(fn: str, y, n: int, name: str = "y") -> Array:
         return jnp.full((n,), y, jnp.int32)          # a scalar array (e.g. traced under jit)
     check_labels(fn, y, n, name)
     return jnp.asarray(y, jnp.int32)
-
-
-def check_number(fn: str, name: str, value, *, low=None, low_open=False, high=None, high_open=False) -> float:
-    """A finite real (not a bool) within the bounds, as a Python float."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-    v = float(value) if ok else math.nan
-    ok = ok and math.isfinite(v)
-    if ok and low is not None:
-        ok = v > low if low_open else v >= low
-    if ok and high is not None:
-        ok = v < high if high_open else v <= high
-    if not ok:
-        lo = "" if low is None else (f"> {low}" if low_open else f">= {low}")
-        hi = "" if high is None else (f"< {high}" if high_open else f"<= {high}")
-        rng = " and ".join(s for s in (lo, hi) if s)
-        raise ValueError(f"{fn}: `{name}` must be a finite number{' ' + rng if rng else ''}, got {value!r}")
-    return v
 
 
 def check_int(fn: str, name: str, value, minimum: int = 1) -> int:
