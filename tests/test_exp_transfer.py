@@ -141,3 +141,19 @@ def test_fit_init_params_mismatch_is_one_line(bad, needle):
     with pytest.raises(ValueError) as e:
         fit(model, ds, optimizer=optax.sgd(0.1), epochs=1, batch_size=8, key=0, progress=False, init_params=bad(p0, s0))
     assert str(e.value).startswith("fit: ") and needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_train_state_like_is_create_train_state_without_the_weights():
+    """fit(init_params=...) starts from train_state_like: the same step, key and shapes as
+    create_train_state (whose weights it would throw away), with nothing compiled."""
+    from jaxnet.train.state import create_train_state, train_state_like
+    model, opt = nn.two_layer_net(hidden=6, num_classes=3), optax.adam(1e-3)
+    like = train_state_like(model, opt, 7, (4, 5))
+    real = create_train_state(model, opt, 7, (4, 5))
+    np.testing.assert_array_equal(jax.random.key_data(like.key) if jnp.issubdtype(like.key.dtype, jax.dtypes.prng_key)
+                                  else like.key, jax.random.key_data(real.key) if jnp.issubdtype(
+                                      real.key.dtype, jax.dtypes.prng_key) else real.key)
+    assert int(like.step) == int(real.step) == 0 and like.step.dtype == real.step.dtype
+    for a, b in ((like.params, real.params), (like.state, real.state), (like.opt_state, real.opt_state)):
+        assert jax.tree.structure(a) == jax.tree.structure(b)
+        assert [(x.shape, x.dtype) for x in jax.tree.leaves(a)] == [(y.shape, y.dtype) for y in jax.tree.leaves(b)]

@@ -36,7 +36,7 @@ from jaxnet.train.parallel import (
     train_state_shardings,
 )
 from jaxnet.train.runfiles import atomic_write_text, hold_folder
-from jaxnet.train.state import TrainState, as_key, create_train_state
+from jaxnet.train.state import TrainState, as_key, create_train_state, train_state_like
 from jaxnet.train.step import batches, make_eval_step, make_train_step, num_batches
 
 __all__ = [
@@ -652,9 +652,10 @@ def fit(
     root = as_key(key)
     init_key, data_key = jax.random.split(root)
     input_shape = (batch_size, *data.x_train.shape[1:])
-    ts = create_train_state(model, optimizer, init_key, input_shape)
-    if init_params is not None:
-        ts = start_from(ts, init_params, optimizer)
+    if init_params is not None:   # the model's own initial weights are not needed: only their shapes
+        ts = start_from(train_state_like(model, optimizer, init_key, input_shape), init_params, optimizer)
+    else:
+        ts = create_train_state(model, optimizer, init_key, input_shape)
     config = {
         "model": repr(model),
         "dataset": getattr(data, "name", "dataset"),

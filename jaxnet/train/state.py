@@ -117,6 +117,24 @@ def _init(model, optimizer, input_shape, key) -> TrainState:
     )
 
 
+def train_state_like(model: Any, optimizer: optax.GradientTransformation, key: Union[int, jax.Array],
+                     input_shape: tuple[int, ...]) -> TrainState:
+    """What :func:`create_train_state` returns without computing the weights: ``step`` (0) and
+    ``key`` exactly as it sets them, ``params``/``state``/``opt_state`` as ``jax.ShapeDtypeStruct``
+    trees (``jax.eval_shape``: nothing is compiled). For starting from given params
+    (``fit(init_params=...)``), where the model's own initial weights would be thrown away.
+    Falls back to :func:`create_train_state` for an init that needs concrete values."""
+    key = as_key(key)
+    input_shape = tuple(int(d) for d in input_shape)
+    try:
+        abstract = jax.eval_shape(functools.partial(_init, model, optimizer, input_shape), key)
+    except jax.errors.JAXTypeError:
+        return create_train_state(model, optimizer, key, input_shape)
+    _, train_key = jax.random.split(key)          # as _init splits it
+    return TrainState(step=jnp.zeros((), jnp.int32), params=abstract.params, state=abstract.state,
+                      opt_state=abstract.opt_state, key=_strong_leaf(train_key))
+
+
 @functools.lru_cache(maxsize=16)
 def _jitted_init(model, optimizer, input_shape):
     return jax.jit(functools.partial(_init, model, optimizer, input_shape))
