@@ -7,14 +7,13 @@ and names the bad argument with its shape or value.
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnet._checks import check_number  # noqa: F401 - the one number check, shared with the ops
+from jaxnet._checks import check_number, is_int  # noqa: F401 - shared with the ops (check_number re-exported here)
 from jaxnet.nn.combinators import Residual, Sequential
 from jaxnet.nn.inspect import intermediates
 from jaxnet.nn.layers import Layer, ReLU
@@ -53,7 +52,7 @@ def check_labels(fn: str, y, n: int, name: str = "y") -> None:
 
 def as_labels(fn: str, y, n: int, name: str = "y") -> Array:
     """``y`` as an int32 (N,) array; an int means the same class for every image."""
-    if isinstance(y, numbers.Integral) and not isinstance(y, (bool, np.bool_)):
+    if is_int(y):
         return jnp.full((n,), int(y), jnp.int32)
     if getattr(y, "shape", None) == () and jnp.issubdtype(jnp.result_type(y), jnp.integer):
         return jnp.full((n,), y, jnp.int32)          # a scalar array (e.g. traced under jit)
@@ -62,7 +61,7 @@ def as_labels(fn: str, y, n: int, name: str = "y") -> Array:
 
 
 def check_int(fn: str, name: str, value, minimum: int = 1) -> int:
-    if not (isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ValueError(f"{fn}: `{name}` must be an int >= {minimum}, got {value!r}")
     return int(value)
 
