@@ -38,6 +38,10 @@ DESCRIPTION = "Degradation and residual learning: plain nets vs ResNets of two d
 def _extra(parser) -> None:
     parser.add_argument("--depths", default=None, help="two or more depths 6n + 2, comma-separated (default 20,56)")
     parser.add_argument("--width", type=int, default=None, help="channels of the first stage (default 16)")
+    parser.add_argument("--n-test", type=int, default=None,
+                        help="test images for the per-epoch test error (default: all of the split)")
+    parser.add_argument("--zero-init-residual", action="store_true",
+                        help="start each ResNet block's last BN gamma at 0 (Goyal et al. 2017; the plain nets keep theirs)")
     recipe_flags(parser)
 
 
@@ -67,7 +71,8 @@ def _settings(args):
     width = args.width if args.width is not None else sized(args, 16, 16, 4)
     epochs = args.epochs if args.epochs is not None else sized(args, 10, 3, 1)
     n_train = args.n_train if args.n_train is not None else sized(args, 5000, 2000, 300)
-    for name, v in (("--width", width), ("--epochs", epochs), ("--n-train", n_train), ("--batch-size", args.batch_size)):
+    for name, v in (("--width", width), ("--epochs", epochs), ("--n-train", n_train), ("--batch-size", args.batch_size),
+                     ("--n-test", 1 if args.n_test is None else args.n_test)):
         if v < 1:
             _fail(f"{name} must be >= 1, got {v}")
     for name, v in (("--lr", args.lr), ("--weight-decay", args.weight_decay)):
@@ -92,7 +97,8 @@ class _TestError:
 def run_one(depth, plain, ds, *, width, epochs, args) -> dict:
     from jaxnet.nn import zoo
 
-    model = zoo.cifar_resnet(depth, int(ds.y_train.max()) + 1, plain=plain, width=width, impl=args.impl)
+    model = zoo.cifar_resnet(depth, int(ds.y_train.max()) + 1, plain=plain, width=width, impl=args.impl,
+                             zero_init_residual=bool(args.zero_init_residual and not plain))
     r = train_net(model, f"{'plain' if plain else 'resnet'}-{depth}", ds, epochs=epochs, args=args)
     return {"name": r.pop("name"), "depth": depth, "plain": plain, **r}
 
@@ -140,7 +146,13 @@ def main(argv=None) -> dict:
     args = parse_args(NAME, DESCRIPTION, _extra, argv)
     depths, width, epochs, n_train = _settings(args)
     ds, source, desc = cifar_or_digits(args, n_train)
-    print(f"{desc}; depths {depths}, width {width}, {epochs} epochs", flush=True)
+    if args.n_test is not None and args.n_test < len(ds.y_test):
+        from jaxnet.data import subsample
+        x, y = subsample(ds.x_test, ds.y_test, args.n_test, seed=args.seed)
+        ds = ds.replace(x_test=x, y_test=y)
+        desc += f" (test error on {len(y)} of them)"
+    print(f"{desc}; depths {depths}, width {width}, {epochs} epochs"
+          f"{', zero-init residual' if args.zero_init_residual else ''}", flush=True)
     runs = [run_one(d, plain, ds, width=width, epochs=epochs, args=args)
             for plain in (True, False) for d in depths]
     final = {r["name"]: r["final_train_error"] for r in runs}
@@ -150,7 +162,8 @@ def main(argv=None) -> dict:
         "resnet_deeper_trains_better": final[f"resnet-{deep}"] < final[f"resnet-{shallow}"],
     }
     results = {"data_source": source, "data": desc, "n_train": len(ds.y_train), "n_test": len(ds.y_test),
-               "depths": depths, "width": width, "epochs": epochs, "runs": runs, "claims": claims}
+               "depths": depths, "width": width, "epochs": epochs, "zero_init_residual": bool(args.zero_init_residual),
+               "runs": runs, "claims": claims}
     results["figures"] = {"curves": plot(runs, f"{args.out}/residual.png",
                                          f"plain vs residual nets, {source}, {len(ds.y_train)} training images")}
     return finish(args, results, ["net", "final train error", "final test error", "seconds"],

@@ -33,6 +33,7 @@ def test_figure_from_runs(tmp_path):
     (["--depths", "20"], "two or more depths"), (["--depths", "21,56"], "6n + 2"), (["--depths", "a,b"], "integers"),
     (["--width", "0"], "--width must be >= 1"), (["--lr", "0"], "--lr must be a finite number > 0"),
     (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
+    (["--n-test", "0"], "--n-test must be >= 1"),
 ])
 def test_bad_flags_exit_with_one_line(flags, message, tmp_path, capsys):
     assert_bad_flags_exit(exp, flags, message, tmp_path, capsys)

@@ -92,7 +92,35 @@ def test_a_small_net_runs_and_learns_its_shapes():
     assert not np.allclose(new_state["stem"]["bn"]["mean"], state["stem"]["bn"]["mean"])
 
 
+def test_zero_init_residual_starts_every_block_as_its_shortcut():
+    """torchvision's ``zero_init_residual``: the last BN gamma of each body is 0, nothing else
+    changes (same parameter tree and count), and a block's output is relu(shortcut(x))."""
+    from jaxnet.nn import BatchNorm
+    model, zero = zoo.cifar_resnet(8, width=4), zoo.cifar_resnet(8, width=4, zero_init_residual=True)
+    shape = (2, 8, 8, 3)
+    p, s = model.init(jax.random.key(0), shape)
+    pz, _ = zero.init(jax.random.key(0), shape)
+    assert jax.tree.structure(p) == jax.tree.structure(pz)
+    last = [pz[f"stage{i}"]["block1"]["add"]["body"]["bn2"]["gamma"] for i in (1, 2, 3)]
+    assert all(np.array_equal(g, np.zeros_like(g)) for g in last)
+    assert np.array_equal(pz["stage1"]["block1"]["add"]["body"]["bn1"]["gamma"], np.ones(4))
+    block = zero.layers[zero.names.index("stage2")].layers[0]          # projection shortcut, stride 2
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 4)), jnp.float32)
+    bp, bs = pz["stage2"]["block1"], s["stage2"]["block1"]
+    y, _ = block.apply(bp, bs, x, train=True)
+    short = block.layers[0].shortcut
+    ys, _ = short.apply(bp["add"]["shortcut"], bs["add"]["shortcut"], x, train=True)
+    np.testing.assert_allclose(y, jax.nn.relu(ys), rtol=1e-6, atol=1e-6)
+    rz = zoo.resnet(50, zero_init_residual=True)
+    assert count_params(_params(rz, (1, 64, 64, 3))) == count_params(_params(zoo.resnet(50), (1, 64, 64, 3)))
+    body = rz.layers[rz.names.index("stage1")].layers[0].layers[0].body            # bottleneck: bn3 is last
+    assert body.layers[body.names.index("bn3")].gamma_init == 0 and body.layers[body.names.index("bn2")].gamma_init == 1
+    with pytest.raises(ValueError, match="BatchNorm: `gamma_init` must be a finite number"):
+        BatchNorm(gamma_init=float("nan"))
+
+
 @pytest.mark.parametrize("make, match", [
+    (lambda: zoo.cifar_resnet(8, plain=True, zero_init_residual=True), "cifar_resnet: `zero_init_residual` needs"),
     (lambda: zoo.vgg(12), "vgg: depth must be one of"),
     (lambda: zoo.resnet(20), "resnet: depth must be one of"),
     (lambda: zoo.cifar_resnet(21), "cifar_resnet: depth must be 6n"),

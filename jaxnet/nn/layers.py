@@ -492,27 +492,36 @@ class Reshape(Layer):
 
 # ----------------------------------------------------------------------------- normalization
 
-def _gamma_beta(shape):
+def _gamma_beta(shape, gamma=1.0):
     c = (shape[-1],)
-    return {"gamma": (c, 1.0), "beta": (c, 0.0)}
+    return {"gamma": (c, gamma), "beta": (c, 0.0)}
 
 
 @dataclasses.dataclass(frozen=True)
 class BatchNorm(_OpLayer):
     """Batch norm over every axis but the last: (N, D) or spatial (N, H, W, C).
 
-    params ``gamma`` (C,) = 1, ``beta`` (C,) = 0; state ``mean`` (C,) = 0, ``var`` (C,) = 1.
-    train=True normalises with the batch statistics and returns the updated
+    params ``gamma`` (C,) = ``gamma_init`` (1), ``beta`` (C,) = 0; state ``mean`` (C,) = 0,
+    ``var`` (C,) = 1. train=True normalises with the batch statistics and returns the updated
     running statistics; train=False uses the running ones and returns the
-    state unchanged. See the module docstring for the conventions.
+    state unchanged. See the module docstring for the conventions. ``gamma_init=0`` last in a
+    residual body starts the block as the identity (Goyal et al. 2017, torchvision's
+    ``zero_init_residual``).
     """
     momentum: float = 0.9
     eps: float = 1e-5
     impl: Optional[str] = None
+    gamma_init: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        g = self.gamma_init
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
+            raise ValueError(f"BatchNorm: `gamma_init` must be a finite number, got {g!r}")
 
     def _specs(self, shape):
         c = (shape[-1],)
-        return _gamma_beta(shape), {"mean": (c, 0.0), "var": (c, 1.0)}
+        return _gamma_beta(shape, float(self.gamma_init)), {"mean": (c, 0.0), "var": (c, 1.0)}
 
     def apply(self, params, state, x, *, train, key=None):
         _check_train(self, train)

@@ -153,24 +153,27 @@ def _conv_bn(features, kernel, stride=1, padding=None):
     return [("conv", Conv2D(features, kernel=kernel, stride=stride, padding=pad, bias=False)), ("bn", BatchNorm())]
 
 
-def _basic_block(width, stride, project, residual=True, drop=0.0):
+def _basic_block(width, stride, project, residual=True, drop=0.0, zero_init=False):
     """Two 3x3 conv-bn (relu between); out width channels; ``drop`` > 0 ends the body in
-    stochastic depth."""
+    stochastic depth; ``zero_init``: the last BN's gamma starts at 0 (the block starts as its
+    shortcut)."""
     body = [("conv1", Conv2D(width, kernel=3, stride=stride, padding=_torch_pad(3, stride), bias=False)),
             ("bn1", BatchNorm()),
-            ("relu1", ReLU()), ("conv2", Conv2D(width, kernel=3, padding=1, bias=False)), ("bn2", BatchNorm())]
+            ("relu1", ReLU()), ("conv2", Conv2D(width, kernel=3, padding=1, bias=False)),
+            ("bn2", BatchNorm(gamma_init=0.0 if zero_init else 1.0))]
     if drop > 0:
         body.append(("drop", StochasticDepth(drop)))
     return _block(_seq(body), width, stride, project, residual)
 
 
-def _bottleneck_block(width, stride, project, residual=True, expansion=4):
+def _bottleneck_block(width, stride, project, residual=True, expansion=4, zero_init=False):
     """1x1 (width) - 3x3 (width, the stride: torchvision's "v1.5") - 1x1 (expansion * width)."""
     body = _seq([("conv1", Conv2D(width, kernel=1, padding=0, bias=False)), ("bn1", BatchNorm()), ("relu1", ReLU()),
                  ("conv2", Conv2D(width, kernel=3, stride=stride, padding=_torch_pad(3, stride), bias=False)),
                  ("bn2", BatchNorm()),
                  ("relu2", ReLU()),
-                 ("conv3", Conv2D(expansion * width, kernel=1, padding=0, bias=False)), ("bn3", BatchNorm())])
+                 ("conv3", Conv2D(expansion * width, kernel=1, padding=0, bias=False)),
+                 ("bn3", BatchNorm(gamma_init=0.0 if zero_init else 1.0))])
     return _block(body, expansion * width, stride, project, residual)
 
 
@@ -181,11 +184,14 @@ def _block(body, out_channels, stride, project, residual):
     return _seq([("add", Residual(body, shortcut)), ("relu", ReLU())])
 
 
-def resnet(depth: int = 50, num_classes: int = 1000, *, impl: Optional[str] = None):
+def resnet(depth: int = 50, num_classes: int = 1000, *, zero_init_residual: bool = False,
+           impl: Optional[str] = None):
     """ResNet-18/34/50/101/152 (He et al. 2016) as torchvision's: conv7x7/2 (64) - bn - relu -
     maxpool3/2 - four stages (64, 128, 256, 512 wide; stride 2 from the second) of basic or
     bottleneck blocks, projection shortcuts where the shape changes - global average pool - fc.
-    Parameters with 1000 classes: 11,689,512 / 21,797,672 / 25,557,032 / 44,549,160 / 60,192,808."""
+    Parameters with 1000 classes: 11,689,512 / 21,797,672 / 25,557,032 / 44,549,160 / 60,192,808.
+    ``zero_init_residual``: each block's last BN gamma starts at 0 (torchvision's option of that
+    name; Goyal et al. 2017), so every block starts as its shortcut."""
     if depth not in RESNET_BLOCKS:
         raise ValueError(f"resnet: depth must be one of {sorted(RESNET_BLOCKS)}, got {depth!r}")
     _positive("resnet", "num_classes", num_classes)
@@ -200,7 +206,7 @@ def resnet(depth: int = 50, num_classes: int = 1000, *, impl: Optional[str] = No
         for b in range(n):
             stride = 2 if (b == 0 and s > 1) else 1
             project = stride != 1 or channels != width * expansion
-            blocks.append((f"block{b + 1}", make(width, stride, project)))
+            blocks.append((f"block{b + 1}", make(width, stride, project, zero_init=bool(zero_init_residual))))
             channels = width * expansion
         items.append((f"stage{s}", _seq(blocks)))
     items += [("avgpool", GlobalAvgPool()), ("fc", Affine(num_classes))]
@@ -208,7 +214,7 @@ def resnet(depth: int = 50, num_classes: int = 1000, *, impl: Optional[str] = No
 
 
 def cifar_resnet(depth: int = 20, num_classes: int = 10, *, plain: bool = False, width: int = 16,
-                 drop_path: float = 0.0, impl: Optional[str] = None):
+                 drop_path: float = 0.0, zero_init_residual: bool = False, impl: Optional[str] = None):
     """He et al.'s CIFAR-10 nets (section 4.2), depth = 6n + 2 (20, 32, 44, 56, 110, ...):
     conv3x3 (width) - bn - relu - three stages of n basic blocks (width, 2 width, 4 width; stride 2
     from the second) - global average pool - fc.  ``plain=True``: the same layers without the
@@ -216,12 +222,16 @@ def cifar_resnet(depth: int = 20, num_classes: int = 10, *, plain: bool = False,
     shape changes: 272,474 parameters for ResNet-20 with 10 classes (the paper's zero-padding
     "option A": 0.27 M).  ``drop_path`` > 0: stochastic depth (Huang et al. 2016), block l of L
     dropped with probability ``drop_path * l / L`` (the linear decay rule; the last block's is
-    ``drop_path``), no parameters added."""
+    ``drop_path``), no parameters added.  ``zero_init_residual``: each block's last BN gamma
+    starts at 0 (Goyal et al. 2017; torchvision's option), so the net starts as its shortcuts."""
     _positive("cifar_resnet", "depth", depth)
     if not (isinstance(drop_path, (int, float)) and not isinstance(drop_path, bool) and 0 <= drop_path < 1):
         raise ValueError(f"cifar_resnet: `drop_path` must be a number in [0, 1), got {drop_path!r}")
     if drop_path and plain:
         raise ValueError("cifar_resnet: `drop_path` needs the shortcuts (plain=False)")
+    if zero_init_residual and plain:
+        raise ValueError("cifar_resnet: `zero_init_residual` needs the shortcuts (plain=False): a plain "
+                         "block starting at zero passes nothing on")
     if (depth - 2) % 6:
         raise ValueError(f"cifar_resnet: depth must be 6n + 2 (20, 32, 44, 56, 110, ...), got {depth}")
     _positive("cifar_resnet", "num_classes", num_classes)
@@ -235,7 +245,8 @@ def cifar_resnet(depth: int = 20, num_classes: int = 10, *, plain: bool = False,
             stride = 2 if (b == 0 and s > 1) else 1
             index += 1
             blocks.append((f"block{b + 1}", _basic_block(w, stride, stride != 1 or channels != w, residual=not plain,
-                                                         drop=drop_path * index / (3 * n))))
+                                                         drop=drop_path * index / (3 * n),
+                                                         zero_init=bool(zero_init_residual))))
             channels = w
         items.append((f"stage{s}", _seq(blocks)))
     items += [("avgpool", GlobalAvgPool()), ("fc", Affine(num_classes))]
