@@ -22,6 +22,7 @@ from jaxnet.ops import norm as _norm, pool as _pool, regularization as _regulari
 from jaxnet.ops import recurrent as _recurrent, sequence as _sequence  # noqa: F401
 from jaxnet.ops import attention as _attention
 from jaxnet.ops import style as _style
+from jaxnet.ops import generative as _generative
 
 _IMPL_DOC = "\n\n    impl: 'autodiff' (alias 'auto') | 'manual' | None (the current default).\n"
 
@@ -104,6 +105,16 @@ patch_embed = _dispatch(_attention.patch_embed, _attention.patch_embed_manual)
 # style
 gram_matrix = _dispatch(_style.gram_matrix, _style.gram_matrix_manual)
 
+# generative
+gan_discriminator_loss = _dispatch(_generative.gan_discriminator_loss, _generative.gan_discriminator_loss_manual)
+gan_generator_loss = _dispatch(_generative.gan_generator_loss, _generative.gan_generator_loss_manual)
+ls_discriminator_loss = _dispatch(_generative.ls_discriminator_loss, _generative.ls_discriminator_loss_manual)
+ls_generator_loss = _dispatch(_generative.ls_generator_loss, _generative.ls_generator_loss_manual)
+gaussian_kl = _dispatch(_generative.gaussian_kl, _generative.gaussian_kl_manual)
+cosine_similarity_matrix = _dispatch(_generative.cosine_similarity_matrix,
+                                     _generative.cosine_similarity_matrix_manual)
+nt_xent_loss = _dispatch(_generative.nt_xent_loss, _generative.nt_xent_loss_manual)
+
 
 __all__ = [
     "affine", "relu", "leaky_relu", "sigmoid", "tanh", "elu", "prelu", "maxout", "softplus", "gelu",
@@ -118,4 +129,7 @@ __all__ = [
     "scaled_dot_product_attention", "patch_embed",
     # style
     "gram_matrix",
+    # generative
+    "gan_discriminator_loss", "gan_generator_loss", "ls_discriminator_loss", "ls_generator_loss", "gaussian_kl",
+    "cosine_similarity_matrix", "nt_xent_loss",
 ]

@@ -92,6 +92,12 @@ HYPER = {
         _x((2, 5, 4)), _x((2, 6, 4)), _x((2, 6, 3)), block_size=v), 4, [np.int64(4), np.int32(4)], INT_BAD),
     ("patch_embed", "patch"): (lambda m, v: m.patch_embed(_x((1, 4, 4, 2)), _x((8, 3)), z(3), patch=v), 2,
                                [np.int64(2), np.int32(2)], INT_BAD),
+    ("gan_generator_loss", "saturating"): (lambda m, v: m.gan_generator_loss(_x((5,)), saturating=v), True,
+                                           [np.bool_(True)], [1, 0, 1.0, "True", None, np.int64(1), np.float32(1)]),
+    ("cosine_similarity_matrix", "eps"): (lambda m, v: m.cosine_similarity_matrix(_x((3, 4)), _x((2, 4)), eps=v),
+                                          1e-3, [np.float32(1e-3), np.float64(1e-3)], FLOAT_BAD + [0.0, -1e-8]),
+    ("nt_xent_loss", "temperature"): (lambda m, v: m.nt_xent_loss(_x((4, 3)), temperature=v), 0.5,
+                                      [np.float32(0.5), np.float64(0.5)], FLOAT_BAD + [0.0, -0.5]),
 }
 
 
@@ -117,7 +123,7 @@ def test_bad_hyperparameters_are_refused_in_one_line(op, arg, path):
 # The bad values above stay on every hyperparameter in the default suite.
 SCALARS_DEFAULT = {("leaky_relu", "slope"), ("maxout", "pieces"), ("svm_hinge", "margin"), ("conv2d", "stride"),
                    ("conv2d", "padding"), ("max_pool2d", "padding"), ("batch_norm", "momentum"),
-                   ("dropout", "rate"), ("patch_embed", "patch")}
+                   ("dropout", "rate"), ("patch_embed", "patch"), ("nt_xent_loss", "temperature")}
 assert SCALARS_DEFAULT <= set(HYPER)
 
 
