@@ -71,12 +71,16 @@ class Net:
         return np.clip(np.asarray(x, np.float32) * self.std + self.mean, 0.0, 1.0)
 
     def predict(self, x, batch_size: int = 500) -> np.ndarray:
-        """Predicted classes (N,) in eval mode."""
-        import jax
-
+        """Predicted classes (N,) in eval mode. Every batch is padded to ``batch_size`` rows (eval
+        mode treats each image alone), so one program serves every call."""
         f = _predict_fn(self.model)
-        return np.concatenate([np.asarray(f(self.params, self.state, x[i:i + batch_size]))
-                               for i in range(0, len(x), batch_size)])
+        x = np.asarray(x)
+        out = []
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size]
+            pad = np.zeros((batch_size - len(xb), *xb.shape[1:]), xb.dtype)
+            out.append(np.asarray(f(self.params, self.state, np.concatenate([xb, pad])))[:len(xb)])
+        return np.concatenate(out) if out else np.zeros((0,), np.int32)
 
 
 _PREDICT = {}
@@ -89,6 +93,16 @@ def _predict_fn(model):
     if model not in _PREDICT:
         _PREDICT[model] = jax.jit(lambda p, s, x: jnp.argmax(model.apply(p, s, x, train=False)[0], axis=-1))
     return _PREDICT[model]
+
+
+def plain_arrays(tree):
+    """``tree``'s arrays as plain single-device arrays, as a checkpoint reads them: ``fit`` returns
+    arrays sharded over its (one-device) mesh, and a jitted function called with both kinds
+    compiles twice (the input types differ)."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), tree)
 
 
 def add_net_flags(parser) -> None:
@@ -171,7 +185,7 @@ def trained_net(args) -> Net:
             res = fit(model, ds.replace(x_val=ds.x_val[:0], y_val=ds.y_val[:0]), optimizer=opt, epochs=epochs,
                       batch_size=bs, key=args.seed, augment={"crop_padding": 1 if small else 4, "flip": not small},
                       progress=size == "full")
-        params, state = res.train_state.params, res.train_state.state
+        params, state = plain_arrays((res.train_state.params, res.train_state.state))
         save_checkpoint(path, res.train_state, config={
             "model": "fast_convnet", "stem": stem, "widths": list(widths), "norm": "batchnorm",
             "input_shape": input_shape, "n_train": len(ds.y_train), "epochs": epochs, "source": source})

@@ -138,8 +138,9 @@ def train_run(model, ds, lr: float, start, *, epochs: int, batch_size: int, seed
     init_loss, init_acc = evaluate(model, params0, state0, ds.x_train, ds.y_train, 256)
     watch = Babysitter(init_loss, params0, wpaths)
     try:
+        # init_params=start: the weights fit(key=seed) would draw, given (no init program compiled per lr)
         res = fit(model, ds, optimizer=make_optimizer("sgd", lr), epochs=epochs, batch_size=batch_size, key=seed,
-                  progress=False, callbacks=[watch])
+                  progress=False, callbacks=[watch], init_params=start)
         applied = res.history["lr"][0]
         assert math.isclose(applied, lr, rel_tol=1e-6), (applied, lr)
     except NonFiniteError:  # the break step's loss was NaN: its diverged state is the final one

@@ -162,11 +162,15 @@ def main(argv=None) -> dict:
     schedules = {name: build_schedule(name, lr, total, warmup_steps) for name in names}
     values = {name: schedule_values(s, total) for name, s in schedules.items()}
 
-    runs, times = {}, {}
+    runs, times, start = {}, {}, None
     for name, sched in schedules.items():
         with Timer() as t:
             opt = make_optimizer(args.optimizer, sched)
-            res = fit(model, ds, optimizer=opt, epochs=epochs, batch_size=bs, key=args.seed, progress=False)
+            if start is None:   # the weights fit(key=seed) draws (the same for every schedule): drawn once,
+                ts = fit(model, ds, optimizer=opt, epochs=0, batch_size=bs, key=args.seed, progress=False).train_state
+                start = (ts.params, ts.state)     # then given, not one init program compiled per schedule
+            res = fit(model, ds, optimizer=opt, epochs=epochs, batch_size=bs, key=args.seed, progress=False,
+                      init_params=start)
             test_loss, test_acc = evaluate(model, res.best_params, res.best_state, ds.x_test, ds.y_test, 500)
         times[name] = t.elapsed
         v = values[name]

@@ -89,7 +89,14 @@ def feature_fn(model):
 
 
 def batched(fn, x, batch_size=500):
-    return np.concatenate([np.asarray(fn(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    """``fn`` over ``x`` in batches of ``batch_size``, the last one padded (eval mode treats each
+    image alone): one compiled program for every batch and every call."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size]
+        pad = np.zeros((batch_size - len(xb), *xb.shape[1:]), xb.dtype)
+        out.append(np.asarray(fn(np.concatenate([xb, pad])))[:len(xb)])
+    return np.concatenate(out)
 
 
 def nearest(queries: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:

@@ -4,13 +4,11 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from experiments import captioning as cap
 from jaxnet.data.captions import END, START
-from conftest import normal
 
 # `--dist loadgroup` (pyproject.toml): the module runs on one xdist worker, so each run (a module
 # fixture) is built once.
@@ -106,15 +104,24 @@ def test_bleu_wrapper():
         cap.bleu4(refs[:2], refs)
 
 
+def _numpy_params(seed, cell, feat, vocab, **kw):
+    """init_captioner's shapes and scales (randn / sqrt(fan_in), embedding randn / 100, biases 0), drawn by
+    NumPy: the eager init would compile a random kernel for every weight shape."""
+    shapes = jax.eval_shape(lambda k: cap.init_captioner(k, cell, feat, vocab, **kw), jax.random.PRNGKey(0))
+    rng = np.random.default_rng(seed)
+    scale = lambda k, s: 1 / 100 if k == "w_embed" else 1 / np.sqrt(s[0])  # noqa: E731
+    return {k: (rng.standard_normal(v.shape) * scale(k, v.shape) if len(v.shape) == 2 else np.zeros(v.shape))
+            .astype(np.float32) for k, v in shapes.items()}
+
+
 # the other two pairs share these code paths (and the quick run decodes both cells with "every");
 # each case here costs a few seconds of compilation
 @pytest.mark.parametrize("cell,inject", [("rnn", "init"), ("lstm", "every")])
 def test_decoders_match_a_step_by_step_loop(cell, inject):
     vocab, feat = 9, 6
-    params = cap.init_captioner(jax.random.PRNGKey(1), cell, feat, vocab, wordvec=5, hidden=7, inject=inject,
-                                feat_vec=3)
+    params = _numpy_params(0, cell, feat, vocab, wordvec=5, hidden=7, inject=inject, feat_vec=3)
     params = {k: v * 3.0 for k, v in params.items()}  # sharper scores, so that <END> shows up early
-    f = normal(jax.random.PRNGKey(2), (4, feat))
+    f = np.random.default_rng(2).standard_normal((4, feat)).astype(np.float32)
     max_len = 6
     got = np.asarray(cap.decode_greedy(params, f, cell=cell, max_len=max_len))
     # the loop in NumPy float64 (eager jnp would compile every small op at every shape)
@@ -146,6 +153,7 @@ def test_decoders_match_a_step_by_step_loop(cell, inject):
         want[:, t] = np.where(done, 0, tok)
         done |= tok == END
         tok = np.where(done, END, tok)
+    assert (want == END).any() and not (want == END).all()    # captions that end, and words before it
     np.testing.assert_array_equal(got, want)
     # a beam of one is greedy decoding
     np.testing.assert_array_equal(np.asarray(cap.decode_beam(params, f, cell=cell, max_len=max_len, beam_size=1)),
@@ -155,12 +163,11 @@ def test_decoders_match_a_step_by_step_loop(cell, inject):
 def test_every_step_injection_is_the_concatenated_input():
     """inject="every": the loss is the course's loss with [word vector, projected features] as the input."""
     feat, vocab, w, p, h = 6, 9, 5, 3, 7
-    params = cap.init_captioner(jax.random.PRNGKey(3), "lstm", feat, vocab, wordvec=w, hidden=h, inject="every",
-                                feat_vec=p)
+    params = _numpy_params(3, "lstm", feat, vocab, wordvec=w, hidden=h, inject="every", feat_vec=p)
     assert params["wx"].shape == (w + p, 4 * h) and params["w_fx"].shape == (feat, p)
-    f = normal(jax.random.PRNGKey(4), (3, feat))
+    f = np.random.default_rng(4).standard_normal((3, feat)).astype(np.float32)
     caps = np.array([[START, 5, 6, END, 0], [START, 7, END, 0, 0], [START, 4, 4, 4, END]], np.int32)
-    got = cap.captioner_loss(params, "lstm", f, jnp.asarray(caps))
+    got = jax.jit(cap.captioner_loss, static_argnums=1)(params, "lstm", f, caps)   # one program, not many eager ops
     # the same loss by hand in NumPy: inputs concatenated, then the plain LSTM loop and masked cross-entropy
     P = {k: np.asarray(v, np.float64) for k, v in params.items()}
     f = np.asarray(f, np.float64)

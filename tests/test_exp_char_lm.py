@@ -104,7 +104,7 @@ def test_fit_count_model_tunes_k_on_validation():
     assert m["test_bpc"] == pytest.approx(exp.count_model_bpc(counts, test, m["k"]))
 
 
-def test_parameter_counts_match_the_parameters():
+def test_parameter_counts_match_the_parameters(smoke_run):
     for kind in exp.NETS:  # the shapes init_params builds (eval_shape: nothing compiled or drawn)
         params = jax.eval_shape(lambda: exp.init_params(kind, jax.random.PRNGKey(0), 97, 32, 50))
         n = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
@@ -113,9 +113,13 @@ def test_parameter_counts_match_the_parameters():
     for kind in ("rnn", "gru"):
         h = exp.matched_hidden(kind, target, 97, 32)
         assert abs(exp.param_count(kind, 97, 32, h) - target) / target < 0.01
-    lstm = exp.init_params("lstm", jax.random.PRNGKey(0), 10, 4, 6)
-    np.testing.assert_array_equal(lstm["b"][6:12], 1.0)  # forget gate [i, f, o, g]
-    np.testing.assert_array_equal(lstm["b"][:6], 0.0)
+    # at the smoke run's LSTM sizes: its eager init programs (QR, draws) are compiled already
+    results, _ = smoke_run
+    v, e, h = results["data"]["vocab_size"], results["nets"]["lstm"]["embed"], results["nets"]["lstm"]["hidden"]
+    lstm = exp.init_params("lstm", jax.random.PRNGKey(0), v, e, h)
+    np.testing.assert_array_equal(lstm["b"][h:2 * h], 1.0)  # forget gate [i, f, o, g]
+    np.testing.assert_array_equal(lstm["b"][:h], 0.0)
+    np.testing.assert_array_equal(lstm["b"][2 * h:], 0.0)
 
 
 @pytest.mark.parametrize("flags, needle", [

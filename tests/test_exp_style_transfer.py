@@ -48,12 +48,15 @@ def test_smoke_run_writes_curves_grid_claims_and_figures(smoke):
 def test_recording_loop_is_the_library_loop(optimizer):
     """L-BFGS's check is in make test-slow (two line-search programs to compile, ~10 s)."""
     from jaxnet import understand as U
-    from jaxnet.nn import fast_convnet
+    from jaxnet.nn import Conv2D, ReLU, Sequential
 
-    model = fast_convnet(stem=2, widths=(3,), num_classes=2)
-    params, state = model.init(jax.random.PRNGKey(0), (1, 8, 8, 1))
-    net = types.SimpleNamespace(model=model, params=params, state=state)
+    # the loop does not care which net: two conv layers named as the experiment's (cheap to compile),
+    # the weights drawn by NumPy (an eager init compiles every small op)
+    model = Sequential((Conv2D(2), ReLU(), Conv2D(3)), ("stem", "relu", "block1"))
     rng = np.random.default_rng(0)
+    shapes, state = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), (1, 8, 8, 1)))
+    params = jax.tree.map(lambda a: (0.5 * rng.standard_normal(a.shape)).astype(np.float32), shapes)
+    net = types.SimpleNamespace(model=model, params=params, state={k: {} for k in state})
     content, style = rng.normal(size=(1, 8, 10, 1)).astype(np.float32), rng.normal(size=(1, 9, 8, 1)).astype(np.float32)
     problem = exp.Problem(net, content, style, "block1", ("stem", "block1"), ratio=10.0, tv=0.5)
     clip = (-2.0, 2.0)

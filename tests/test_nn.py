@@ -298,28 +298,32 @@ def test_dropout_needs_key_in_train_and_is_identity_in_eval():
 
 @pytest.mark.parametrize("shape", [(16, 3), (4, 3, 5, 2)])
 def test_batchnorm_train_updates_state_eval_uses_running_stats(shape):
+    # NumPy inputs and references; the layer's calls jitted but for the one checking that eval returns the
+    # state object itself (eagerly, each op of each call would compile its own kernel)
     layer = nn.BatchNorm(momentum=0.8)
+    apply = jax.jit(layer.apply, static_argnames="train")
     params, state = layer.init(KEY, shape)
-    x = 2.0 * _x(shape) + 1.5
+    x = (2.0 * np.asarray(_x(shape)) + 1.5).astype(np.float32)
     axes = tuple(range(len(shape) - 1))
-    y, new = layer.apply(params, state, x, train=True)
+    y, new = jax.tree.map(np.asarray, apply(params, state, x, train=True))
     np.testing.assert_allclose(new["mean"], 0.2 * x.mean(axes), rtol=1e-5)
     np.testing.assert_allclose(new["var"], 0.8 + 0.2 * x.var(axes), rtol=1e-5)
     np.testing.assert_allclose(y.mean(axes), 0.0, atol=1e-5)               # batch statistics in train mode
     np.testing.assert_allclose(y.std(axes), 1.0, atol=1e-3)
 
-    running = {"mean": jnp.array([0.5, -1.0, 2.0][: shape[-1]]), "var": jnp.array([4.0, 0.25, 1.0][: shape[-1]])}
-    params = {"gamma": jnp.full(shape[-1], 2.0), "beta": jnp.full(shape[-1], 0.1)}
+    running = {"mean": np.array([0.5, -1.0, 2.0][: shape[-1]], np.float32),
+               "var": np.array([4.0, 0.25, 1.0][: shape[-1]], np.float32)}
+    params = {"gamma": np.full(shape[-1], 2.0, np.float32), "beta": np.full(shape[-1], 0.1, np.float32)}
     y_eval, same = layer.apply(params, running, x, train=False)
     assert same is running                                                 # eval leaves the state alone
-    expect = 2.0 * (x - running["mean"]) / jnp.sqrt(running["var"] + 1e-5) + 0.1
+    expect = 2.0 * (x - running["mean"]) / np.sqrt(running["var"] + 1e-5) + 0.1
     np.testing.assert_allclose(y_eval, expect, rtol=1e-5, atol=1e-5)
     # eval output of one example does not depend on the rest of the batch; train output does
-    y1, _ = layer.apply(params, running, x[:1], train=False)
-    np.testing.assert_allclose(y1, y_eval[:1], rtol=1e-6)
-    yt1, _ = layer.apply(params, running, x[:2], train=True)
-    yt, _ = layer.apply(params, running, x, train=True)
-    assert not np.allclose(yt1[:1], yt[:1], atol=1e-3)
+    y1, _ = apply(params, running, x[:1], train=False)
+    np.testing.assert_allclose(y1, np.asarray(y_eval)[:1], rtol=1e-6)
+    yt1, _ = apply(params, running, x[:2], train=True)
+    yt, _ = apply(params, running, x, train=True)
+    assert not np.allclose(np.asarray(yt1)[:1], np.asarray(yt)[:1], atol=1e-3)
 
 
 # --------------------------------------------------------------------------- combinators
@@ -471,7 +475,8 @@ def test_vmap_per_example_gradients_equal_single_example_gradients():
         scores, _ = model.apply(p, state, x[None], train=True)
         return F.softmax_cross_entropy(scores, y[None])
 
-    per_example = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))(params, xs, ys)
+    xs, ys = np.asarray(xs), np.asarray(ys)          # NumPy: slicing them compiles nothing
+    per_example = jax.tree.map(np.asarray, jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))(params, xs, ys))
     single_grad = jax.jit(jax.grad(loss))
     for i in range(shape[0]):
         single = single_grad(params, xs[i], ys[i])
@@ -552,15 +557,15 @@ def test_untrained_models_start_near_ln_c(name, kwargs, shape):
 
 
 def test_global_max_pool_values_and_gradient():
-    x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 3, 4, 5)), jnp.float32)
+    x = np.random.default_rng(3).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    # the gradient of each (image, channel) goes to its maximum only (NumPy reference)
+    flat = x.reshape(2, 12, 5)
+    want = (np.arange(12)[None, :, None] == np.argmax(flat, axis=1)[:, None, :]) * np.arange(5.0, dtype=np.float32)
     for impl in ("manual", "auto"):
         layer = nn.GlobalMaxPool(impl=impl)
         y, _ = layer.apply({}, {}, x, train=False)
-        np.testing.assert_array_equal(y, jnp.max(x, axis=(1, 2)))
-        g = jax.grad(lambda v: jnp.sum(layer.apply({}, {}, v, train=False)[0] * jnp.arange(5.0)))(x)
-        # the gradient of each (image, channel) goes to its maximum only
-        flat = x.reshape(2, 12, 5)
-        want = jax.nn.one_hot(jnp.argmax(flat, axis=1), 12, axis=1) * jnp.arange(5.0)
+        np.testing.assert_array_equal(y, np.max(x, axis=(1, 2)))
+        g = jax.jit(jax.grad(lambda v: jnp.sum(layer.apply({}, {}, v, train=False)[0] * jnp.arange(5.0))))(x)
         np.testing.assert_array_equal(g, want.reshape(x.shape))
     with pytest.raises(ValueError, match=r"GlobalMaxPool.*\(N, H, W, C\)"):
         nn.GlobalMaxPool().output_shape((2, 3))

@@ -174,8 +174,13 @@ def test_sgd_equals_optax(lr):
     assert_same(trajectory(rules.sgd(lr)), trajectory(optax.sgd(lr)))
 
 
+# hyperparameter sweeps: one value (not the default, so a value ignored in favour of the default fails) in
+# the default suite, the other values slow
+_SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize("lr", [LR, SCHED], ids=["const", "schedule"])
-@pytest.mark.parametrize("mu", [0.5, 0.9, 0.99])
+@pytest.mark.parametrize("mu", [0.5, pytest.param(0.9, marks=_SLOW), pytest.param(0.99, marks=_SLOW)])
 def test_momentum_lr_outside_equals_optax(lr, mu):
     """``v = mu v + dx; x -= lr v`` is optax's trace: equal even under schedules."""
     assert_same(
@@ -184,7 +189,7 @@ def test_momentum_lr_outside_equals_optax(lr, mu):
     )
 
 
-@pytest.mark.parametrize("mu", [0.5, 0.9, 0.99])
+@pytest.mark.parametrize("mu", [0.5, pytest.param(0.9, marks=_SLOW), pytest.param(0.99, marks=_SLOW)])
 def test_momentum_velocity_equals_optax_for_constant_lr(mu):
     assert_same(trajectory(rules.momentum(LR, mu=mu)), trajectory(optax.sgd(LR, momentum=mu)))
 
@@ -241,7 +246,7 @@ def test_adagrad_differs_from_optax_defaults():
 
 
 @pytest.mark.parametrize("lr", [LR, SCHED], ids=["const", "schedule"])
-@pytest.mark.parametrize("decay", [0.9, 0.99])
+@pytest.mark.parametrize("decay", [0.9, pytest.param(0.99, marks=_SLOW)])
 def test_rmsprop_equals_optax_with_eps_outside_sqrt(lr, decay):
     assert_same(
         trajectory(rules.rmsprop(lr, decay=decay, eps=1e-8)),
@@ -256,7 +261,7 @@ def test_rmsprop_differs_from_optax_default_eps_in_sqrt():
 
 
 @pytest.mark.parametrize("lr", [LR, SCHED], ids=["const", "schedule"])
-@pytest.mark.parametrize("b1,b2,eps", [(0.9, 0.999, 1e-8), (0.5, 0.9, 1e-3)])
+@pytest.mark.parametrize("b1,b2,eps", [pytest.param(0.9, 0.999, 1e-8, marks=_SLOW), (0.5, 0.9, 1e-3)])
 def test_adam_equals_optax(lr, b1, b2, eps):
     assert_same(
         trajectory(rules.adam(lr, b1=b1, b2=b2, eps=eps)),

@@ -20,6 +20,15 @@ from jaxnet.train.parallel import MODEL_AXIS, make_mesh, param_shardings, tensor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# `--dist loadgroup` (pyproject.toml): the module runs on one xdist worker, so its 8-device subprocess (a module
+# fixture: data and tensor parallelism, and the one-process reference run of the two-process test) runs once.
+pytestmark = pytest.mark.xdist_group("parallel")
+
+# `jaxnet train` as the two-process test runs it (and its one-process reference): the fc net, batch 256 (5 steps
+# an epoch: the processes' startup and compiles are the cost, not the steps), a constant rate (the same
+# schedule whatever the number of epochs)
+TRAIN = ["train", "--model", "fc", "--batch-size", "256", "--no-progress", "--schedule", "constant"]
+
 
 def _env(devices: int) -> dict:
     env = dict(os.environ)
@@ -68,6 +77,78 @@ def test_model_parallel_bad_values_are_one_line_errors():
 
 
 # ----------------------------------------------------------------------------- 8 forced CPU devices
+
+# the test run's compilation cache (conftest.py), if any: `evaluate` below compiles the eval step that
+# fit compiled already (another jitted function, the same program)
+_RUN_CACHE = textwrap.dedent(
+    """
+    import os, jax
+    if os.environ.get("JAXNET_TEST_RUN_CACHE", "0") != "0":
+        jax.config.update("jax_compilation_cache_dir", os.environ["JAXNET_TEST_RUN_CACHE"])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    """
+)
+
+# The two-process test's reference: `jaxnet train` in one process on 2 of the 8 devices, 1 epoch (float32,
+# before the tensor-parallel part turns on float64); its files in REF_OUT.
+_REF_SCRIPT = textwrap.dedent(
+    """
+    from jaxnet.cli import main as _cli
+    assert _cli(TRAIN + ["--out", REF_OUT, "--epochs", "1", "--devices", "2"]) == 0
+    print("REF-OK")
+    """
+)
+
+# Data parallelism (test_train's MLP, float32): fit on all 8 devices equals fit on one. Run first, in the
+# same process as the tensor-parallel checks below (one python + jax start instead of two).
+_DP_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import jax, jax.numpy as jnp, numpy as np
+    sys.path.insert(0, TESTS)
+    from test_train import MLP
+    from jaxnet.data import load_digits
+    from jaxnet.optim import make_optimizer
+    from jaxnet.train import evaluate, fit, make_mesh, shard_batch, replicate
+
+    assert len(jax.devices()) == 8, jax.devices()
+    mesh = make_mesh()
+    x = np.zeros((16, 8, 8, 1), np.float32)
+    sharded = shard_batch(x, mesh)
+    assert len(sharded.addressable_shards) == 8
+    assert sharded.addressable_shards[0].data.shape == (2, 8, 8, 1)
+    assert replicate({"w": jnp.ones(3)}, mesh)["w"].sharding.is_fully_replicated
+    try:
+        shard_batch(np.zeros((6, 2), np.float32), mesh)
+        raise SystemExit("no error for 6 examples on 8 devices")
+    except ValueError as e:
+        assert "6" in str(e) and "8 devices" in str(e), e
+
+    data = load_digits()
+    data = data.replace(x_train=data.x_train[:200], y_train=data.y_train[:200],
+                        x_val=data.x_val[:50], y_val=data.y_val[:50])
+    opt = make_optimizer("momentum", 0.05)
+    kw = dict(optimizer=opt, epochs=2, batch_size=24, key=3, progress=False)
+    many = fit(MLP(dropout=0.2), data, devices=None, **kw)
+    one = fit(MLP(dropout=0.2), data, devices=[jax.devices()[1]], **kw)
+    w = many.train_state.params["fc1"]["w"]
+    assert w.sharding.is_fully_replicated and len(w.sharding.device_set) == 8
+    for a, b in zip(jax.tree.leaves(many.train_state), jax.tree.leaves(one.train_state)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(many.history["val_loss"], one.history["val_loss"], rtol=1e-5)
+    try:
+        fit(MLP(), data, devices=None, **{**kw, "batch_size": 12})
+        raise SystemExit("no error for batch 12 on 8 devices")
+    except ValueError as e:
+        assert "batch size 12" in str(e), e
+    # the replicated results feed the single-device helpers as they are
+    loss8, acc8 = evaluate(MLP(), many.best_params, many.best_state, data.x_val, data.y_val, 7)
+    loss1, acc1 = evaluate(MLP(), one.best_params, one.best_state, data.x_val, data.y_val, 7)
+    np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+    print("PARALLEL-OK", many.history["val_acc"])
+    """
+)
 
 _TP_SCRIPT = textwrap.dedent(
     """
@@ -126,25 +207,43 @@ _TP_SCRIPT = textwrap.dedent(
 )
 
 
+def _eight_devices(layouts, ref_out=None):
+    """One python process on 8 forced CPU devices: with ``ref_out``, first data parallelism and the
+    two-process test's one-process reference run, then the tensor-parallel checks for ``layouts``."""
+    script = (f"LAYOUTS = {layouts!r}\nTESTS = {os.path.join(REPO, 'tests')!r}\nTRAIN = {TRAIN!r}\n"
+              f"REF_OUT = {str(ref_out)!r}\n" + _RUN_CACHE
+              + (_DP_SCRIPT + _REF_SCRIPT if ref_out is not None else "") + _TP_SCRIPT)
+    return subprocess.run([sys.executable, "-c", script], env=_env(8), capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def eight_devices(tmp_path_factory):
+    """The default suite's 8-device process (one python + jax start for three checks): data parallelism,
+    the reference run (its folder returned), tensor parallelism 1 x 8."""
+    ref = tmp_path_factory.mktemp("single")
+    return _eight_devices([(8, 8)], ref), ref
+
+
 # each layout compiles its own sharded train step (~10 s on a 2-core CPU): the default suite runs 1 x 8
-# (heads straddle devices, the harder split), the slow tier 2 x 4 (one head per device)
+# (heads straddle devices, the harder split), in the process of the eight_devices fixture; the slow tier
+# 2 x 4 (one head per device) in its own
 @pytest.mark.parametrize("layouts", [[(8, 8)], pytest.param([(8, 4)], marks=pytest.mark.slow)],
                          ids=["1x8", "2x4"])
-def test_tensor_parallel_on_eight_host_devices_matches_one_device(layouts):
-    script = f"LAYOUTS = {layouts!r}\n" + _TP_SCRIPT
-    proc = subprocess.run([sys.executable, "-c", script], env=_env(8), capture_output=True, text=True,
-                          timeout=600, cwd=REPO)
+def test_data_and_tensor_parallel_on_eight_host_devices_match_one_device(layouts, request):
+    if layouts == [(8, 8)]:
+        proc, _ = request.getfixturevalue("eight_devices")
+    else:
+        proc = _eight_devices(layouts)
     assert proc.returncode == 0 and "TP-OK" in proc.stdout, proc.stdout + proc.stderr[-4000:]
+    assert ("PARALLEL-OK" in proc.stdout) == (layouts == [(8, 8)]), proc.stdout
 
 
 # ----------------------------------------------------------------------------- two processes
 
 
 def _train(out, *extra, env, process=None, port=None):
-    # batch 256: 5 steps an epoch (the processes' startup and compiles are the cost, not the steps)
-    cmd = [sys.executable, "-m", "jaxnet", "train", "--model", "fc", "--batch-size", "256", "--no-progress",
-           "--schedule", "constant",
-           "--out", str(out), *extra]
+    cmd = [sys.executable, "-m", "jaxnet", *TRAIN, "--out", str(out), *extra]
     if process is not None:
         cmd += ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(process)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
@@ -167,10 +266,11 @@ def _metrics(out):
     return [{k: v for k, v in r.items() if k not in ("images_per_sec", "epoch_time")} for r in rows]
 
 
-# five `jaxnet train` processes (~8 s each on a 2-core CPU): the default suite trains one epoch both
-# ways (three processes); the slow tier adds --resume to a second epoch
+# `jaxnet train` processes (~8 s each on a 2-core CPU): the default suite trains one epoch both ways (two
+# processes here; the one-process run on 2 devices is the eight_devices fixture's, in its process); the slow
+# tier adds --resume to a second epoch (five processes)
 @pytest.mark.parametrize("resume", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["train", "resume"])
-def test_two_processes_train_and_resume_like_one_process_on_two_devices(tmp_path, resume):
+def test_two_processes_train_and_resume_like_one_process_on_two_devices(tmp_path, resume, request):
     """`jaxnet train` under jax.distributed (2 processes x 1 CPU device, gloo collectives):
     the same metrics as one process on 2 devices; only process 0 writes; --resume continues."""
     multi, single = tmp_path / "multi", tmp_path / "single"
@@ -181,8 +281,11 @@ def test_two_processes_train_and_resume_like_one_process_on_two_devices(tmp_path
     assert sorted(os.listdir(multi)) == ["checkpoint", "curves.png", "metrics.jsonl", "summary.json"]
     if resume:
         _two_processes(multi, "--epochs", "2", "--resume", cache=cache)   # reads the programs compiled above
-    p = _train(single, "--epochs", str(epochs), env=_env(2))   # uninterrupted (constant rate: same schedule)
-    assert p.wait(timeout=300) == 0, p.stderr.read()
+        p = _train(single, "--epochs", str(epochs), env=_env(2))   # uninterrupted (constant rate: same schedule)
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    else:
+        proc, single = request.getfixturevalue("eight_devices")
+        assert proc.returncode == 0 and "REF-OK" in proc.stdout, proc.stdout + proc.stderr[-4000:]
     got, want = _metrics(multi), _metrics(single)
     assert [r["epoch"] for r in got] == list(range(1, epochs + 1)) and len(want) == epochs
     for g, w in zip(got, want):
@@ -201,6 +304,8 @@ def test_two_processes_train_and_resume_like_one_process_on_two_devices(tmp_path
     (["--model-parallel", "0"], "--model-parallel must be >= 1"),
     (["--devices", "3", "--model-parallel", "2"], "--model-parallel 2 does not divide --devices 3"),
     (["--devices", "4", "--model-parallel", "2", "--batch-size", "7"], "not divisible by the 2 data-parallel"),
+    (["--coordinator", "localhost:1", "--num-processes", "2", "--process-id", "0", "--coordinator-timeout", "0"],
+     "--coordinator-timeout must be >= 1"),
 ])
 def test_parallel_flags_bad_values_are_one_line(tmp_path, args, message, capsys):
     """Checked before jax starts, in the command's own process (in-process here: the same
@@ -218,9 +323,8 @@ def test_coordinator_flags_bad_values_and_unreachable_coordinator(tmp_path):
         return subprocess.run([sys.executable, "-m", "jaxnet", "train", "--out", str(tmp_path / "r"), *args],
                               capture_output=True, text=True, cwd=REPO, timeout=120)
 
+    # (a bad --coordinator-timeout is refused before jax starts: test_parallel_flags_bad_values_are_one_line)
     dist = ["--num-processes", "2", "--process-id"]
-    proc = train("--coordinator", "localhost:1", *dist, "0", "--coordinator-timeout", "0")
-    assert proc.returncode == 2 and "--coordinator-timeout must be >= 1" in proc.stderr, proc.stderr
     port = _free_port()
     proc = train("--coordinator", f"localhost:{port}", *dist, "1", "--coordinator-timeout", "1")
     assert proc.returncode == 1, proc.stderr

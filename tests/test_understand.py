@@ -22,6 +22,9 @@ from jaxnet.train.state import create_train_state
 pytestmark = pytest.mark.xdist_group("understand")
 
 KEY = jax.random.key(0, impl="rbg")   # random draws inside jit: threefry's program costs seconds to compile
+# model inits (eager) take a threefry key: jaxnet.nn.init's eager draws then come from one flat draw compiled
+# once (with an rbg key every weight shape compiles its own jax.random.normal)
+INIT_KEY = jax.random.PRNGKey(0)
 
 
 def rbg(seed):
@@ -139,7 +142,7 @@ def test_with_guided_relu_replaces_every_relu_and_keeps_the_forward(digits_net):
     model = nn.small_convnet(channels=(4, 4), num_classes=3, norm=None)
     guided = U.with_guided_relu(model)
     assert "ReLU(" not in repr(guided).replace("GuidedReLU(", "") and repr(guided).count("GuidedReLU(") == 2
-    params, state = model.init(KEY, (2, 8, 8, 1))
+    params, state = model.init(INIT_KEY, (2, 8, 8, 1))
     x = _np((2, 8, 8, 1))
     np.testing.assert_array_equal(_scores(model, params, state, x), _scores(guided, params, state, x))
     m, p, s, xt, yt = digits_net
@@ -155,7 +158,7 @@ def test_grad_cam_of_an_identity_conv_matches_the_hand_computation():
     dS/dA[i, j, k] = W[k, y] / (h w), alpha_k = W[k, y] / (h w), CAM = relu(sum_k alpha_k x_k)."""
     model = nn.Sequential((nn.Conv2D(3, kernel=1, bias=False), nn.GlobalAvgPool(), nn.Affine(4)),
                           names=("feat", "gap", "fc"))
-    params, state = model.init(KEY, (2, 5, 6, 3))
+    params, state = model.init(INIT_KEY, (2, 5, 6, 3))
     params = {**params, "feat": {"w": jnp.eye(3).reshape(1, 1, 3, 3)}}
     x, y = _np((2, 5, 6, 3), seed=3), jnp.array([1, 3])
     cam = jit(U.grad_cam, layer=True)(model, params, state, x, y, layer="feat")
@@ -207,7 +210,7 @@ def test_rank_correlation_matches_spearman_with_ties():
 def test_cascading_randomization_goes_from_the_top_and_changes_the_map(digits_net):
     model, params, state, x, y = digits_net
     assert U.param_groups(model, params) == ["conv", "fc"]
-    res = U.cascading_randomization(model, params, state, x[:3], y[:3], rbg(7),
+    res = U.cascading_randomization(model, params, state, x[:3], y[:3], jax.random.PRNGKey(7),   # eager inits
                                     method=jit(U.saliency_map))
     assert res.layers == ("fc", "conv")
     assert res.maps.shape == (3, 3, 8, 8) and res.rank_correlation.shape == (2, 3)
@@ -357,7 +360,7 @@ def test_style_losses_by_hand():
 @pytest.fixture(scope="module")
 def extractor():
     model = nn.Sequential((nn.Conv2D(4, kernel=3), nn.ReLU()), names=("c1", "r1"))
-    params, state = model.init(KEY, (1, 6, 6, 3))
+    params, state = model.init(INIT_KEY, (1, 6, 6, 3))
     return model, params, state
 
 
