@@ -115,7 +115,7 @@ def _numpy_params(seed, cell, feat, vocab, **kw):
 
 
 # the other two pairs share these code paths (and the quick run decodes both cells with "every");
-# each case here costs a few seconds of compilation
+# each case here compiles its two decoders (about a second)
 @pytest.mark.parametrize("cell,inject", [("rnn", "init"), ("lstm", "every")])
 def test_decoders_match_a_step_by_step_loop(cell, inject):
     vocab, feat = 9, 6
