@@ -334,23 +334,29 @@ def _grads(f, *args):
 
 # ------------------------------------------------------------------------------------------ bad inputs
 
-_Q, _K, _V = (jnp.zeros(s) for s in ((2, 5, 4), (2, 6, 4), (2, 6, 3)))
+def _z(*shape):
+    """NumPy zeros in float32 (jnp's default): each jnp.zeros of a new shape compiles a kernel."""
+    return np.zeros(shape, np.float32)
+
+
+_Q, _K, _V = _z(2, 5, 4), _z(2, 6, 4), _z(2, 6, 3)
 BAD_CALLS = {
-    "q rank": (lambda m: m.scaled_dot_product_attention(jnp.zeros(4), _K, _V), r"`q` must have rank >= 2"),
-    "k rank": (lambda m: m.scaled_dot_product_attention(_Q, jnp.zeros((6, 4)), _V), r"same rank"),
-    "leading axes": (lambda m: m.scaled_dot_product_attention(_Q, jnp.zeros((3, 6, 4)), jnp.zeros((3, 6, 3))),
+    "q rank": (lambda m: m.scaled_dot_product_attention(_z(4), _K, _V), r"`q` must have rank >= 2"),
+    "k rank": (lambda m: m.scaled_dot_product_attention(_Q, _z(6, 4), _V), r"same rank"),
+    "leading axes": (lambda m: m.scaled_dot_product_attention(_Q, _z(3, 6, 4), _z(3, 6, 3)),
                      r"same leading"),
-    "head size": (lambda m: m.scaled_dot_product_attention(_Q, jnp.zeros((2, 6, 5)), _V), r"same head size"),
-    "keys": (lambda m: m.scaled_dot_product_attention(_Q, _K, jnp.zeros((2, 7, 3))), r"same number of keys"),
-    "no keys": (lambda m: m.scaled_dot_product_attention(_Q, jnp.zeros((2, 0, 4)), jnp.zeros((2, 0, 3))),
+    "head size": (lambda m: m.scaled_dot_product_attention(_Q, _z(2, 6, 5), _V), r"same head size"),
+    "keys": (lambda m: m.scaled_dot_product_attention(_Q, _K, _z(2, 7, 3)), r"same number of keys"),
+    "no keys": (lambda m: m.scaled_dot_product_attention(_Q, _z(2, 0, 4), _z(2, 0, 3)),
                 r"at least one key"),
-    "int q": (lambda m: m.scaled_dot_product_attention(jnp.zeros((2, 5, 4), int), _K, _V), r"`q` must be floating"),
+    "int q": (lambda m: m.scaled_dot_product_attention(np.zeros((2, 5, 4), int), _K, _V), r"`q` must be floating"),
     "mixed dtypes": (lambda m: m.scaled_dot_product_attention(_Q, _K, _V.astype(jnp.bfloat16)), r"one dtype"),
-    "mask shape": (lambda m: m.scaled_dot_product_attention(_Q, _K, _V, mask=jnp.ones((5, 5), bool)),
+    "mask shape": (lambda m: m.scaled_dot_product_attention(_Q, _K, _V, mask=np.ones((5, 5), bool)),
                    r"`mask` of shape \(5, 5\) does not broadcast to \(\.\.\., Tq, Tk\) = \(2, 5, 6\)"),
-    "mask rank": (lambda m: m.scaled_dot_product_attention(_Q, _K, _V, mask=jnp.ones((1, 2, 5, 6), bool)),
+    "mask rank": (lambda m: m.scaled_dot_product_attention(_Q, _K, _V, mask=np.ones((1, 2, 5, 6), bool)),
                   r"`mask` of shape"),
-    "mask dtype": (lambda m: m.scaled_dot_product_attention(_Q, _K, _V, mask=jnp.ones((5, 6))), r"`mask` must be bool"),
+    "mask dtype": (lambda m: m.scaled_dot_product_attention(_Q, _K, _V, mask=np.ones((5, 6), np.float32)),
+                   r"`mask` must be bool"),
     "mask floats": (lambda m: m.scaled_dot_product_attention(_Q, _K, _V, mask=[[0.5] * 6] * 5), r"bools or 0/1"),
     "causal": (lambda m: m.scaled_dot_product_attention(_Q, _K, _V, causal="yes"), r"`causal` must be True or False"),
     "rate nan": (lambda m: m.scaled_dot_product_attention(_Q, _K, _V, dropout_rate=float("nan"), key=jax.random.key(0)),
@@ -359,16 +365,16 @@ BAD_CALLS = {
                r"`dropout_rate`.*in \[0, 1\)"),
     "no key": (lambda m: m.scaled_dot_product_attention(_Q, _K, _V, dropout_rate=0.1),
                r"`dropout_rate`=0.1 needs an explicit PRNG `key` \(q \(2, 5, 4\)\)"),
-    "bad key": (lambda m: m.scaled_dot_product_attention(_Q, _K, _V, dropout_rate=0.1, key=jnp.zeros(3)),
+    "bad key": (lambda m: m.scaled_dot_product_attention(_Q, _K, _V, dropout_rate=0.1, key=_z(3)),
                 r"`key` must be a jax.random key"),
     "block 0": (lambda m: m.scaled_dot_product_attention(_Q, _K, _V, block_size=0), r"`block_size` must be a positive"),
-    "patch divides": (lambda m: m.patch_embed(jnp.zeros((1, 6, 4, 2)), jnp.zeros((18, 3)), None, patch=3),
+    "patch divides": (lambda m: m.patch_embed(_z(1, 6, 4, 2), _z(18, 3), None, patch=3),
                       r"patch_embed: `patch`=3 must divide H and W of `x` \(1, 6, 4, 2\)"),
-    "patch w": (lambda m: m.patch_embed(jnp.zeros((1, 4, 4, 2)), jnp.zeros((9, 3)), None, patch=2),
+    "patch w": (lambda m: m.patch_embed(_z(1, 4, 4, 2), _z(9, 3), None, patch=2),
                 r"`w` must have shape \(patch\*patch\*C, D\) = \(8, D\)"),
-    "patch x rank": (lambda m: m.patch_embed(jnp.zeros((4, 4, 2)), jnp.zeros((8, 3)), None, patch=2),
+    "patch x rank": (lambda m: m.patch_embed(_z(4, 4, 2), _z(8, 3), None, patch=2),
                      r"`x` must have rank 4"),
-    "patch b": (lambda m: m.patch_embed(jnp.zeros((1, 4, 4, 2)), jnp.zeros((8, 3)), jnp.zeros(4), patch=2),
+    "patch b": (lambda m: m.patch_embed(_z(1, 4, 4, 2), _z(8, 3), _z(4), patch=2),
                 r"`b` must have shape \(3,\)"),
 }
 

@@ -212,26 +212,40 @@ def test_temporal_loss_paths_agree_under_vmap(x64):
 
 # ------------------------------------------------------------------------------------------- errors
 
+# NumPy inputs in jnp's default dtypes (float32, int32): each jnp.zeros / jnp.ones of a new shape compiles a kernel
+def _ones(*shape):
+    return np.ones(shape, np.float32)
+
+
+def _zeros(*shape):
+    return np.zeros(shape, np.float32)
+
+
+def _ints(*shape):
+    return np.zeros(shape, np.int32)
+
+
 ERRORS = [
-    (lambda: F.word_embedding(jnp.zeros((2, 3)), jnp.ones((5, 4))),
+    (lambda: F.word_embedding(_zeros(2, 3), _ones(5, 4)),
      r"word_embedding: `idx` must be integer word indices, got dtype float32 with shape \(2, 3\)"),
-    (lambda: F.word_embedding(jnp.array(3), jnp.ones((5, 4))), r"word_embedding: `idx` must have rank >= 1, got shape \(\)"),
-    (lambda: F.word_embedding(jnp.zeros((2, 3), int), jnp.ones((5,))),
+    (lambda: F.word_embedding(np.array(3, np.int32), _ones(5, 4)),
+     r"word_embedding: `idx` must have rank >= 1, got shape \(\)"),
+    (lambda: F.word_embedding(_ints(2, 3), _ones(5)),
      r"word_embedding: `w` must have rank 2 \(\(V, D\)\), got shape \(5,\)"),
-    (lambda: F.temporal_affine(jnp.ones((2, 3)), jnp.ones((3, 4))),
+    (lambda: F.temporal_affine(_ones(2, 3), _ones(3, 4)),
      r"temporal_affine: `x` must have rank 3 \(\(N, T, D\)\), got shape \(2, 3\)"),
-    (lambda: F.temporal_affine(jnp.ones((2, 3, 5)), jnp.ones((4, 2))),
+    (lambda: F.temporal_affine(_ones(2, 3, 5), _ones(4, 2)),
      r"temporal_affine: `x` \(2, 3, 5\) has D=5 features per step but `w` \(4, 2\) expects D=4"),
-    (lambda: F.temporal_affine(jnp.ones((2, 3, 4)), jnp.ones((4, 2)), jnp.ones(3)),
+    (lambda: F.temporal_affine(_ones(2, 3, 4), _ones(4, 2), _ones(3)),
      r"temporal_affine: `b` must have shape \(2,\) to match `w` \(4, 2\), got \(3,\)"),
-    (lambda: F.temporal_softmax_cross_entropy(jnp.ones((2, 5)), jnp.zeros((2,), int)),
+    (lambda: F.temporal_softmax_cross_entropy(_ones(2, 5), _ints(2)),
      r"temporal_softmax_cross_entropy: `scores` must have rank 3 \(\(N, T, V\)\), got shape \(2, 5\)"),
-    (lambda: F.temporal_softmax_cross_entropy(jnp.ones((2, 3, 5)), jnp.zeros((2, 3))),
+    (lambda: F.temporal_softmax_cross_entropy(_ones(2, 3, 5), _zeros(2, 3)),
      r"temporal_softmax_cross_entropy: `labels` must be integer word indices, got dtype float32"),
-    (lambda: F.temporal_softmax_cross_entropy(jnp.ones((2, 3, 5)), jnp.zeros((2, 4), int)),
+    (lambda: F.temporal_softmax_cross_entropy(_ones(2, 3, 5), _ints(2, 4)),
      r"temporal_softmax_cross_entropy: `labels` must have shape \(N, T\) = \(2, 3\) to match `scores` "
      r"\(2, 3, 5\), got \(2, 4\)"),
-    (lambda: F.temporal_softmax_cross_entropy(jnp.ones((2, 3, 5)), jnp.zeros((2, 3), int), jnp.ones((3, 2))),
+    (lambda: F.temporal_softmax_cross_entropy(_ones(2, 3, 5), _ints(2, 3), _ones(3, 2)),
      r"temporal_softmax_cross_entropy: `mask` must have shape \(N, T\) = \(2, 3\) like `labels`, got \(3, 2\)"),
 ]
 
