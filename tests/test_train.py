@@ -275,6 +275,13 @@ def test_fit_history_best_model_metrics_curves_checkpoint(small, adam, tmp_path)
     _, best_acc = evaluate(MLP(), result.best_params, result.best_state, small.x_val, small.y_val, 32)
     assert best_acc == pytest.approx(result.best_val_acc)
     assert int(result.train_state.step) == 3 * num_batches(203, 32)
+    # on one device the results are plain arrays (not placed on fit's one-device mesh), so a jitted
+    # function fed them and freshly made params compiles one program, not one per placement
+    for leaf in jax.tree.leaves((result.best_params, result.best_state, result.train_state)):
+        assert not leaf.committed, leaf.sharding
+    total = jax.jit(lambda p: sum(jnp.sum(a) for a in jax.tree.leaves(p)))
+    total(result.best_params), total(create_train_state(MLP(), adam, 0, (16, 8, 8, 1)).params)
+    assert total._cache_size() == 1
 
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]

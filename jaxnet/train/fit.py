@@ -859,9 +859,31 @@ def _fit_loop(*, model, data, ts, root, data_key, config, train_step, eval_step,
         from jaxnet.viz.curves import plot_history
 
         plot_history(rec.history, os.path.join(out_dir, CURVES_NAME))
+    best_params, best_state, ts, ema_params = _unplaced((rec.best_params, rec.best_state, ts, ema_params), mesh)
     return FitResult(
-        history=rec.history, best_params=rec.best_params, best_state=rec.best_state,
+        history=rec.history, best_params=best_params, best_state=best_state,
         best_epoch=rec.best_epoch, best_val_acc=rec.best_metric if rec.best_epoch else float("nan"),
         train_state=ts, stopped_early=rec.stopped_early, ema_params=ema_params,
         skipped_steps=rec.skipped_steps,
     )
+
+
+def _unplaced(tree: Any, mesh) -> Any:
+    """On one device (the default one) in one process: ``tree``'s arrays as ``jnp.asarray``
+    makes them (uncommitted), not placed on the one-device mesh the training ran on.
+
+    Why: ``jax.jit`` compiles a program per input sharding; a jitted function of the user's
+    fed both ``fit``'s results (mesh-placed) and freshly made arrays (e.g. ``model.init``'s)
+    would compile twice. Values are copied exactly (through the host: small, once per fit).
+    """
+    if jax.process_count() != 1 or mesh.devices.size != 1 or mesh.devices.flat[0] != jax.devices()[0]:
+        return tree
+
+    def plain(x):
+        if not isinstance(x, jax.Array):
+            return x
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(plain(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        return jax.device_put(np.asarray(x))
+
+    return jax.tree.map(plain, tree)
