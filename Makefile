@@ -24,7 +24,11 @@ setup: $(STAMP)
 train: $(STAMP)   ## the main job: train the default convnet on the embedded digits
 	$(BIN)/jaxnet train $(if $(findstring --resume,$(ARGS)),,--overwrite) $(ARGS)
 
+# The project's own sources are byte-compiled first (incrementally): every test worker and every CLI
+# subprocess the tests start then loads them instead of compiling them again (PYTHONDONTWRITEBYTECODE
+# environments never cache them)
 test: $(STAMP)    ## the test suite (slow end-to-end runs are opt-in: make test-slow)
+	@$(BIN)/python -m compileall -q -j 0 jaxnet experiments tests > /dev/null 2>&1 || true
 	$(BIN)/python -m pytest -q -n $(JOBS) $(ARGS)
 
 test-slow: $(STAMP)

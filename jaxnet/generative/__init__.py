@@ -23,6 +23,9 @@ from jaxnet.generative.gan import (GANState, dcgan_discriminator, dcgan_generato
 from jaxnet.generative.pixelcnn import MaskedConv2D, pixelcnn_nll
 from jaxnet.generative.pixelcnn import sample as pixelcnn_sample
 from jaxnet.generative.vae import VAE, bits_per_dim, conv_vae, elbo, mlp_vae, reparameterize, vae_loss
+from jaxnet.generative import metrics
+from jaxnet.generative.metrics import (class_coverage, classifier_score, confident_fraction, frechet_distance,
+                                       gaussian_stats)
 
 __all__ = ["Schedule", "NULL_LABEL", "make_schedule", "q_sample", "ddpm_loss", "p_sample", "sample",
            "UNet", "timestep_embedding",
@@ -31,4 +34,5 @@ __all__ = ["Schedule", "NULL_LABEL", "make_schedule", "q_sample", "ddpm_loss", "
            "dcgan_generator", "dcgan_discriminator", "mlp_generator", "mlp_discriminator", "GANState",
            "init_gan_state", "gan_train_step", "make_gan_train_step",
            "MaskedConv2D", "pixelcnn_nll", "pixelcnn_sample",
-           "random_resized_crop", "random_flip", "color_jitter", "random_grayscale", "simclr_augment", "two_views"]
+           "random_resized_crop", "random_flip", "color_jitter", "random_grayscale", "simclr_augment", "two_views",
+           "metrics", "classifier_score", "confident_fraction", "class_coverage", "gaussian_stats", "frechet_distance"]
