@@ -27,6 +27,8 @@ def pytest_configure(config):
         config._jaxnet_run_cache = os.environ[_RUN_CACHE]
     if not os.environ.get("JAXNET_UNDERSTAND_NET_DIR"):   # the understanding experiments' cached smoke net:
         os.environ["JAXNET_UNDERSTAND_NET_DIR"] = os.path.join(os.environ[_RUN_CACHE], "understand_net")  # per run
+    if not os.environ.get("JAXNET_JUDGE_DIR"):           # the generative experiments' sample judge: per run too
+        os.environ["JAXNET_JUDGE_DIR"] = os.path.join(os.environ[_RUN_CACHE], "judge")
     jax.config.update("jax_compilation_cache_dir", os.environ[_RUN_CACHE])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -76,6 +78,36 @@ _GROUPED_MODULES = {
     "test_recurrent_ops", "test_nn", "test_nn_recurrent", "test_sequence_ops", "test_attention_ops",
     "test_optim", "test_knn", "test_linear", "test_audit_sensitivity", "test_decode", "test_norm_dropout",
 }
+
+
+# The experiments' smoke runs (test_exp_*.py, test_judge.py) check that each pipeline runs end to end
+# and writes sane outputs; their numbers are not meant to be read. They are compile-bound (a train step
+# of a small convnet: ~5 s of XLA on this CPU), so in the default tier they compile with XLA's
+# optimisations mostly off (`jax_disable_most_optimizations`: about half the compile time, slower
+# programs): measured 76 -> 54 CPU-s on four smoke modules. Everything that checks numbers (the ops,
+# their gradients, the audit, the oracles, float32 extremes, training and resume) is in other modules
+# and compiles as users' programs do; so do the slow tier's --quick runs (`-m slow`).
+_FAST_COMPILE_MODULES = {"test_judge"}
+
+
+def _fast_compile_module(request) -> bool:
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    markexpr = " ".join((request.config.getoption("markexpr") or "").split())
+    return (name.startswith("test_exp_") or name in _FAST_COMPILE_MODULES) and markexpr == "not slow"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _smoke_runs_compile_fast(request):
+    if not _fast_compile_module(request):
+        yield
+        return
+    before = bool(jax.config.values.get("jax_disable_most_optimizations", False))
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+        jax.clear_caches()   # no program compiled this way is reused by the next module's tests
 
 
 def pytest_collection_modifyitems(config, items):
