@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 import jax
@@ -80,34 +81,60 @@ _GROUPED_MODULES = {
 }
 
 
-# The experiments' smoke runs (test_exp_*.py, test_judge.py) check that each pipeline runs end to end
-# and writes sane outputs; their numbers are not meant to be read. They are compile-bound (a train step
-# of a small convnet: ~5 s of XLA on this CPU), so in the default tier they compile with XLA's
-# optimisations mostly off (`jax_disable_most_optimizations`: about half the compile time, slower
-# programs): measured 76 -> 54 CPU-s on four smoke modules. Everything that checks numbers (the ops,
-# their gradients, the audit, the oracles, float32 extremes, training and resume) is in other modules
-# and compiles as users' programs do; so do the slow tier's --quick runs (`-m slow`).
-_FAST_COMPILE_MODULES = {"test_judge"}
+# Pipeline tests: the experiments' smoke runs (test_exp_*.py, test_judge.py), the command line's
+# runs (test_cli_train.py, test_hardening_cli.py), the multi-device and multi-process runs
+# (test_parallel.py) and the tests marked `pipeline` check that a pipeline runs end to end: files,
+# exit codes, resumes and shardings that agree with their one-device run, sane outputs; their numbers
+# are not meant to be read, and what they compare is compiled the same way on both sides. They are
+# compile-bound (a small convnet's train step: ~5 s of XLA on this CPU), so in the default tier they
+# compile with XLA's optimisations mostly off (`jax_disable_most_optimizations`, also passed to the
+# processes they start: about half the compile time, slower programs); measured 76 -> 54 CPU-s on
+# four smoke modules. Everything that checks numbers against a reference (the ops, their gradients,
+# the audit, the oracles, float32 extremes, training, init draws) compiles as users' programs do;
+# so does the slow tier (`-m slow`: the --quick runs and their claims).
+_PIPELINE_MODULES = {"test_judge", "test_cli_train", "test_hardening_cli", "test_parallel"}
+_DMO = "jax_disable_most_optimizations"
 
 
-def _fast_compile_module(request) -> bool:
-    name = request.module.__name__.rsplit(".", 1)[-1]
-    markexpr = " ".join((request.config.getoption("markexpr") or "").split())
-    return (name.startswith("test_exp_") or name in _FAST_COMPILE_MODULES) and markexpr == "not slow"
+def _default_tier(config) -> bool:
+    return " ".join((config.getoption("markexpr") or "").split()) == "not slow"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _smoke_runs_compile_fast(request):
-    if not _fast_compile_module(request):
-        yield
-        return
-    before = bool(jax.config.values.get("jax_disable_most_optimizations", False))
-    jax.config.update("jax_disable_most_optimizations", True)
+@contextlib.contextmanager
+def _compile_fast():
+    before_flag = bool(jax.config.values.get(_DMO, False))
+    before_env = os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS")
+    jax.config.update(_DMO, True)
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
     try:
         yield
     finally:
-        jax.config.update("jax_disable_most_optimizations", before)
-        jax.clear_caches()   # no program compiled this way is reused by the next module's tests
+        jax.config.update(_DMO, before_flag)
+        if before_env is None:
+            os.environ.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)
+        else:
+            os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = before_env
+        jax.clear_caches()   # no program compiled this way is reused by the next tests
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _pipeline_module_compiles_fast(request):
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    if (name.startswith("test_exp_") or name in _PIPELINE_MODULES) and _default_tier(request.config):
+        with _compile_fast():
+            yield
+    else:
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _pipeline_test_compiles_fast(request):
+    if request.node.get_closest_marker("pipeline") and _default_tier(request.config) \
+            and not bool(jax.config.values.get(_DMO, False)):
+        with _compile_fast():
+            yield
+    else:
+        yield
 
 
 def pytest_collection_modifyitems(config, items):
