@@ -228,7 +228,6 @@ def _two_layer_net_files_and_structure(out, returned, n_train, n_test):
     return res, hp
 
 
-@pytest.mark.pipeline   # an experiment's smoke run (tests/conftest.py)
 def test_two_layer_net_smoke_on_digits(tmp_path):
     from experiments import two_layer_net as exp
 
@@ -267,7 +266,6 @@ def _features_net_files_and_structure(out, returned):
     return res
 
 
-@pytest.mark.pipeline   # an experiment's smoke run (tests/conftest.py)
 def test_features_net_smoke_on_digits(tmp_path):
     from experiments import features_net as exp
 

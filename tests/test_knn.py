@@ -222,7 +222,6 @@ def _digits_run(tmp_path, *flags):
     return res
 
 
-@pytest.mark.pipeline   # an experiment's smoke run (tests/conftest.py)
 def test_experiment_smoke_on_digits(tmp_path):
     """--smoke (300 / 50, 2 folds, ks 1 and 3): the protocol's files and structure; far above
     chance (0.1) even at this size."""

@@ -289,7 +289,6 @@ def _digits_run(tmp_path, name, *flags):
     return saved
 
 
-@pytest.mark.pipeline   # an experiment's smoke run (tests/conftest.py)
 @pytest.mark.parametrize("name", ["linear_svm", "softmax"])
 def test_experiment_smoke_on_digits(tmp_path, name):
     saved = _digits_run(tmp_path, name, "--smoke")
