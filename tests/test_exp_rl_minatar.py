@@ -10,8 +10,7 @@ import pytest
 from conftest import assert_bad_flags_exit, run_quick_experiment
 from experiments import rl_minatar as exp
 
-pytest.importorskip("gymnax", reason="the MinAtar games come from gymnax")
-pytestmark = pytest.mark.xdist_group("exp_rl_minatar")
+pytestmark = pytest.mark.xdist_group("rl_gymnax")   # one worker imports gymnax (~3 CPU-s)
 
 
 @pytest.fixture(scope="module")

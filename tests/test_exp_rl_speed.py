@@ -9,8 +9,7 @@ import pytest
 from conftest import assert_bad_flags_exit, run_quick_experiment
 from experiments import rl_speed as exp
 
-pytest.importorskip("gymnax", reason="the environments come from gymnax")
-pytestmark = pytest.mark.xdist_group("exp_rl_speed")
+pytestmark = pytest.mark.xdist_group("rl_gymnax")   # one worker imports gymnax (~3 CPU-s)
 
 
 @pytest.fixture(scope="module")
