@@ -23,6 +23,7 @@ from jaxnet.ops import recurrent as _recurrent, sequence as _sequence  # noqa: F
 from jaxnet.ops import attention as _attention
 from jaxnet.ops import style as _style
 from jaxnet.ops import generative as _generative
+from jaxnet.ops import detection as _detection, upsample as _upsample
 
 _IMPL_DOC = "\n\n    impl: 'autodiff' (alias 'auto') | 'manual' | None (the current default).\n"
 
@@ -115,6 +116,17 @@ cosine_similarity_matrix = _dispatch(_generative.cosine_similarity_matrix,
                                      _generative.cosine_similarity_matrix_manual)
 nt_xent_loss = _dispatch(_generative.nt_xent_loss, _generative.nt_xent_loss_manual)
 
+# upsample
+upsample_nearest = _dispatch(_upsample.upsample_nearest, _upsample.upsample_nearest_manual)
+upsample_bilinear = _dispatch(_upsample.upsample_bilinear, _upsample.upsample_bilinear_manual)
+max_unpool2d = _dispatch(_upsample.max_unpool2d, _upsample.max_unpool2d_manual)
+
+# detection
+roi_align = _dispatch(_detection.roi_align, _detection.roi_align_manual)
+roi_pool = _dispatch(_detection.roi_pool, _detection.roi_pool_manual)
+smooth_l1_loss = _dispatch(_detection.smooth_l1_loss, _detection.smooth_l1_loss_manual)
+pixel_cross_entropy = _dispatch(_detection.pixel_cross_entropy, _detection.pixel_cross_entropy_manual)
+
 
 __all__ = [
     "affine", "relu", "leaky_relu", "sigmoid", "tanh", "elu", "prelu", "maxout", "softplus", "gelu",
@@ -132,4 +144,8 @@ __all__ = [
     # generative
     "gan_discriminator_loss", "gan_generator_loss", "ls_discriminator_loss", "ls_generator_loss", "gaussian_kl",
     "cosine_similarity_matrix", "nt_xent_loss",
+    # upsample
+    "upsample_nearest", "upsample_bilinear", "max_unpool2d",
+    # detection
+    "roi_align", "roi_pool", "smooth_l1_loss", "pixel_cross_entropy",
 ]

@@ -98,6 +98,33 @@ HYPER = {
                                           1e-3, [np.float32(1e-3), np.float64(1e-3)], FLOAT_BAD + [0.0, -1e-8]),
     ("nt_xent_loss", "temperature"): (lambda m, v: m.nt_xent_loss(_x((4, 3)), temperature=v), 0.5,
                                       [np.float32(0.5), np.float64(0.5)], FLOAT_BAD + [0.0, -0.5]),
+    ("upsample_nearest", "scale"): (lambda m, v: m.upsample_nearest(_x((1, 2, 2, 1)), scale=v), 2,
+                                    [np.int64(2), (np.int64(2), np.int32(2))], INT_BAD + [(2, 0)]),
+    ("upsample_bilinear", "scale"): (lambda m, v: m.upsample_bilinear(_x((1, 2, 2, 1)), scale=v), 2,
+                                     [np.int64(2), (np.int64(2), np.int32(2))], INT_BAD + [(2, 0)]),
+    ("max_unpool2d", "output_size"): (lambda m, v: m.max_unpool2d(_x((1, 2, 2, 1)), jnp.array([0, 1, 4, 5]).reshape(
+        1, 2, 2, 1), output_size=v), 4, [np.int64(4), (np.int64(4), 4)], INT_BAD),
+    ("roi_align", "output_size"): (lambda m, v: m.roi_align(_x((1, 4, 4, 2)), jnp.array([[0.0, 0.5, 3.0, 2.5]]),
+                                                            jnp.array([0]), output_size=v), 2, [np.int64(2)], INT_BAD),
+    ("roi_align", "spatial_scale"): (lambda m, v: m.roi_align(_x((1, 4, 4, 2)), jnp.array([[0.0, 0.5, 3.0, 2.5]]),
+                                                              jnp.array([0]), output_size=2, spatial_scale=v), 0.5,
+                                     [np.float32(0.5), np.float64(0.5)], FLOAT_BAD + [0.0, -1.0]),
+    ("roi_align", "sampling_ratio"): (lambda m, v: m.roi_align(_x((1, 4, 4, 2)), jnp.array([[0.0, 0.5, 3.0, 2.5]]),
+                                                               jnp.array([0]), output_size=2, sampling_ratio=v), 3,
+                                      [np.int64(3), np.int32(3)], INT_BAD),
+    ("roi_align", "aligned"): (lambda m, v: m.roi_align(_x((1, 4, 4, 2)), jnp.array([[0.0, 0.5, 3.0, 2.5]]),
+                                                        jnp.array([0]), output_size=2, aligned=v), False,
+                               [np.bool_(False)], [1, 0, 1.0, "True", None, np.int64(1), np.float32(1)]),
+    ("roi_pool", "output_size"): (lambda m, v: m.roi_pool(_x((1, 4, 4, 2)), jnp.array([[0.0, 0.5, 3.0, 2.5]]),
+                                                          jnp.array([0]), output_size=v), 2, [np.int64(2)], INT_BAD),
+    ("roi_pool", "spatial_scale"): (lambda m, v: m.roi_pool(_x((1, 4, 4, 2)), jnp.array([[0.0, 0.5, 3.0, 2.5]]),
+                                                            jnp.array([0]), output_size=2, spatial_scale=v), 0.5,
+                                    [np.float32(0.5), np.float64(0.5)], FLOAT_BAD + [0.0, -1.0]),
+    ("smooth_l1_loss", "beta"): (lambda m, v: m.smooth_l1_loss(_x((3, 4)), _x((3, 4)) * 0.5, beta=v), 0.5,
+                                 [np.float32(0.5), np.float64(0.5)], FLOAT_BAD + [-0.5]),
+    ("pixel_cross_entropy", "ignore_index"): (lambda m, v: m.pixel_cross_entropy(
+        _x((1, 2, 2, 3)), jnp.array([0, 1, 2, 2]).reshape(1, 2, 2), ignore_index=v), 2,
+        [np.int64(2), np.int32(2)], [1.0, 2.5, True, "2", None, np.float64(2.0)]),
 }
 
 
@@ -123,7 +150,8 @@ def test_bad_hyperparameters_are_refused_in_one_line(op, arg, path):
 # The bad values above stay on every hyperparameter in the default suite.
 SCALARS_DEFAULT = {("leaky_relu", "slope"), ("maxout", "pieces"), ("svm_hinge", "margin"), ("conv2d", "stride"),
                    ("conv2d", "padding"), ("max_pool2d", "padding"), ("batch_norm", "momentum"),
-                   ("dropout", "rate"), ("patch_embed", "patch"), ("nt_xent_loss", "temperature")}
+                   ("dropout", "rate"), ("patch_embed", "patch"), ("nt_xent_loss", "temperature"),
+                   ("upsample_bilinear", "scale"), ("roi_align", "spatial_scale")}
 assert SCALARS_DEFAULT <= set(HYPER)
 
 

@@ -36,7 +36,8 @@ def test_jit_matches_eager(x64, spec, impl):
 # vmap and its gradient: one op per family in the default suite (each op compiles four programs,
 # ~1-4 s); every other op is in the slow tier (make test-slow). jit vs eager above stays on every op.
 VMAP_DEFAULT = {"affine", "elu", "softmax_cross_entropy", "conv2d", "max_pool2d", "batch_norm", "dropout",
-                "word_embedding", "rnn", "scaled_dot_product_attention", "gram_matrix", "nt_xent_loss"}
+                "word_embedding", "rnn", "scaled_dot_product_attention", "gram_matrix", "nt_xent_loss",
+                "upsample_bilinear", "roi_align"}
 VMAP_SPECS = [s if s.name in VMAP_DEFAULT else pytest.param(s, marks=pytest.mark.slow) for s in SPECS]
 
 

@@ -3,7 +3,7 @@
 Each op is defined, with its manual twin and its audit registration, in one
 family module (``linear``, ``activations``, ``losses``, ``conv``, ``pool``,
 ``norm``, ``regularization``, ``sequence``, ``recurrent``, ``attention``, ``style``,
-``generative``).  This namespace,
+``generative``, ``upsample``, ``detection``).  This namespace,
 :mod:`jaxnet.manual` and ``OP_NAMES`` are derived from the op table those modules fill
 (:mod:`jaxnet.ops._registry`); :mod:`jaxnet.functional` picks a path per call.
 """
@@ -14,6 +14,7 @@ from jaxnet.ops import sequence, recurrent  # noqa: F401
 from jaxnet.ops import attention  # noqa: F401
 from jaxnet.ops import style  # noqa: F401
 from jaxnet.ops import generative  # noqa: F401
+from jaxnet.ops import upsample, detection  # noqa: F401
 from jaxnet.ops._geometry import conv_output_size
 from jaxnet.ops._registry import REGISTRY as _REGISTRY
 
