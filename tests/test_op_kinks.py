@@ -71,6 +71,14 @@ KINKS = {
     "sigmoid_cross_entropy at 0": ("sigmoid_cross_entropy", lambda m: m.sigmoid_cross_entropy,
                                    (np.zeros((2, 3)), T), (0, 1), ((0.5 - T) / 2, np.zeros((2, 3)))),
     "softplus at 0": ("softplus", lambda m: m.softplus, ([0.0],), (0,), ([0.5],)),
+    # one box over the whole 4x4 map, 2x2 bins of equal values: each bin's first entry takes dy
+    "roi_pool ties in every bin": (
+        "roi_pool", lambda m: lambda x: m.roi_pool(x, jnp.array([[0.0, 0.0, 3.0, 3.0]]), jnp.array([0]),
+                                                   output_size=2), (_TIES,), (0,),
+        (np.array([1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0.0]).reshape(1, 4, 4, 1),)),
+    "smooth_l1_loss at pred == target, beta 0": (
+        "smooth_l1_loss", lambda m: lambda p, t: m.smooth_l1_loss(p, t, beta=0.0),
+        ([[1.0, 2.0]], [[1.0, 0.0]]), (0, 1), ([[0.0, 0.5]], [[0.0, -0.5]])),
 }
 
 
@@ -94,7 +102,7 @@ def test_every_op_with_a_kink_or_tie_has_a_kink_case():
     flagged = {s.name for s in registry.REGISTRY.values() if "kink" in s.note or "tie" in s.note or "hinge" in s.note}
     assert flagged <= covered, flagged - covered
     assert {"relu", "leaky_relu", "elu", "prelu", "l1_loss", "l1_penalty", "svm_hinge", "maxout",
-            "max_pool2d", "sigmoid_cross_entropy"} <= covered
+            "max_pool2d", "sigmoid_cross_entropy", "roi_pool", "smooth_l1_loss"} <= covered
 
 
 def _first_winner_pool(x, window, stride, pad):

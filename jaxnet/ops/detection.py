@@ -319,9 +319,12 @@ def roi_pool(features, boxes, box_batch_index, *, output_size=7, spatial_scale=1
     _, h, w, _ = features.shape
     my, mx, empty = _pool_geometry(boxes, h, w, size, scale)
     fk = features[box_batch_index]                                                   # (K, H, W, C)
-    rows = jnp.max(jnp.where(mx[:, None, :, :, None], fk[:, :, None], -jnp.inf), axis=3)   # (K, H, pw, C)
-    out = jnp.max(jnp.where(my[:, :, :, None, None], rows[:, None], -jnp.inf), axis=2)     # (K, ph, pw, C)
-    return jnp.where(empty[..., None], 0, out)
+    # each bin's maximum taken at its first winner in row-major order (torchvision's), so autodiff
+    # routes a tie's gradient to that one entry, as the manual backward does (a `max` would split it)
+    idx = _roi_pool_argmax(jax.lax.stop_gradient(fk), my, mx, empty)                 # (K, ph, pw, C)
+    k, _, _, c = fk.shape
+    out = jnp.take_along_axis(jnp.reshape(fk, (k, h * w, c)), jnp.reshape(jnp.maximum(idx, 0), (k, -1, c)), axis=1)
+    return jnp.where(idx >= 0, jnp.reshape(out, idx.shape), 0)
 
 
 def _roi_pool_argmax(fk, my, mx, empty):
@@ -345,7 +348,7 @@ def _roi_pool(features, idx, box_batch_index, shape):
 
 
 def _roi_pool_fwd(features, idx, box_batch_index, shape):
-    # The recorded argmax gathered (0 for an empty bin); the reference takes masked maxima.
+    # The recorded argmax gathered (0 for an empty bin).
     _, h, w, c = shape
     k = idx.shape[0]
     fk = jnp.reshape(features[box_batch_index], (k, h * w, c))
