@@ -77,7 +77,7 @@ _GROUPED_MODULES = {
     "test_audit", "test_oracle", "test_op_args", "test_float32_extremes", "test_transforms",
     "test_recurrent_ops", "test_nn", "test_nn_recurrent", "test_sequence_ops", "test_attention_ops",
     "test_optim", "test_knn", "test_linear", "test_audit_sensitivity", "test_decode", "test_norm_dropout",
-    "test_understand", "test_training_paths",   # compiled as users' programs are (below): one switch each
+    "test_training_paths",   # compiled as users' programs are (below): one switch
 }
 
 
@@ -94,7 +94,6 @@ _GROUPED_MODULES = {
 _COMPILED_AS_USERS = {
     "test_float32_extremes": "float32 rounding at extreme inputs is what it checks (at -O0 gru's "
                              "manual and autodiff paths differ by 0.16 at scale -100)",
-    "test_understand": "execution-bound (saliency sweeps, attacks): -O0 makes it 2x slower",
     "test_training_paths": "execution-bound (a convnet trained both ways)",
 }
 # The slow tier (`make test-slow`, `-m slow`) and `make gradcheck` compile at XLA's defaults too.
