@@ -68,6 +68,9 @@ Every script takes the same four options, writes ``results.json`` plus its figur
 ``Timer``
     ``with Timer() as t: ...`` then ``t.elapsed`` (seconds, ``time.perf_counter``);
     ``t.elapsed`` also reads the running time inside the block.
+
+``gymnax_env(args, env_id) -> (env, env_params)``
+    ``gymnax.make(env_id)`` for the RL experiments; without gymnax, one stderr line and exit 2.
 """
 
 from __future__ import annotations
@@ -248,6 +251,18 @@ def finish(args: argparse.Namespace, results: dict, headers: Sequence[Any], rows
     path = write_results(args.out, results, args)
     print(f"wrote {path}", flush=True)
     return results
+
+
+def gymnax_env(args: argparse.Namespace, env_id: str):
+    """``gymnax.make(env_id)`` -> (env, env_params) for the RL experiments; without gymnax (the ``rl``
+    extra), one line ``experiments.<name>: needs gymnax ...`` on stderr and exit status 2."""
+    try:
+        import gymnax
+    except ImportError as e:
+        print(f"experiments.{args.name}: needs gymnax for the environment (pip install gymnax six): {e}",
+              file=sys.stderr)
+        raise SystemExit(2)
+    return gymnax.make(env_id)
 
 
 def _is_num(v: Any) -> bool:

@@ -35,7 +35,7 @@ import sys
 
 import numpy as np
 
-from experiments._common import Timer, figure, finish, parse_args, save_figure, sized
+from experiments._common import Timer, figure, finish, gymnax_env, parse_args, save_figure, sized
 
 NAME = "rl_cartpole"
 DESCRIPTION = "CartPole-v1: DQN, REINFORCE, A2C and PPO, 16 seeds each trained at once with vmap."
@@ -201,14 +201,10 @@ def main(argv=None) -> dict:
         _fail(f"--steps must be >= 1280 and --reinforce-episodes >= 8 (got {steps}, {episodes})")
     if not math.isfinite(args.threshold):
         _fail(f"--threshold must be finite (got {args.threshold})")
-    try:
-        import gymnax
-    except ImportError as e:
-        _fail(f"needs gymnax for the environment (pip install gymnax six): {e}")
     import jax
     from tqdm.auto import tqdm
 
-    env, env_params = gymnax.make(ENV)
+    env, env_params = gymnax_env(args, ENV)
     keys = jax.random.split(jax.random.key(args.seed), seeds)
     cfgs = configs(args, steps, episodes)
     res = {}

@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from experiments._common import Timer, figure, finish, parse_args, save_figure, sized
+from experiments._common import Timer, figure, finish, gymnax_env, parse_args, save_figure, sized
 
 NAME = "rl_minatar"
 DESCRIPTION = "PPO on a MinAtar game within 20 CPU minutes, against the random policy."
@@ -80,15 +80,11 @@ def main(argv=None) -> dict:
         _fail(f"--seeds and --num-envs must be >= 1 (got {seeds}, {N})")
     if not args.smoke and steps < N * T:
         _fail(f"--steps must be >= num_envs x 128 = {N * T} (got {steps})")
-    try:
-        import gymnax
-    except ImportError as e:
-        _fail(f"needs gymnax for the environment (pip install gymnax six): {e}")
     import jax
 
     from jaxnet.rl import pg
 
-    env, env_params = gymnax.make(args.env)
+    env, env_params = gymnax_env(args, args.env)
     if args.smoke:
         cfg = pg.PGConfig(algo="ppo", num_envs=N, num_steps=T, iterations=4, epochs=1, minibatches=2, hidden=(8,))
     else:

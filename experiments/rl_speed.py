@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from experiments._common import figure, finish, parse_args, save_figure, sized
+from experiments._common import figure, finish, gymnax_env, parse_args, save_figure, sized
 
 NAME = "rl_speed"
 DESCRIPTION = "Env steps/s: the jitted, vmapped loop vs a Python loop over the same gymnax environments."
@@ -116,11 +116,7 @@ def main(argv=None) -> dict:
     R = args.repeats if args.repeats is not None else sized(args, 5, 3, 2)
     if min(N, T, T_py, R) < 1:
         _fail(f"--num-envs, --steps, --python-steps and --repeats must be >= 1 (got {N}, {T}, {T_py}, {R})")
-    try:
-        import gymnax
-    except ImportError as e:
-        _fail(f"needs gymnax for the environments (pip install gymnax six): {e}")
-    env, env_params = gymnax.make(args.env)
+    env, env_params = gymnax_env(args, args.env)
     res, compile_s = measure(env, env_params, N, T, T_py, R, args.seed)
     base = res["python"]["median"]
     for r in res.values():

@@ -2,6 +2,7 @@
 bookkeeping; bad flags. The speed ratio's size is the --quick run's claim (slow)."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -46,3 +47,8 @@ def test_quick_jitted_loop_is_much_faster(tmp_path):
 ])
 def test_bad_flags_exit_with_one_line(flags, message, tmp_path, capsys):
     assert_bad_flags_exit(exp, flags, message, tmp_path, capsys)
+
+
+def test_without_gymnax_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gymnax", None)        # `import gymnax` raises ImportError
+    assert_bad_flags_exit(exp, [], "needs gymnax", tmp_path, capsys)
