@@ -1,10 +1,11 @@
-"""Evaluation in NumPy: mean IoU for segmentation, COCO-style mAP and precision-recall curves for detection.
+"""Evaluation in NumPy: mean IoU for segmentation, COCO-style mAP and precision-recall curves for detection
+(boxes) and instance segmentation (masks).
 
 ``mean_iou``: from the confusion matrix of predicted vs true pixel classes; pixels whose target
 is ``ignore_index`` are left out; a class absent from both prediction and target (union 0) is
 left out of the mean (NaN in ``per_class``).
 
-``evaluate_detections``: the COCO protocol for boxes (pycocotools' ``COCOeval`` with area range
+``evaluate_detections``: the COCO protocol for boxes or masks (pycocotools' ``COCOeval`` with area range
 "all" and ``maxDets`` = ``max_dets``, no crowd regions), re-implemented: per image and class the
 detections sorted by score (at most ``max_dets`` kept), each matched greedily to the unmatched
 ground truth of highest IoU >= t; per class the precision at the 101 recall points
@@ -16,6 +17,15 @@ predictions (tests/test_detection_metrics.py).
 Inputs, per image i: ``detections[i] = (boxes (D, 4), scores (D,), labels (D,))`` and
 ``ground_truth[i] = (boxes (G, 4), labels (G,))``, boxes (x0, y0, x1, y1) in pixels. The padded
 arrays of ``jaxnet.detection.scenes`` convert with ``unpad``.
+
+Masks (instance segmentation): ``evaluate_detections(..., iou_type="segm")`` is COCOeval with
+``iouType="segm"``: each detection entry is ``(boxes, scores, labels, masks)`` and each
+ground-truth entry ``(boxes, labels, masks)``, masks bool or 0/1 (n, H, W) with one mask per box
+and the same H, W on both sides of an image (when both sides have masks); the IoU between a
+detection and a ground truth is the mask IoU ``mask_iou_numpy`` (shared pixels / pixels in either;
+0 when both are empty), the rest of the protocol unchanged (the boxes are checked but not used).
+Tested against pycocotools' ``COCOeval(iouType="segm")`` on RLE-encoded random masks
+(tests/test_detection_metrics.py).
 """
 
 from __future__ import annotations
@@ -25,10 +35,11 @@ import numpy as np
 from jaxnet.detection.boxes import box_iou_numpy
 
 __all__ = ["confusion_matrix", "mean_iou", "evaluate_detections", "precision_recall_curve", "unpad",
-           "COCO_IOU_THRESHOLDS", "RECALL_POINTS"]
+           "mask_iou_numpy", "COCO_IOU_THRESHOLDS", "RECALL_POINTS", "IOU_TYPES"]
 
 COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+IOU_TYPES = ("bbox", "segm")
 
 
 def _check_classes(fn, num_classes):
@@ -83,16 +94,55 @@ def unpad(boxes, labels, valid, scores=None) -> list:
     return [(boxes[i][valid[i]], scores[i][valid[i]], labels[i][valid[i]]) for i in range(len(boxes))]
 
 
-def _check_dets(fn, detections, ground_truth):
+def _is_binary(m) -> bool:
+    return m.dtype == bool or (m.size == 0) or bool(np.all((m == 0) | (m == 1)))
+
+
+def mask_iou_numpy(a, b) -> np.ndarray:
+    """Pairwise mask IoU: a (n, H, W), b (m, H, W), bool or 0/1 -> float64 (n, m), the number of
+    pixels in both masks over the number in either (COCO's mask IoU); 0 where both masks are empty.
+    Exact: the counts are integers (one matrix product of the flattened masks)."""
+    fn = "mask_iou_numpy"
+    a, b = np.asarray(a), np.asarray(b)
+    if a.ndim != 3 or b.ndim != 3 or a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"{fn}: a and b must be (n, H, W) and (m, H, W) with the same H, W, got {a.shape} and {b.shape}")
+    if not (_is_binary(a) and _is_binary(b)):
+        raise ValueError(f"{fn}: masks must be bool or 0/1, got values outside {{0, 1}} ({a.dtype}, {b.dtype})")
+    hw = a.shape[1] * a.shape[2]
+    dtype = np.float32 if hw <= 2 ** 24 else np.float64          # integer counts < 2**24 are exact in float32
+    fa, fb = a.reshape(len(a), hw).astype(dtype), b.reshape(len(b), hw).astype(dtype)
+    inter = (fa @ fb.T).astype(np.float64)
+    union = fa.sum(1, dtype=np.float64)[:, None] + fb.sum(1, dtype=np.float64)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _check_masks(fn, i, name, m, n):
+    if m.size == 0 and m.ndim != 3:
+        m = m.reshape(0, 0, 0)
+    if m.ndim != 3 or len(m) != n:
+        raise ValueError(f"{fn}: image {i}: {name} masks must be (n, H, W) with one mask per box (n={n}), got {m.shape}")
+    if not _is_binary(m):
+        raise ValueError(f"{fn}: image {i}: {name} masks must be bool or 0/1, got {m.dtype} values outside {{0, 1}}")
+    return m.astype(bool)
+
+
+def _check_dets(fn, detections, ground_truth, segm=False):
     if len(detections) != len(ground_truth):
         raise ValueError(f"{fn}: detections and ground_truth must list the same images, got {len(detections)} "
                          f"and {len(ground_truth)}")
-    dets, gts = [], []
+    dets, gts, masks = [], [], []
     for i, (d, g) in enumerate(zip(detections, ground_truth)):
         try:
-            db, ds, dl = (np.asarray(a) for a in d)
-            gb, gl = (np.asarray(a) for a in g)
+            if segm:
+                db, ds, dl, dm = (np.asarray(a) for a in d)
+                gb, gl, gm = (np.asarray(a) for a in g)
+            else:
+                db, ds, dl = (np.asarray(a) for a in d)
+                gb, gl = (np.asarray(a) for a in g)
         except (TypeError, ValueError):
+            if segm:
+                raise ValueError(f"{fn}: image {i}: with iou_type='segm' detections must be (boxes, scores, labels, "
+                                 f"masks) and ground truth (boxes, labels, masks)") from None
             raise ValueError(f"{fn}: image {i}: detections must be (boxes, scores, labels) and ground truth "
                              f"(boxes, labels)") from None
         db, gb = db.reshape(-1, 4) if db.size == 0 else db, gb.reshape(-1, 4) if gb.size == 0 else gb
@@ -104,23 +154,34 @@ def _check_dets(fn, detections, ground_truth):
         if ds.shape != (len(db),) or dl.shape != (len(db),) or gl.shape != (len(gb),):
             raise ValueError(f"{fn}: image {i}: scores/labels must be 1-D matching the boxes, got boxes {db.shape}, "
                              f"scores {ds.shape}, labels {dl.shape}, ground truth {gb.shape} / {gl.shape}")
+        if segm:
+            dm = _check_masks(fn, i, "detection", dm, len(db))
+            gm = _check_masks(fn, i, "ground-truth", gm, len(gb))
+            if len(dm) and len(gm) and dm.shape[1:] != gm.shape[1:]:
+                raise ValueError(f"{fn}: image {i}: detection and ground-truth masks must share H, W, got "
+                                 f"{dm.shape} and {gm.shape}")
+            masks.append((dm, gm))
         dets.append((db.astype(np.float64), ds.astype(np.float64), dl.astype(np.int64)))
         gts.append((gb.astype(np.float64), gl.astype(np.int64)))
-    return dets, gts
+    return dets, gts, masks if segm else None
 
 
 def evaluate_detections(detections, ground_truth, *, iou_thresholds=COCO_IOU_THRESHOLDS, max_dets: int = 100,
-                        num_classes: int | None = None) -> dict:
-    """COCO-style box evaluation (see the module docstring).
+                        num_classes: int | None = None, iou_type: str = "bbox") -> dict:
+    """COCO-style box (``iou_type="bbox"``) or mask (``"segm"``) evaluation (see the module docstring).
 
     Returns {"map" (mean over thresholds and classes), "map50" (at t=0.5 when 0.5 is among the
     thresholds, else None), "ap" (T, K) per threshold and class (NaN: no ground truth of that class),
     "precision" (T, 101, K) the interpolated precision at ``RECALL_POINTS`` (NaN: no ground truth),
     "recall" (T, K) the largest recall reached, "iou_thresholds", "classes" (the K class ids)}.
-    Classes are 0..num_classes-1, or the labels seen when ``num_classes`` is None.
+    Classes are 0..num_classes-1, or the labels seen when ``num_classes`` is None. With
+    ``iou_type="segm"`` every entry carries its masks last: detections (boxes, scores, labels,
+    masks (D, H, W)), ground truth (boxes, labels, masks (G, H, W)), matched by mask IoU.
     """
     fn = "evaluate_detections"
-    dets, gts = _check_dets(fn, detections, ground_truth)
+    if not isinstance(iou_type, str) or iou_type not in IOU_TYPES:
+        raise ValueError(f"{fn}: iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    dets, gts, masks = _check_dets(fn, detections, ground_truth, segm=iou_type == "segm")
     thr = np.atleast_1d(np.asarray(iou_thresholds, np.float64))
     if thr.ndim != 1 or not thr.size or np.any(~np.isfinite(thr)) or np.any(thr < 0) or np.any(thr > 1):
         raise ValueError(f"{fn}: iou_thresholds must be numbers in [0, 1], got {np.asarray(iou_thresholds).tolist()}")
@@ -141,16 +202,20 @@ def evaluate_detections(detections, ground_truth, *, iou_thresholds=COCO_IOU_THR
     recall = np.full((n_t, n_k), np.nan)
     for k, cls in enumerate(classes):
         scores_all, tp_all, n_gt = [], [], 0
-        for (db, ds, dl), (gb, gl) in zip(dets, gts):
+        for im, ((db, ds, dl), (gb, gl)) in enumerate(zip(dets, gts)):
             d_sel = np.nonzero(dl == cls)[0]
             d_sel = d_sel[np.argsort(-ds[d_sel], kind="mergesort")][:max_dets]
-            g = gb[gl == cls]
+            g_sel = gl == cls
+            g = gb[g_sel]
             n_gt += len(g)
             if not len(d_sel):
                 continue
             tp = np.zeros((n_t, len(d_sel)), bool)
             if len(g):
-                ious = box_iou_numpy(db[d_sel], g)
+                if masks is None:
+                    ious = box_iou_numpy(db[d_sel], g)
+                else:
+                    ious = mask_iou_numpy(masks[im][0][d_sel], masks[im][1][g_sel])
                 for ti, t in enumerate(t_eff):
                     taken = np.zeros(len(g), bool)
                     for di in range(len(d_sel)):
