@@ -191,6 +191,8 @@ def test_yolo_loss_grad_matches_finite_differences(x64):
     (lambda: L.yolo_targets(np.zeros((1, 2, 4)), np.zeros((1, 2)), np.zeros((1, 2)), grid=0, image_size=64),
      "yolo_targets: grid must be"),
     (lambda: L.yolo_decode(np.zeros((1, 2, 2, 10)), image_size=64), "yolo_decode: pred must be"),
+    (lambda: L.yolo_decode(np.zeros((1, 2, 2, 12)), image_size=-64), "yolo_decode: image_size must be a positive"),
+    (lambda: L.yolo_decode(np.zeros((1, 2, 2, 12)), image_size="64"), "yolo_decode: image_size must be a positive"),
 ])
 def test_yolo_bad_inputs_raise_one_line(call, message):
     with pytest.raises(ValueError) as e:

@@ -29,6 +29,12 @@ import numpy as np
 __all__ = ["yolo_targets", "yolo_loss", "yolo_decode"]
 
 
+def _check_size(fn, image_size):
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, float, np.integer, np.floating)) or not image_size > 0:
+        raise ValueError(f"{fn}: image_size must be a positive number, got {image_size!r}")
+    return image_size
+
+
 def _check_int(fn, name, v, low=1):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
         raise ValueError(f"{fn}: {name} must be an integer >= {low}, got {v!r}")
@@ -49,8 +55,7 @@ def yolo_targets(boxes, labels, valid, *, grid: int, image_size: float):
         raise ValueError(f"{fn}: boxes must be (N, K, 4) with labels and valid (N, K), got {tuple(boxes.shape)}, "
                          f"{tuple(labels.shape)}, {tuple(valid.shape)}")
     s = _check_int(fn, "grid", grid)
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, float, np.integer, np.floating)) or not image_size > 0:
-        raise ValueError(f"{fn}: image_size must be a positive number, got {image_size!r}")
+    _check_size(fn, image_size)
     boxes = boxes.astype(jnp.float32)
     cell = image_size / s
     cx, cy = (boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2
@@ -133,6 +138,7 @@ def yolo_decode(pred, *, num_boxes: int = 2, image_size: float):
     fn = "yolo_decode"
     pred = jnp.asarray(pred)
     b = _check_int(fn, "num_boxes", num_boxes)
+    _check_size(fn, image_size)
     if pred.ndim != 4 or pred.shape[1] != pred.shape[2] or pred.shape[-1] <= 5 * b:
         raise ValueError(f"{fn}: pred must be (N, S, S, 5B + C) with B={b} and C >= 1, got {tuple(pred.shape)}")
     n, s = pred.shape[:2]
