@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
-.PHONY: setup bytecode train test test-slow gradcheck bench clean
+.PHONY: setup bytecode train test test-slow gradcheck bench cpu-fast clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,9 +44,18 @@ BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -e '.[dev,bench]' \
 	  || echo "bench: torch could not be installed; the PyTorch rows will be skipped"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -e '.[dev,cpu-fast]' \
+	  || echo "bench: oneDNN could not be installed; the oneDNN rows will be skipped"
 	@$(MAKE) --no-print-directory bytecode
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)   ## side-by-side benchmarks (median of interleaved blocks), writes bench.json
 	$(BIN)/jaxnet bench --json $(ARGS) > bench.json
 	$(BIN)/python -c "import json, jaxnet.bench as b; print(b.format_report(json.load(open('bench.json'))))"
+
+# Optional: the oneDNN CPU convolution kernel (jaxnet.ops.onednn). make test / make train do not need it.
+cpu-fast: $(STAMP)   ## installs the cpu-fast extra, builds the kernel, says whether it loaded
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -e '.[dev,cpu-fast]' \
+	  || echo "cpu-fast: oneDNN could not be installed; jaxnet keeps XLA's convolution"
+	JAXNET_ONEDNN=1 $(BIN)/python -c "from jaxnet.ops import onednn; i = onednn.info(); \
+	  print('oneDNN kernel: ' + (f\"loaded (oneDNN {i['version']}, {i['path']})\" if i['ok'] else f\"not used ({i['reason']})\"))"

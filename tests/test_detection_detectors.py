@@ -78,6 +78,7 @@ def _batch(size=32, n=2):
     return sc, masks
 
 
+@pytest.mark.slow          # 12-16 s of compile (two value_and_grad programs of the whole detector); each op is audited
 def test_two_stage_loss_hand_backward_equals_autodiff(x64):
     sc, masks = _batch()
     cfg = D.TwoStageConfig(10, image_size=32, width=2, anchor_sizes=(8.0, 16.0), pre_nms=32, num_proposals=4,
@@ -117,6 +118,26 @@ def test_yolo_loss_hand_backward_equals_autodiff(x64):
     gm, ga = grads(p)
     for a, b in zip(jax.tree.leaves(gm), jax.tree.leaves(ga)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
+
+
+def test_two_stage_loss_parts_and_both_paths_agree_forward():
+    """The default tier's check of the composed two-stage loss: every part present and finite, the
+    manual and autodiff paths' values equal (float32: the same forward ops)."""
+    sc, masks = _batch()
+    cfg = D.TwoStageConfig(10, image_size=32, width=2, anchor_sizes=(8.0, 16.0), pre_nms=32, num_proposals=4,
+                           test_proposals=4, rpn_samples=16, roi_size=3, hidden=8, masks=True, mask_size=4,
+                           mask_rois=2)
+    p = D.init_two_stage(0, cfg)
+
+    @jax.jit
+    def losses(p):
+        return [D.two_stage_loss(p, sc.images, sc.boxes, sc.labels, sc.valid, jax.random.key(0), cfg,
+                                 instance_masks=masks.astype(np.float32), impl=i) for i in ("manual", "autodiff")]
+
+    (lm, parts), (la, _) = losses(p)
+    assert set(parts) == {"rpn_cls", "rpn_box", "roi_cls", "roi_box", "mask"}
+    assert all(np.isfinite(float(v)) for v in parts.values()) and float(parts["rpn_cls"]) > 0
+    np.testing.assert_allclose(float(lm), float(la), rtol=1e-5)
 
 
 def test_detect_shapes_and_given_boxes():

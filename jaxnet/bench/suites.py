@@ -50,6 +50,11 @@ def _op_cases():
          (0, 1, 2), dict(padding=1), None),
         ("conv 64->64 16x16", "conv2d", (c64, n(1, (3, 3, 64, 64), 0.05), n(2, (64,))), (0, 1, 2),
          dict(padding=1), None),
+        # the train step's other two convolutions (3->32 at 32x32 is the first row)
+        ("conv 32->64 16x16", "conv2d", (n(3, (BATCH, 16, 16, 32)), n(1, (3, 3, 32, 64), 0.05), n(2, (64,))),
+         (0, 1, 2), dict(padding=1), None),
+        ("conv 64->128 8x8", "conv2d", (n(4, (BATCH, 8, 8, 64)), n(1, (3, 3, 64, 128), 0.05), n(2, (128,))),
+         (0, 1, 2), dict(padding=1), None),
         ("max pool 2x2 32x32x32", "max_pool2d", (n(3, (BATCH, 32, 32, 32)),), (0,), dict(window=2), None),
         ("batch norm 16x16x64", "batch_norm", (c64, jnp.ones(64), jnp.zeros(64), jnp.zeros(64), jnp.ones(64)),
          (0, 1, 2), dict(train=True), 0),
@@ -64,16 +69,59 @@ def _op_cases():
 
 def bench_ops(*, blocks=5, reps=3, torch_mod=None) -> list[dict]:
     """Manual vs autodiff, forward + backward, per op (ratio = manual / autodiff time)."""
+    import contextlib
+
+    from jaxnet.ops import onednn
+
+    def traced(fn, use_onednn):   # trace (and compile) now, with or without the oneDNN kernel
+        with (contextlib.nullcontext() if use_onednn else onednn.disabled()):
+            jax.block_until_ready(fn())
+        return fn
+
+    def torch_channels_last(args):   # torch.nn.functional.conv2d on channels-last tensors, fwd + bwd
+        torch, cl = torch_mod, torch_mod.channels_last
+        x, w, b = (np.asarray(a) for a in args)
+        xt = torch.tensor(x.transpose(0, 3, 1, 2).copy()).contiguous(memory_format=cl).requires_grad_()
+        wt = torch.tensor(w.transpose(3, 2, 0, 1).copy()).contiguous(memory_format=cl).requires_grad_()
+        bt = torch.tensor(b.copy(), requires_grad=True)
+        ct = torch.randn(torch.nn.functional.conv2d(xt, wt, bt, padding=1).shape).contiguous(memory_format=cl)
+
+        def run():
+            for t in (xt, wt, bt):
+                t.grad = None
+            torch.nn.functional.conv2d(xt, wt, bt, padding=1).backward(ct)
+        return Candidate("torch channels-last", run, items=BATCH, sync=lambda o: o)
+
+    def conv_fwd_bwd(op, args, kwargs):   # y and its vjp, both returned: the forward is timed too
+        ct = jax.random.normal(jax.random.PRNGKey(9), jax.eval_shape(lambda *a: op(*a, **kwargs), *args).shape)
+
+        def step(*a):
+            y, vjp = jax.vjp(lambda *a: op(*a, **kwargs), *a)
+            return y, vjp(ct)
+        step = jax.jit(step)
+        return lambda: step(*args)
+
     rows = []
     for label, name, args, diff, kwargs, out_index in _op_cases():
-        cands = [Candidate("manual", _fwd_bwd(getattr(manual, name), args, diff, kwargs, out_index), items=BATCH),
-                 Candidate("autodiff", _fwd_bwd(getattr(ops, name), args, diff, kwargs, out_index), items=BATCH)]
-        if name == "conv2d" and torch_mod is not None:
-            cands.append(_torch_conv(torch_mod, args))
+        conv = name == "conv2d"     # conv rows: forward + backward (like torch's rows), x, w and b all differentiated
+        fb = (lambda op: conv_fwd_bwd(op, args, kwargs)) if conv else (
+            lambda op: _fwd_bwd(op, args, diff, kwargs, out_index))
+        cands = [Candidate("manual", traced(fb(getattr(manual, name)), not conv), items=BATCH),
+                 Candidate("autodiff", fb(getattr(ops, name)), items=BATCH)]
+        if conv and onednn.available():
+            cands.append(Candidate("manual (oneDNN)", traced(fb(manual.conv2d), True), items=BATCH))
+        if conv and torch_mod is not None:
+            cands += [_torch_conv(torch_mod, args), torch_channels_last(args)]
         res = time_candidates(cands, blocks=blocks, reps=reps)
         ratios = {"manual/autodiff": ratio(res, "manual", "autodiff")}
         if "torch NCHW" in res:
             ratios["manual/torch NCHW"] = ratio(res, "manual", "torch NCHW")
+            ratios["manual/torch channels-last"] = ratio(res, "manual", "torch channels-last")
+        if "manual (oneDNN)" in res:
+            ratios["manual (oneDNN)/manual"] = ratio(res, "manual (oneDNN)", "manual")
+            for t in ("torch NCHW", "torch channels-last"):
+                if t in res:
+                    ratios[f"manual (oneDNN)/{t}"] = ratio(res, "manual (oneDNN)", t)
         rows.append({"name": f"op: {label}", "candidates": res, "ratios": ratios})
     return rows
 
@@ -185,9 +233,15 @@ def _torch_step(torch, channels_last):
 
 
 def bench_train_step(*, blocks=5, reps=3, torch_mod=None) -> dict:
-    cands = [Candidate("jaxnet manual", _jaxnet_step("manual")[0], items=BATCH),
+    from jaxnet.ops import onednn
+    with onednn.disabled():              # "jaxnet manual": XLA's convolution (traced here, kept by jit)
+        manual_xla = _jaxnet_step("manual")[0]
+        jax.block_until_ready(manual_xla())
+    cands = [Candidate("jaxnet manual", manual_xla, items=BATCH),
              Candidate("jaxnet autodiff", _jaxnet_step("auto")[0], items=BATCH),
              Candidate("flax.linen", _flax_step(), items=BATCH)]
+    if onednn.available():               # the same step with the oneDNN kernel (the cpu-fast extra)
+        cands.insert(1, Candidate("jaxnet manual (oneDNN)", _jaxnet_step("manual")[0], items=BATCH))
     if torch_mod is not None:
         cands += [Candidate("torch NCHW", _torch_step(torch_mod, False), items=BATCH, sync=lambda o: o),
                   Candidate("torch channels-last", _torch_step(torch_mod, True), items=BATCH, sync=lambda o: o)]
@@ -198,6 +252,10 @@ def bench_train_step(*, blocks=5, reps=3, torch_mod=None) -> dict:
     if torch_mod is not None:
         ratios["jaxnet manual / torch NCHW (images/s)"] = ips("jaxnet manual") / ips("torch NCHW")
         ratios["jaxnet manual / torch channels-last (images/s)"] = ips("jaxnet manual") / ips("torch channels-last")
+    if "jaxnet manual (oneDNN)" in res:
+        for other in ("jaxnet manual", "torch NCHW", "torch channels-last"):
+            if other in res:
+                ratios[f"jaxnet manual (oneDNN) / {other} (images/s)"] = ips("jaxnet manual (oneDNN)") / ips(other)
     return {"name": "train step: convnet 32/64/128, batch 128, Adam", "candidates": res, "ratios": ratios}
 
 
@@ -215,14 +273,20 @@ def bench_train_step_default_flags(*, quick=False) -> dict:
 
 
 def bench_compile() -> dict:
-    """Compile time of the manual train step, and import + first step in a fresh process."""
+    """Compile time of the manual train step, and import + first step in a fresh process: the median
+    of 5 processes with an empty compilation cache and of 5 with a warm one, wall and CPU time
+    (user + system) each, with the load average before and after."""
     _, step, holder, (x, y, mask) = _jaxnet_step("manual")
     t0 = time.perf_counter()
     step.lower(holder["ts"], x, y, mask).compile()
     compile_s = time.perf_counter() - t0
+    # each fresh process prints its wall time and its CPU time (user + system, all threads: what
+    # the start-up costs, less sensitive than the wall time to other jobs on a shared machine)
     code = ("import time; t0 = time.perf_counter(); import jaxnet; {cache}"
             "from jaxnet.bench.suites import _jaxnet_step; "
-            "run = _jaxnet_step('manual')[0]; run().block_until_ready(); print(time.perf_counter() - t0)")
+            "run = _jaxnet_step('manual')[0]; run().block_until_ready(); import resource; "
+            "r = resource.getrusage(resource.RUSAGE_SELF); "
+            "print(time.perf_counter() - t0, r.ru_utime + r.ru_stime)")
 
     def walls(cache_dir, n):
         cache = f"jaxnet.enable_compilation_cache({cache_dir!r}); " if cache_dir else ""
@@ -231,20 +295,29 @@ def bench_compile() -> dict:
         for _ in range(n):
             res = subprocess.run([sys.executable, "-c", code.format(cache=cache)], capture_output=True, text=True,
                                  check=True, env=env)
-            out.append(float(res.stdout.strip().splitlines()[-1]))
+            out.append(tuple(float(v) for v in res.stdout.strip().splitlines()[-1].split()))
         return out
 
-    cold = walls(None, 3)
+    def row(samples):
+        return {"median_ms": float(np.median([w for w, _ in samples])) * 1e3,
+                "cpu_median_ms": float(np.median([c for _, c in samples])) * 1e3, "samples": len(samples),
+                "wall_ms": [w * 1e3 for w, _ in samples], "cpu_ms": [c * 1e3 for _, c in samples]}
+
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    cold = walls(None, 5)
     with tempfile.TemporaryDirectory(prefix="jaxnet-bench-cache-") as tmp:
         walls(tmp, 1)  # fills the cache
-        warm = walls(tmp, 3)
+        warm = walls(tmp, 5)
     return {"name": "compile and start-up",
             "candidates": {"jit compile of the train step": {"median_ms": compile_s * 1e3},
-                           "import jaxnet + first step (fresh process)":
-                               {"median_ms": float(np.median(cold)) * 1e3, "samples": len(cold)},
-                           "import jaxnet + first step (fresh process, warm compilation cache)":
-                               {"median_ms": float(np.median(warm)) * 1e3, "samples": len(warm)}},
-            "ratios": {}}
+                           "import jaxnet + first step (fresh process)": row(cold),
+                           # the same processes' CPU time, as a row of its own so the text report shows it
+                           "import jaxnet + first step (fresh process), CPU user+sys":
+                               {"median_ms": row(cold)["cpu_median_ms"], "samples": len(cold)},
+                           "import jaxnet + first step (fresh process, warm compilation cache)": row(warm)},
+            "ratios": {},
+            "load_average_1min": {"before": load_before,
+                                  "after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}}
 
 
 def bench_knn(*, blocks=5, reps=2, quick=False) -> dict:

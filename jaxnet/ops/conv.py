@@ -8,6 +8,9 @@ receptive field into a row and multiply by the filters reshaped to a matrix;
 with P the patches and dY the upstream gradient, dW = P^T dY, db = sum dY,
 dP = dY W^T and dX = col2im(dP) (overlapping windows add up).  The transposed
 convolution is the same two halves swapped.  Reverse mode only (``custom_vjp``).
+With the optional oneDNN kernel loaded (:mod:`jaxnet.ops.onednn`, the ``cpu-fast`` extra),
+float32 plain convolutions on the CPU run those three convolutions (forward, dX, dW + db) as
+oneDNN custom calls instead of XLA's convolution.
 
 XLA's convolution is used only for shapes where none of the convolutions of
 the forward and backward passes has a window larger than its input
@@ -29,6 +32,7 @@ import numpy as np
 from jaxnet._checks import check_positive_int, check_rank, is_int
 from jaxnet.ops import _oracle_inputs as O
 from jaxnet.ops import _sampling as S
+from jaxnet.ops import onednn
 from jaxnet.ops._geometry import WindowGeometry, as_pair, check_spatial, window_geometry
 from jaxnet.ops._patches import crop_hw, extract_patches, fold_patches, pad_hw
 from jaxnet.ops._registry import OpSpec, case, register
@@ -132,6 +136,12 @@ def _native(geom, groups):
     return groups == 1 and geom.dilation == (1, 1) and _xla_conv_safe(geom)
 
 
+def _onednn(geom, *arrays):
+    """The native path's three convolutions run on oneDNN (:mod:`jaxnet.ops.onednn`, the optional
+    ``cpu-fast`` extra) when its kernel is loaded, the arrays are float32 and the backend is the CPU."""
+    return min(min(p) for p in geom.pads) >= 0 and onednn.usable(*arrays)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _conv2d(x, w, b, geom, groups):
     return _conv2d_fwd(x, w, b, geom, groups)[0]
@@ -139,6 +149,8 @@ def _conv2d(x, w, b, geom, groups):
 
 def _conv2d_fwd(x, w, b, geom, groups):
     if _native(geom, groups):
+        if _onednn(geom, x, w, b):
+            return onednn.conv_fwd(x, w, b, geom.stride, geom.pads), (x, w, b)
         return _conv2d_xla(x, w, b, geom, groups), (x, w, b)
     return _conv2d_im2col(x, w, b, geom, groups), (x, w, b)
 
@@ -173,6 +185,10 @@ def _conv2d_bwd(geom, groups, res, dy):
     """
     x, w, b = res
     n, ho, wo, o = dy.shape
+    if _native(geom, groups) and _onednn(geom, x, w, b, dy):     # the same two convolutions, by oneDNN
+        dx = onednn.conv_bwd_data(dy, w, x.shape, geom.stride, geom.pads)
+        dw, db = onednn.conv_bwd_weights(x, dy, w.shape, geom.stride, geom.pads, bias=b is not None)
+        return dx, dw, db
     if _native(geom, groups):
         dx, dw = _conv2d_native_bwd(geom, x, w, dy)
         return dx, dw, (None if b is None else jnp.sum(dy, axis=(0, 1, 2)))
@@ -196,7 +212,8 @@ _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 def conv2d_manual(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
-    """Manual twin of :func:`conv2d` (plain: XLA convolution; dilated or grouped: im2col).
+    """Manual twin of :func:`conv2d` (plain: XLA convolution, or oneDNN's for float32 on the CPU
+    when its kernel is loaded; dilated or grouped: im2col).
 
     x: (N, H, W, C).  w: (KH, KW, C // groups, O).  b: (O,) or None.
     Returns (N, Ho, Wo, O).

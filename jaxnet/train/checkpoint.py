@@ -37,7 +37,6 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
 
 from jaxnet.train.runfiles import remove_stale_temp_files, temp_prefix
 from jaxnet.train.state import TrainState
@@ -52,6 +51,16 @@ _MAX_LISTED = 20
 
 class CheckpointError(Exception):
     """A checkpoint file is unreadable, corrupted, truncated, or does not fit the target."""
+
+
+def _serialization():
+    """``flax.serialization`` (msgpack), imported on first use: ``import flax`` imports
+    ``flax.linen`` (0.1-0.2 s), which ``import jaxnet.train`` should not pay for."""
+    from flax import serialization
+
+    from jaxnet.train import state as _state
+    _state._register_flax_serialization(serialization)
+    return serialization
 
 
 def _is_key(a: Any) -> bool:
@@ -121,7 +130,7 @@ def save_checkpoint(
     extra_host = jax.tree.map(lambda a: np.asarray(jax.device_get(a)) if isinstance(a, jax.Array) else a,
                               {} if extra is None else extra)
     try:
-        payload = serialization.msgpack_serialize(
+        payload = _serialization().msgpack_serialize(
             {"arrays": arrays, "config": config_text, "extra": extra_host}
         )
     except Exception as e:
@@ -205,7 +214,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     if hashlib.sha256(payload).hexdigest() != digest:
         raise fail("payload checksum (SHA-256) mismatch: the file is corrupted")
     try:
-        content = serialization.msgpack_restore(payload)
+        content = _serialization().msgpack_restore(payload)
         arrays, config = content["arrays"], json.loads(content["config"])
         extra = content["extra"]
     except Exception as e:  # pragma: no cover - guarded by the checksum

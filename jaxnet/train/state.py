@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
+import sys
 from typing import Any, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
-from flax import struct
 
 __all__ = ["TrainState", "create_train_state", "as_key", "init_key_for"]
 
 
-@struct.dataclass
+def _pytree_dataclass(cls):
+    """``flax.struct.dataclass`` for a class whose fields are all pytree nodes, without importing
+    flax (``import flax`` imports ``flax.linen``: 0.1-0.2 s of every start-up, for a decorator).
+
+    The same class: a frozen dataclass with ``replace(**updates)``, registered with
+    ``jax.tree_util.register_dataclass`` (so the same leaves, order and key paths:
+    ``.step``, ``.params['fc']['w']``, ...). Its ``flax.serialization`` state-dict functions are
+    registered as flax registers them once ``flax.serialization`` is imported (see
+    :func:`_register_flax_serialization`)."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+
+    def replace(self, **updates):
+        """Returns a new object replacing the specified fields with new values."""
+        return dataclasses.replace(self, **updates)
+
+    cls.replace = replace
+    jax.tree_util.register_dataclass(cls, names, [])
+    return cls
+
+
+@_pytree_dataclass
 class TrainState:
     """Everything that changes during training, as one pytree (jit-, donate- and checkpoint-friendly).
 
@@ -32,9 +56,53 @@ class TrainState:
     key: jax.Array
 
 
+def _register_flax_serialization(serialization) -> None:
+    """Register :class:`TrainState` with ``flax.serialization`` (``to_state_dict`` /
+    ``from_state_dict``), exactly as ``flax.struct.dataclass`` does. Called when this module is
+    imported after ``flax.serialization``, and by :mod:`jaxnet.train.checkpoint` when it imports it;
+    registers once."""
+    global _FLAX_REGISTERED
+    if _FLAX_REGISTERED:
+        return
+    names = [f.name for f in dataclasses.fields(TrainState)]
+
+    def to_state_dict(x):
+        return {name: serialization.to_state_dict(getattr(x, name)) for name in names}
+
+    def from_state_dict(x, state):
+        state = state.copy()
+        updates = {}
+        for name in names:
+            if name not in state:
+                raise ValueError(f"Missing field {name} in state dict while restoring an instance of "
+                                 f"TrainState, at path {serialization.current_path()}")
+            updates[name] = serialization.from_state_dict(getattr(x, name), state.pop(name), name=name)
+        if state:
+            raise ValueError(f'Unknown field(s) "{",".join(state.keys())}" in state dict while restoring an '
+                             f"instance of TrainState at path {serialization.current_path()}")
+        return x.replace(**updates)
+
+    serialization.register_serialization_state(TrainState, to_state_dict, from_state_dict)
+    _FLAX_REGISTERED = True
+
+
+_FLAX_REGISTERED = False
+
+
+if "flax.serialization" in sys.modules:
+    _register_flax_serialization(sys.modules["flax.serialization"])
+
+
 def as_key(key: Union[int, jax.Array]) -> jax.Array:
-    """An int seed -> ``jax.random.PRNGKey(seed)`` (raw uint32[2]); a key is returned unchanged."""
+    """An int seed -> ``jax.random.PRNGKey(seed)`` (raw uint32[2]); a key is returned unchanged.
+
+    For a seed in ``[0, 2**31)`` under the default threefry implementation the key is built on
+    the host (``[0, seed]``, what ``PRNGKey`` computes) and placed with ``jax.device_put``:
+    ``PRNGKey`` itself compiles two small programs on first use (tens of ms of start-up)."""
     if isinstance(key, (int,)) and not isinstance(key, bool):
+        if (0 <= key < 2 ** 31 and jax.config.jax_default_prng_impl == "threefry2x32"
+                and not jax.config.jax_enable_custom_prng):
+            return jax.device_put(np.array([0, key], np.uint32))
         return jax.random.PRNGKey(key)
     if hasattr(key, "dtype") and (
         jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
@@ -72,13 +140,17 @@ def create_train_state(
 
     Returns:
       ``TrainState(step=0 (int32), params, state, opt_state, key)``.
+
+    The init is one jitted program, compiled on CPU with :data:`INIT_COMPILE_OPTIONS` (about half
+    the compile time, the same bits as XLA's default compile).
     """
     key = as_key(key)
     input_shape = tuple(int(d) for d in input_shape)
     try:
-        init = _jitted_init(model, optimizer, input_shape)
+        init = _jitted_init(model, optimizer, input_shape, _init_compile_options())
     except TypeError:  # unhashable model or optimizer: no caching
-        init = jax.jit(functools.partial(_init, model, optimizer, input_shape))
+        init = jax.jit(functools.partial(_init, model, optimizer, input_shape),
+                       compiler_options=_init_compile_options())
     try:  # one compiled program instead of many small eager ones (seconds on CPU)
         ts = init(key)
     except jax.errors.JAXTypeError:  # an init that needs concrete values: run it eagerly
@@ -135,6 +207,36 @@ def train_state_like(model: Any, optimizer: optax.GradientTransformation, key: U
                       opt_state=abstract.opt_state, key=_strong_leaf(train_key))
 
 
+# How the init program is compiled on CPU: XLA's loop emitters for its fusions instead of the
+# MLIR fusion emitters, and its kernels code-generated as one LLVM module instead of split for
+# parallel compilation. The init runs once, so only its compile time matters: for the benchmark
+# convnet it compiles in about half the CPU time (1.1-1.9 s -> 0.6-1.0 s on the shared 2-core
+# machine, side by side in one process), every output bit-identical to XLA's default compile
+# (tests/test_cold_start.py compares them; -O0 would be faster still but changes the weights in
+# the last bit). Not applied to the train step: the loop emitters halve its compile too, but
+# the step then runs 3-6% slower (docs/performance.md).
+INIT_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_cpu_parallel_codegen_split_count": 1}
+
+
+def _init_compile_options() -> dict | None:
+    """:data:`INIT_COMPILE_OPTIONS` on a CPU backend, less any option the user set in
+    ``XLA_FLAGS``; None with ``JAXNET_XLA_FLAGS=0`` (jaxnet's XLA tuning off) or on GPU/TPU."""
+    if os.environ.get("JAXNET_XLA_FLAGS", "1") == "0" or jax.default_backend() != "cpu":
+        return None
+    flags = os.environ.get("XLA_FLAGS", "")
+    opts = {k: v for k, v in INIT_COMPILE_OPTIONS.items() if f"--{k}" not in flags}
+    return opts or None
+
+
+def _hashable_options(options):
+    return None if options is None else tuple(sorted(options.items()))
+
+
+def _jitted_init(model, optimizer, input_shape, options=None):
+    return _jitted_init_cached(model, optimizer, input_shape, _hashable_options(options))
+
+
 @functools.lru_cache(maxsize=16)
-def _jitted_init(model, optimizer, input_shape):
-    return jax.jit(functools.partial(_init, model, optimizer, input_shape))
+def _jitted_init_cached(model, optimizer, input_shape, options):
+    return jax.jit(functools.partial(_init, model, optimizer, input_shape),
+                   compiler_options=None if options is None else dict(options))

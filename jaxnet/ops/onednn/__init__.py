@@ -1,0 +1,222 @@
+"""Optional CPU accelerator: oneDNN convolutions as XLA custom calls (``jax.ffi``), float32, NHWC.
+
+The manual convolution (:func:`jaxnet.ops.conv.conv2d_manual`, plain convolutions) calls these
+kernels for its forward pass and for the course's two backward convolutions (dX and dW) when the
+kernel is loaded, the arrays are float32 and the computation is on the CPU; otherwise it uses
+XLA's convolution, with the same results up to float32 rounding.
+
+Install with ``pip install 'jaxnet[cpu-fast]'`` (oneDNN's library and headers from PyPI: the
+CPU-only ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels; the SYCL ``onednn`` /
+``onednn-devel`` wheels work too) or ``make cpu-fast``; the small library is compiled on first
+use (about 15 s, once: see :mod:`jaxnet.ops.onednn.build`) and cached.  ``JAXNET_ONEDNN``:
+
+- unset: use the kernel when oneDNN is installed (building it if needed); when it is not, fall
+  back to XLA, saying so once at INFO level on the ``jaxnet`` logger;
+- ``0``: never use it (one INFO message);
+- ``1``: the user asks for it: a missing oneDNN or a failed build warns once (``RuntimeWarning``).
+
+Installed but failing (no compiler, a failed build or self-test) always warns once.
+
+When the kernel loads, glibc's malloc is told to keep large blocks on one heap
+(:func:`keep_large_blocks`: ``mallopt`` ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` = 1 GiB,
+``M_ARENA_MAX`` = 1, so that XLA's worker threads allocate from that heap too): otherwise the
+buffers XLA allocates for every step are fresh ``mmap`` pages, page-faulted in again each step
+(about 11,000 minor faults, 44 MB, per step of the benchmark net; the oneDNN step ran 0.97x
+PyTorch channels-last with them and 1.25-1.39x without, measured in separate processes).  The
+process then keeps its peak heap instead of returning it to the OS, and its threads share one
+malloc arena.  ``JAXNET_MALLOC=0`` leaves malloc alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import sys
+import threading
+import warnings
+
+import jax
+import numpy as np
+
+TARGETS = {"jaxnet_onednn_conv_fwd": "JaxnetOnednnConvFwd",
+           "jaxnet_onednn_conv_bwd_data": "JaxnetOnednnConvBwdData",
+           "jaxnet_onednn_conv_bwd_weights": "JaxnetOnednnConvBwdWeights"}
+
+_log = logging.getLogger("jaxnet")
+_lock = threading.Lock()
+_state: dict = {"tried": False, "ok": False, "reason": "", "version": None, "path": None}
+_disabled = [0]
+
+
+def _mode() -> str:
+    v = os.environ.get("JAXNET_ONEDNN", "").strip()
+    return v if v in ("0", "1") else "auto"
+
+
+def _fallback(reason: str, *, loud: bool) -> None:
+    _state["reason"] = reason
+    msg = f"jaxnet: the oneDNN convolution kernel is not used ({reason}); using XLA's convolution"
+    if loud:
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    else:
+        _log.info(msg)
+
+
+def _prepare_sycl_runtime(lib_dir) -> None:
+    """A SYCL build of oneDNN (the ``onednn`` 2026 wheel) runs CPU kernels on a SYCL CPU device:
+    point the OpenCL loader at the CPU runtime the ``intel-opencl-rt`` wheel installs beside it."""
+    icd = lib_dir / "libintelocl.so"
+    if icd.exists() and "OCL_ICD_FILENAMES" not in os.environ:
+        os.environ["OCL_ICD_FILENAMES"] = str(icd)
+
+
+def keep_large_blocks(limit: int = 1 << 30) -> bool:
+    """glibc only: serve blocks up to ``limit`` bytes from the heap and keep freed ones there
+    (``mallopt(M_MMAP_THRESHOLD, limit)``, ``mallopt(M_TRIM_THRESHOLD, limit)``), all threads
+    from one arena (``mallopt(M_ARENA_MAX, 1)``: a thread arena's heap is at most 64 MB, so
+    larger blocks there are mmapped whatever the threshold); True if applied.  Skipped with
+    ``JAXNET_MALLOC=0`` or without glibc."""
+    if os.environ.get("JAXNET_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+        return (bool(libc.mallopt(m_mmap_threshold, limit)) and bool(libc.mallopt(m_trim_threshold, limit))
+                and bool(libc.mallopt(m_arena_max, 1)))
+    except (OSError, AttributeError):       # not glibc
+        return False
+
+
+def load() -> bool:
+    """Build (if needed), load and register the kernels once; True when they are usable.
+
+    Never raises: a missing oneDNN, a failed build or a failed self-test gives one message
+    (see the module docstring) and False, and jaxnet keeps using XLA's convolution.
+    """
+    if _state["tried"]:
+        return _state["ok"]
+    with _lock:
+        if _state["tried"]:
+            return _state["ok"]
+        _state["tried"] = True
+        mode = _mode()
+        if mode == "0":
+            _fallback("JAXNET_ONEDNN=0", loud=False)
+            return False
+        from jaxnet.ops.onednn import build as B
+        try:
+            inc, lib_dir = B.find_onednn()
+        except B.BuildError as e:
+            _fallback(str(e), loud=mode == "1")
+            return False
+        try:
+            if B.cpu_runtime(inc) == "SYCL":
+                _prepare_sycl_runtime(lib_dir)
+            path = B.library_path()
+            if not path.is_file():
+                _log.info("jaxnet: building the oneDNN convolution kernel (once, ~15 s) ...")
+            path = B.build()
+            lib = ctypes.CDLL(str(path))
+            lib.jaxnet_onednn_selftest.restype = ctypes.c_char_p
+            lib.jaxnet_onednn_version.restype = ctypes.c_char_p
+            err = lib.jaxnet_onednn_selftest().decode()
+            if err:
+                raise RuntimeError(f"oneDNN self-test failed: {err}")
+            for target, symbol in TARGETS.items():
+                jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+        except Exception as e:  # noqa: BLE001 - any failure means: fall back, once, with the reason
+            _fallback(" ".join(str(e).split()) or type(e).__name__, loud=True)
+            return False
+        _state.update(ok=True, version=lib.jaxnet_onednn_version().decode(), path=str(path))
+        keep_large_blocks()
+        _log.info("jaxnet: oneDNN %s convolution kernel loaded from %s", _state["version"], path)
+        return True
+
+
+def available() -> bool:
+    """True when the oneDNN kernels are loaded (loading them on the first call)."""
+    return load()
+
+
+def info() -> dict:
+    """What :func:`load` found: ok, reason (why not), oneDNN version, library path."""
+    load()
+    return {k: _state[k] for k in ("ok", "reason", "version", "path")}
+
+
+def usable(*arrays) -> bool:
+    """True when the kernels may run these arrays (None entries skipped; the rest non-empty float32)
+    in the current trace: loaded, JAX's default backend is the CPU, and it has one device (the
+    custom calls have no sharding rule: under a data-parallel ``jit`` over several devices XLA
+    would gather every shard and run the whole batch on each device, so those keep XLA's conv)."""
+    if _disabled[0] or not all(a.dtype == np.float32 and a.size > 0 for a in arrays if a is not None):
+        return False
+    return jax.default_backend() == "cpu" and jax.device_count() == 1 and load()
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within this block, functions traced use XLA's convolution (for side-by-side benchmarks and
+    tests; a function already traced keeps what it was traced with)."""
+    _disabled[0] += 1
+    try:
+        yield
+    finally:
+        _disabled[0] -= 1
+
+
+# --- the custom calls -------------------------------------------------------------------------------
+
+def _attrs(stride, pads):
+    (pt, pb), (pl, pr) = pads
+    return dict(sh=np.int64(stride[0]), sw=np.int64(stride[1]), pt=np.int64(pt), pb=np.int64(pb),
+                pl=np.int64(pl), pr=np.int64(pr))
+
+
+def _out_hw(in_hw, kernel, stride, pads):
+    return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(in_hw, kernel, stride, pads))
+
+
+def _call(target, out, *args, **attrs):
+    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*args, **attrs)
+
+
+def conv_fwd(x, w, b, stride, pads, relu=False):
+    """y = conv(x, w) + b, then ReLU if ``relu``, by oneDNN (bias and ReLU fused into the kernel).
+
+    x: (N, H, W, C) float32.  w: (KH, KW, C, O) float32.  b: (O,) float32 or None.
+    stride: (sh, sw).  pads: ((top, bottom), (left, right)), explicit and non-negative.
+    Returns (N, Ho, Wo, O) float32, ``Ho = (H + top + bottom - KH) // sh + 1``.
+    """
+    n, o = x.shape[0], w.shape[3]
+    ho, wo = _out_hw(x.shape[1:3], w.shape[:2], stride, pads)
+    bias = jax.numpy.zeros((0,), np.float32) if b is None else b
+    return _call("jaxnet_onednn_conv_fwd", jax.ShapeDtypeStruct((n, ho, wo, o), np.float32), x, w, bias,
+                 **_attrs(stride, pads), relu=np.int64(bool(relu)), has_bias=np.int64(b is not None))
+
+
+def conv_bwd_data(dy, w, x_shape, stride, pads):
+    """dX of conv(x, w): the full convolution of dy with the flipped filters, by oneDNN.
+
+    dy: (N, Ho, Wo, O) float32.  w: (KH, KW, C, O) float32.  x_shape: (N, H, W, C).
+    Returns (N, H, W, C) float32.
+    """
+    return _call("jaxnet_onednn_conv_bwd_data", jax.ShapeDtypeStruct(tuple(x_shape), np.float32), dy, w,
+                 **_attrs(stride, pads))
+
+
+def conv_bwd_weights(x, dy, w_shape, stride, pads, bias=True):
+    """dW (and db = sum of dy over N, H, W when ``bias``) of conv(x, w), by oneDNN.
+
+    x: (N, H, W, C) float32.  dy: (N, Ho, Wo, O) float32.  w_shape: (KH, KW, C, O).
+    Returns (dw (KH, KW, C, O), db (O,) or None), float32.
+    """
+    o = w_shape[3]
+    dw, db = _call("jaxnet_onednn_conv_bwd_weights",
+                   (jax.ShapeDtypeStruct(tuple(w_shape), np.float32), jax.ShapeDtypeStruct((o if bias else 0,), np.float32)),
+                   x, dy, **_attrs(stride, pads), has_bias=np.int64(bool(bias)))
+    return dw, (db if bias else None)
+
+
+__all__ = ["available", "load", "info", "usable", "disabled", "conv_fwd", "conv_bwd_data", "conv_bwd_weights"]

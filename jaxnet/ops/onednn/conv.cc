@@ -1,0 +1,333 @@
+// oneDNN convolutions for jaxnet, as XLA FFI custom calls (CPU, float32).
+//
+// Three handlers, the three convolutions of a conv layer's training step:
+//   jaxnet_onednn_conv_fwd          y  = conv(x, w) [+ b] [then ReLU]      (post-ops fused by oneDNN)
+//   jaxnet_onednn_conv_bwd_data     dx = the "full" convolution of dy with the flipped filters
+//   jaxnet_onednn_conv_bwd_weights  dw = the correlation of x with dy      [+ db = sum of dy]
+// Activations are NHWC (oneDNN `nhwc`), filters HWIO as jaxnet stores them (oneDNN `hwio`).  Each
+// primitive is created for its shapes with `format_tag::any` weights (oneDNN picks its blocked
+// layout; the HWIO filters are reordered into it per call, or the gradient out of it) and cached,
+// keyed by the shapes, strides, paddings and flags.  One engine for the process; one stream and
+// one scratch buffer per calling thread (scratchpads are user-managed, so concurrent calls from
+// XLA's threads never share one); kernels run one at a time, each on oneDNN's own threads (its
+// default thread count: every core, as XLA's CPU client).  Strides and explicit (top, bottom,
+// left, right) paddings; no dilation, one group.
+#include <cstdint>
+#include <cstdlib>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  return eng;
+}
+
+dnnl::stream& Stream() {
+  thread_local dnnl::stream s(Engine());
+  return s;
+}
+
+// A 64-byte aligned scratch area per thread and slot, grown as needed.
+struct Scratch {
+  void* p = nullptr;
+  size_t n = 0;
+  ~Scratch() { std::free(p); }
+  void* get(size_t bytes) {
+    if (bytes == 0) return nullptr;
+    if (bytes > n) {
+      std::free(p);
+      n = (bytes + 63) / 64 * 64;
+      p = std::aligned_alloc(64, n);
+      if (!p) { n = 0; throw std::bad_alloc(); }
+    }
+    return p;
+  }
+};
+
+void* ScratchBuf(int slot, size_t bytes) {
+  thread_local Scratch s[4];
+  return s[slot].get(bytes);
+}
+
+struct Geom {
+  int64_t n, h, w, c, kh, kw, o, ho, wo, sh, sw, pt, pb, pl, pr;
+  std::string Key(const char* kind, int64_t flags) const {
+    std::string k(kind);
+    for (int64_t v : {n, h, w, c, kh, kw, o, ho, wo, sh, sw, pt, pb, pl, pr, flags}) {
+      k += ',';
+      k += std::to_string(v);
+    }
+    return k;
+  }
+  memory::desc Src() const { return memory::desc({n, c, h, w}, dt::f32, tag::nhwc); }
+  memory::desc Dst() const { return memory::desc({n, o, ho, wo}, dt::f32, tag::nhwc); }
+  memory::desc UserWeights() const { return memory::desc({o, c, kh, kw}, dt::f32, tag::hwio); }
+  memory::desc AnyWeights() const { return memory::desc({o, c, kh, kw}, dt::f32, tag::any); }
+  memory::desc Bias(bool on) const { return on ? memory::desc({o}, dt::f32, tag::a) : memory::desc(); }
+  memory::dims Strides() const { return {sh, sw}; }
+  memory::dims PadL() const { return {pt, pl}; }
+  memory::dims PadR() const { return {pb, pr}; }
+};
+
+dnnl::primitive_attr UserScratch() {
+  dnnl::primitive_attr a;
+  a.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return a;
+}
+
+dnnl::convolution_forward::primitive_desc FwdPd(const Geom& g, bool bias, bool relu) {
+  dnnl::primitive_attr attr = UserScratch();
+  if (relu) {
+    dnnl::post_ops po;
+    po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    attr.set_post_ops(po);
+  }
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, g.Src(),
+      g.AnyWeights(), g.Bias(bias), g.Dst(), g.Strides(), g.PadL(), g.PadR(), attr);
+}
+
+// A primitive, the reorder between jaxnet's HWIO filters and the primitive's weight layout (or
+// none when they agree), and the scratch sizes.
+struct Entry {
+  dnnl::primitive prim;
+  memory::desc wdesc;  // the primitive's weights (or diff weights) layout
+  bool reorder = false;
+  dnnl::reorder wreorder;
+  size_t scratch = 0, rscratch = 0;
+};
+
+std::mutex cache_mu;
+// One kernel at a time: each already uses every core oneDNN has, and XLA may start two independent
+// custom calls at once (a layer's dX and dW); running them together would only oversubscribe.
+std::mutex exec_mu;
+std::unordered_map<std::string, std::shared_ptr<Entry>>& Cache() {
+  static auto* c = new std::unordered_map<std::string, std::shared_ptr<Entry>>();
+  return *c;
+}
+
+template <typename Make>
+std::shared_ptr<Entry> Lookup(const std::string& key, Make make) {
+  {
+    std::lock_guard<std::mutex> lock(cache_mu);
+    auto it = Cache().find(key);
+    if (it != Cache().end()) return it->second;
+  }
+  auto e = std::make_shared<Entry>(make());
+  std::lock_guard<std::mutex> lock(cache_mu);
+  return Cache().emplace(key, e).first->second;
+}
+
+void SetReorder(Entry& e, const Geom& g, bool to_user) {
+  memory::desc user = g.UserWeights();
+  e.reorder = !(e.wdesc == user);
+  if (!e.reorder) return;
+  dnnl::reorder::primitive_desc rpd =
+      to_user ? dnnl::reorder::primitive_desc(Engine(), e.wdesc, Engine(), user, UserScratch())
+              : dnnl::reorder::primitive_desc(Engine(), user, Engine(), e.wdesc, UserScratch());
+  e.wreorder = dnnl::reorder(rpd);
+  e.rscratch = rpd.scratchpad_desc().get_size();
+}
+
+memory Mem(const memory::desc& d, const void* p) { return memory(d, Engine(), const_cast<void*>(p)); }
+
+ffi::Error Fail(const std::string& what) { return ffi::Error(ffi::ErrorCode::kInternal, "jaxnet onednn: " + what); }
+
+template <typename F>
+ffi::Error Guard(F f) {
+  try {
+    f();
+    return ffi::Error::Success();
+  } catch (const dnnl::error& e) {
+    return Fail(std::string(e.what()) + " (status " + std::to_string(static_cast<int>(e.status)) + ")");
+  } catch (const std::exception& e) {
+    return Fail(e.what());
+  }
+}
+
+Geom MakeGeom(ffi::AnyBuffer::Dimensions xd, ffi::AnyBuffer::Dimensions wd, ffi::AnyBuffer::Dimensions yd,
+              int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  // x (N, H, W, C), w (KH, KW, C, O), y (N, Ho, Wo, O)
+  return Geom{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2], sh, sw, pt, pb, pl, pr};
+}
+
+void RunFwd(const Geom& g, const float* x, const float* w, const float* b, float* y, int64_t relu,
+            int64_t has_bias) {
+  auto e = Lookup(g.Key("fwd", relu * 2 + has_bias), [&] {
+    Entry en;
+    auto pd = FwdPd(g, has_bias, relu);
+    en.prim = dnnl::convolution_forward(pd);
+    en.wdesc = pd.weights_desc();
+    en.scratch = pd.scratchpad_desc().get_size();
+    SetReorder(en, g, /*to_user=*/false);
+    return en;
+  });
+  std::lock_guard<std::mutex> exec(exec_mu);
+  dnnl::stream& s = Stream();
+  memory wm = Mem(g.UserWeights(), w);
+  if (e->reorder) {
+    memory blocked = Mem(e->wdesc, ScratchBuf(0, e->wdesc.get_size()));
+    e->wreorder.execute(s, {{DNNL_ARG_FROM, wm}, {DNNL_ARG_TO, blocked},
+                            {DNNL_ARG_SCRATCHPAD, Mem(memory::desc({(int64_t)e->rscratch}, dt::u8, tag::a),
+                                                      ScratchBuf(1, e->rscratch))}});
+    wm = blocked;
+  }
+  std::unordered_map<int, memory> args{
+      {DNNL_ARG_SRC, Mem(g.Src(), x)}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, Mem(g.Dst(), y)},
+      {DNNL_ARG_SCRATCHPAD, Mem(memory::desc({(int64_t)e->scratch}, dt::u8, tag::a), ScratchBuf(2, e->scratch))}};
+  if (has_bias) args.emplace(DNNL_ARG_BIAS, Mem(g.Bias(true), b));
+  e->prim.execute(s, args);
+  s.wait();
+}
+
+// y = conv(x, w) [+ b] [ReLU]
+ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                       ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl,
+                       int64_t pr, int64_t relu, int64_t has_bias) {
+  if (x.dimensions().size() != 4 || w.dimensions().size() != 4 || y->dimensions().size() != 4)
+    return ffi::Error::InvalidArgument("jaxnet onednn conv_fwd: x, w and y must be rank 4");
+  Geom g = MakeGeom(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr);
+  return Guard([&] { RunFwd(g, x.typed_data(), w.typed_data(), b.typed_data(), y->typed_data(), relu, has_bias); });
+}
+
+// dx = conv_backward_data(dy, w)
+ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
+                           int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  if (dy.dimensions().size() != 4 || w.dimensions().size() != 4 || dx->dimensions().size() != 4)
+    return ffi::Error::InvalidArgument("jaxnet onednn conv_bwd_data: dy, w and dx must be rank 4");
+  Geom g = MakeGeom(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
+  return Guard([&] {
+    auto e = Lookup(g.Key("bwd_data", 0), [&] {
+      Entry en;
+      auto hint = FwdPd(g, false, false);
+      dnnl::convolution_backward_data::primitive_desc pd(
+          Engine(), dnnl::algorithm::convolution_direct, g.Src(), g.AnyWeights(), g.Dst(), g.Strides(), g.PadL(),
+          g.PadR(), hint, UserScratch());
+      en.prim = dnnl::convolution_backward_data(pd);
+      en.wdesc = pd.weights_desc();
+      en.scratch = pd.scratchpad_desc().get_size();
+      SetReorder(en, g, /*to_user=*/false);
+      return en;
+    });
+    std::lock_guard<std::mutex> exec(exec_mu);
+    dnnl::stream& s = Stream();
+    memory wm = Mem(g.UserWeights(), w.typed_data());
+    if (e->reorder) {
+      memory blocked = Mem(e->wdesc, ScratchBuf(0, e->wdesc.get_size()));
+      e->wreorder.execute(s, {{DNNL_ARG_FROM, wm}, {DNNL_ARG_TO, blocked},
+                              {DNNL_ARG_SCRATCHPAD, Mem(memory::desc({(int64_t)e->rscratch}, dt::u8, tag::a),
+                                                        ScratchBuf(1, e->rscratch))}});
+      wm = blocked;
+    }
+    e->prim.execute(s, {{DNNL_ARG_DIFF_DST, Mem(g.Dst(), dy.typed_data())}, {DNNL_ARG_WEIGHTS, wm},
+                        {DNNL_ARG_DIFF_SRC, Mem(g.Src(), dx->typed_data())},
+                        {DNNL_ARG_SCRATCHPAD, Mem(memory::desc({(int64_t)e->scratch}, dt::u8, tag::a),
+                                                  ScratchBuf(2, e->scratch))}});
+    s.wait();
+  });
+}
+
+// dw = conv_backward_weights(x, dy) [, db = sum dy]
+ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
+                              ffi::ResultBuffer<ffi::F32> db, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                              int64_t pl, int64_t pr, int64_t has_bias) {
+  if (x.dimensions().size() != 4 || dy.dimensions().size() != 4 || dw->dimensions().size() != 4)
+    return ffi::Error::InvalidArgument("jaxnet onednn conv_bwd_weights: x, dy and dw must be rank 4");
+  Geom g = MakeGeom(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
+  return Guard([&] {
+    auto e = Lookup(g.Key("bwd_weights", has_bias), [&] {
+      Entry en;
+      auto hint = FwdPd(g, has_bias, false);
+      dnnl::convolution_backward_weights::primitive_desc pd(
+          Engine(), dnnl::algorithm::convolution_direct, g.Src(), g.AnyWeights(), g.Bias(has_bias), g.Dst(),
+          g.Strides(), g.PadL(), g.PadR(), hint, UserScratch());
+      en.prim = dnnl::convolution_backward_weights(pd);
+      en.wdesc = pd.diff_weights_desc();
+      en.scratch = pd.scratchpad_desc().get_size();
+      SetReorder(en, g, /*to_user=*/true);
+      return en;
+    });
+    std::lock_guard<std::mutex> exec(exec_mu);
+    dnnl::stream& s = Stream();
+    memory user = Mem(g.UserWeights(), dw->typed_data());
+    memory wm = e->reorder ? Mem(e->wdesc, ScratchBuf(0, e->wdesc.get_size())) : user;
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, Mem(g.Src(), x.typed_data())}, {DNNL_ARG_DIFF_DST, Mem(g.Dst(), dy.typed_data())},
+        {DNNL_ARG_DIFF_WEIGHTS, wm},
+        {DNNL_ARG_SCRATCHPAD, Mem(memory::desc({(int64_t)e->scratch}, dt::u8, tag::a), ScratchBuf(2, e->scratch))}};
+    if (has_bias) args.emplace(DNNL_ARG_DIFF_BIAS, Mem(g.Bias(true), db->typed_data()));
+    e->prim.execute(s, args);
+    if (e->reorder)
+      e->wreorder.execute(s, {{DNNL_ARG_FROM, wm}, {DNNL_ARG_TO, user},
+                              {DNNL_ARG_SCRATCHPAD, Mem(memory::desc({(int64_t)e->rscratch}, dt::u8, tag::a),
+                                                        ScratchBuf(1, e->rscratch))}});
+    s.wait();
+  });
+}
+
+}  // namespace
+
+#define JAXNET_STRIDES_PADS()                                                                       \
+  .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<int64_t>("pt").Attr<int64_t>("pb").Attr<int64_t>("pl") \
+      .Attr<int64_t>("pr")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetOnednnConvFwd, ConvFwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAXNET_STRIDES_PADS()
+                                  .Attr<int64_t>("relu")
+                                  .Attr<int64_t>("has_bias"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetOnednnConvBwdData, ConvBwdDataImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAXNET_STRIDES_PADS());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetOnednnConvBwdWeights, ConvBwdWeightsImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAXNET_STRIDES_PADS()
+                                  .Attr<int64_t>("has_bias"));
+
+// The oneDNN version this library was built against and runs with, for jaxnet's messages.
+extern "C" const char* jaxnet_onednn_version() {
+  static std::string v = [] {
+    const dnnl_version_t* r = dnnl_version();
+    return std::to_string(r->major) + "." + std::to_string(r->minor) + "." + std::to_string(r->patch);
+  }();
+  return v.c_str();
+}
+
+// Creates the engine and runs one tiny convolution; returns "" or the error, so that jaxnet can fall
+// back to XLA at load time (a SYCL build without a SYCL CPU device fails here) instead of mid-run.
+extern "C" const char* jaxnet_onednn_selftest() {
+  static std::string err;
+  try {
+    Geom g{1, 3, 3, 1, 2, 2, 1, 2, 2, 1, 1, 0, 0, 0, 0};
+    float x[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9}, w[4] = {1, 1, 1, 1}, b[1] = {-20}, y[4] = {0, 0, 0, 0};
+    RunFwd(g, x, w, b, y, /*relu=*/1, /*has_bias=*/1);
+    if (y[0] != 0 || y[1] != 0 || y[2] != 4 || y[3] != 8) err = "self-test convolution gave wrong numbers";
+    else err.clear();
+  } catch (const std::exception& e) {
+    err = e.what();
+  }
+  return err.c_str();
+}

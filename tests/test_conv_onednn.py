@@ -1,0 +1,257 @@
+"""The optional oneDNN convolution kernel (jaxnet.ops.onednn, the `cpu-fast` extra) and its fallback.
+
+With the kernel: the manual conv's forward, dX, dW and db (oneDNN's forward, backward-data and
+backward-weights custom calls) against the reference conv2d (XLA, autodiff) in float32, at the
+benchmark net's shapes and at odd ones, under jit and vmap, and the fused bias + ReLU; float64
+takes XLA's convolution and matches to 1e-12.  Without it (simulated: the loader's state reset,
+JAXNET_ONEDNN=0, a missing oneDNN, a failed build): XLA's results and exactly one message; the
+build's one-line errors (no compiler, a compile error).
+"""
+import logging
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnet.ops import conv, onednn
+from jaxnet.ops.onednn import build as B
+
+TARGETS = ("jaxnet_onednn_conv_fwd", "jaxnet_onednn_conv_bwd_data", "jaxnet_onednn_conv_bwd_weights")
+
+# (x shape, w shape, stride, padding, bias): the benchmark net's three convolutions (batch 8, not 128),
+# then stride 2 with asymmetric padding, 1x1, 5x5 stride 2, a non-square kernel on a non-square
+# input without bias, SAME with stride 2 on odd sizes (a row and a column no window reaches), batch 1.
+CASES = (
+    ((8, 32, 32, 3), (3, 3, 3, 32), 1, 1, True),
+    ((8, 16, 16, 32), (3, 3, 32, 64), 1, 1, True),
+    ((8, 8, 8, 64), (3, 3, 64, 128), 1, 1, True),
+    ((2, 10, 8, 5), (3, 3, 5, 6), 2, ((1, 0), (2, 1)), True),
+    ((3, 6, 6, 7), (1, 1, 7, 4), 1, 0, True),
+    ((2, 11, 11, 3), (5, 5, 3, 8), 2, 2, True),
+    ((2, 7, 9, 4), (2, 3, 4, 5), (1, 2), ((1, 0), (0, 0)), False),
+    ((2, 9, 7, 3), (3, 3, 3, 4), 2, "SAME", True),
+    ((1, 5, 5, 2), (3, 3, 2, 3), 1, "VALID", True),
+)
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    if not onednn.available():
+        pytest.skip(f"the oneDNN kernel is not available ({onednn.info()['reason']}); "
+                    "install the cpu-fast extra (make cpu-fast) to test it")
+    return onednn.info()
+
+
+def _inputs(dtype, cases=CASES):
+    rng = np.random.default_rng(0)
+    out = []
+    for xs, ws, stride, padding, bias in cases:
+        fan_in = ws[0] * ws[1] * ws[2]
+        x = rng.standard_normal(xs).astype(dtype)
+        w = (rng.standard_normal(ws) / np.sqrt(fan_in)).astype(dtype)
+        b = rng.standard_normal(ws[3]).astype(dtype) if bias else None
+        out.append((x, w, b, dict(stride=stride, padding=padding)))
+    return out
+
+
+def _value_and_grads(f, x, w, b, kw):
+    """y and (dx, dw[, db]) of sum(y * ct), the cotangent ct = cos(flat index) (fixed, not uniform)."""
+    def loss(x, w, b):
+        y = f(x, w, b, **kw)
+        return jnp.sum(y * jnp.cos(jnp.arange(y.size, dtype=y.dtype).reshape(y.shape))), y
+    (_, y), g = jax.value_and_grad(loss, argnums=(0, 1, 2) if b is not None else (0, 1), has_aux=True)(x, w, b)
+    return y, g
+
+
+def _both(inputs):
+    """For every case: the manual conv's and the reference's y, dx, dw(, db), in one jitted program."""
+    def run(args):
+        return [(_value_and_grads(conv.conv2d_manual, x, w, b, kw), _value_and_grads(conv.conv2d, x, w, b, kw))
+                for (x, w, b), (_, _, _, kw) in zip(args, inputs)]
+    f = jax.jit(run)
+    args = [(x, w, b) for x, w, b, _ in inputs]
+    return f(args), f.lower(args).as_text()
+
+
+def _rel_err(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+
+
+def test_manual_conv_on_onednn_matches_the_reference_float32(kernel):
+    inputs = _inputs(np.float32)
+    results, hlo = _both(inputs)
+    for t in TARGETS:                       # the manual path really ran oneDNN's three convolutions
+        assert hlo.count(t) >= len(CASES), t
+    for (xs, ws, stride, padding, bias), ((y, g), (y_ref, g_ref)) in zip(CASES, results):
+        case = f"x {xs} w {ws} stride {stride} padding {padding} bias {bias}"
+        assert y.shape == y_ref.shape, case
+        assert _rel_err(y, y_ref) < 1e-4, case
+        assert len(g) == len(g_ref) == (3 if bias else 2)
+        for name, a, r in zip(("dx", "dw", "db"), g, g_ref):
+            assert a.shape == r.shape and a.dtype == jnp.float32, (case, name)
+            assert _rel_err(a, r) < 1e-4, (case, name, _rel_err(a, r))
+
+
+def test_onednn_under_vmap_matches_the_reference(kernel):
+    """vmap of the custom calls (``vmap_method="sequential"``): a batch of examples and a batch of filters."""
+    (x, w, b, kw), = _inputs(np.float32, (((2, 10, 8, 5), (3, 3, 5, 6), 2, ((1, 0), (2, 1)), True),))
+    xs, ws = np.stack([x, 2 * x, -x]), np.stack([w, -w, 0.5 * w])
+
+    def grads(f):
+        return jax.jit(jax.vmap(lambda x, w: _value_and_grads(f, x, w, b, kw)))
+    got, want = grads(conv.conv2d_manual)(xs, ws), grads(conv.conv2d)(xs, ws)
+    assert "jaxnet_onednn_conv_bwd_weights" in grads(conv.conv2d_manual).lower(xs, ws).as_text()
+    for a, r in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        assert a.shape == r.shape and a.shape[0] == 3
+        assert _rel_err(a, r) < 1e-4
+
+
+def test_fused_bias_relu_forward(kernel):
+    (x, w, b, _), = _inputs(np.float32, (((4, 9, 7, 3), (3, 3, 3, 6), 1, 1, True),))
+    pads = ((1, 1), (1, 1))
+
+    @jax.jit
+    def run(x, w, b):
+        ref = jax.lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return (onednn.conv_fwd(x, w, b, (1, 1), pads, relu=True), jnp.maximum(ref + b, 0),
+                onednn.conv_fwd(x, w, None, (1, 1), pads, relu=True), jnp.maximum(ref, 0))
+    fused, want, fused_nb, want_nb = run(x, w, b)
+    assert fused.shape == want.shape == (4, 9, 7, 6)
+    assert _rel_err(fused, want) < 1e-5 and _rel_err(fused_nb, want_nb) < 1e-5
+    assert 0 < float(jnp.mean(fused == 0)) < 1          # the ReLU clipped some outputs, not all
+
+
+def test_float64_takes_xla_and_matches_to_1e_12(x64):
+    inputs = _inputs(np.float64, CASES[3:5])
+    results, hlo = _both(inputs)
+    assert "jaxnet_onednn" not in hlo
+    for (y, g), (y_ref, g_ref) in results:
+        assert y.dtype == jnp.float64
+        for a, r in zip((y, *g), (y_ref, *g_ref)):
+            assert _rel_err(a, r) < 1e-12
+
+
+# --- without the kernel (simulated): XLA's results and exactly one message -------------------------
+
+@pytest.fixture
+def fresh_loader(monkeypatch):
+    """The loader as in a new process (its state restored afterwards; targets already registered stay)."""
+    saved = dict(onednn._state)
+    monkeypatch.setattr(onednn, "_state", {"tried": False, "ok": False, "reason": "", "version": None, "path": None})
+    yield monkeypatch
+    onednn._state.clear()
+    onednn._state.update(saved)
+
+
+def _messages(caplog):
+    return [r for r in caplog.records if "oneDNN convolution kernel is not used" in r.getMessage()]
+
+
+def test_jaxnet_onednn_0_falls_back_to_xla_with_one_message(fresh_loader, caplog):
+    fresh_loader.setenv("JAXNET_ONEDNN", "0")
+    caplog.set_level(logging.INFO, logger="jaxnet")
+    (x, w, b, kw), = _inputs(np.float32, CASES[3:4])
+    f = jax.jit(lambda x, w, b: _value_and_grads(conv.conv2d_manual, x, w, b, kw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")               # the default mode falls back quietly: no warning
+        hlo = f.lower(x, w, b).as_text()
+        (y, g), (y_ref, g_ref) = f(x, w, b), _value_and_grads(conv.conv2d, x, w, b, kw)
+        assert not onednn.available() and not onednn.load()
+    assert "jaxnet_onednn" not in hlo
+    for a, r in zip((y, *g), (y_ref, *g_ref)):
+        assert _rel_err(a, r) < 1e-5
+    msgs = _messages(caplog)
+    assert len(msgs) == 1 and "JAXNET_ONEDNN=0" in msgs[0].getMessage()
+    assert onednn.info()["reason"] == "JAXNET_ONEDNN=0"
+
+
+def test_missing_onednn_warns_once_when_asked_for(fresh_loader):
+    def missing():
+        raise B.BuildError("oneDNN not found (install the extra)")
+    fresh_loader.setenv("JAXNET_ONEDNN", "1")
+    fresh_loader.setattr(B, "find_onednn", missing)
+    with pytest.warns(RuntimeWarning, match="oneDNN not found") as rec:
+        assert onednn.load() is False
+        assert onednn.load() is False and onednn.available() is False
+    assert len([w for w in rec if "oneDNN" in str(w.message)]) == 1
+    assert not onednn.usable(np.zeros((1, 2, 2, 1), np.float32))
+
+
+def test_missing_onednn_is_quiet_by_default(fresh_loader, caplog):
+    def missing():
+        raise B.BuildError("oneDNN not found (install the extra)")
+    fresh_loader.delenv("JAXNET_ONEDNN", raising=False)
+    fresh_loader.setattr(B, "find_onednn", missing)
+    caplog.set_level(logging.INFO, logger="jaxnet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert onednn.load() is False and onednn.load() is False
+    assert len(_messages(caplog)) == 1
+
+
+def test_failed_build_warns_once_and_falls_back(fresh_loader, tmp_path):
+    def failing(force=False):
+        raise B.BuildError("compiling conv.cc failed: error: boom")
+    fresh_loader.delenv("JAXNET_ONEDNN", raising=False)
+    fresh_loader.setattr(B, "find_onednn", lambda: (tmp_path / "include", tmp_path / "lib"))
+    fresh_loader.setattr(B, "cpu_runtime", lambda inc: "OMP")
+    fresh_loader.setattr(B, "library_path", lambda: tmp_path / "missing.so")
+    fresh_loader.setattr(B, "build", failing)
+    with pytest.warns(RuntimeWarning, match="compiling conv.cc failed") as rec:
+        assert onednn.load() is False and onednn.load() is False
+    assert len([w for w in rec if "oneDNN" in str(w.message)]) == 1
+
+
+def test_build_reports_a_missing_compiler_in_one_line(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-jaxnet")
+    with pytest.raises(B.BuildError, match="no C\\+\\+ compiler") as e:
+        B._compiler()
+    assert "\n" not in str(e.value)
+
+
+def test_keep_large_blocks_is_opt_out(monkeypatch):
+    monkeypatch.setenv("JAXNET_MALLOC", "0")
+    assert onednn.keep_large_blocks() is False
+    monkeypatch.delenv("JAXNET_MALLOC")
+    import platform
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert onednn.keep_large_blocks() is glibc
+
+
+def test_a_compile_error_is_one_line_with_the_log(monkeypatch, tmp_path):
+    try:
+        B.find_onednn()
+    except B.BuildError as e:
+        pytest.skip(f"needs oneDNN's headers ({e})")
+    bad = tmp_path / "conv.cc"
+    bad.write_text("int broken = ;\n")
+    monkeypatch.setattr(B, "SOURCE", bad)
+    monkeypatch.setenv("JAXNET_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(B.BuildError, match="compiling conv.cc failed: .*error") as e:
+        B.build()
+    assert "\n" not in str(e.value) and "build.log" in str(e.value)
+    assert not list((tmp_path / "cache").rglob("*.so"))        # nothing half-written is left as the library
+
+
+def test_an_unwritable_cache_is_a_one_line_build_error(monkeypatch, tmp_path):
+    try:
+        B.find_onednn()
+    except B.BuildError as e:
+        pytest.skip(f"needs oneDNN's headers ({e})")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")                                   # the cache root is a file: mkdir fails
+    monkeypatch.setenv("JAXNET_CACHE_DIR", str(blocker))
+    with pytest.raises(B.BuildError, match="cannot write the kernel's cache") as e:
+        B.build()
+    assert "\n" not in str(e.value)
+
+
+def test_several_devices_keep_xla_conv(monkeypatch, kernel):
+    """No sharding rule for the custom calls: with more than one device the manual conv keeps XLA's."""
+    x = np.zeros((1, 4, 4, 2), np.float32)
+    assert onednn.usable(x)
+    monkeypatch.setattr(jax, "device_count", lambda *a: 2)
+    assert not onednn.usable(x)
