@@ -164,6 +164,17 @@ Geom MakeGeom(ffi::AnyBuffer::Dimensions xd, ffi::AnyBuffer::Dimensions wd, ffi:
   return Geom{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2], sh, sw, pt, pb, pl, pr};
 }
 
+// The user's HWIO weights in the primitive's blocked layout (reordered into scratch buffer 0),
+// or the user's memory itself when the primitive takes HWIO as is.
+memory BlockedWeights(const Entry& e, dnnl::stream& s, memory user) {
+  if (!e.reorder) return user;
+  memory blocked = Mem(e.wdesc, ScratchBuf(0, e.wdesc.get_size()));
+  e.wreorder.execute(s, {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, blocked},
+                         {DNNL_ARG_SCRATCHPAD, Mem(memory::desc({(int64_t)e.rscratch}, dt::u8, tag::a),
+                                                   ScratchBuf(1, e.rscratch))}});
+  return blocked;
+}
+
 void RunFwd(const Geom& g, const float* x, const float* w, const float* b, float* y, int64_t relu,
             int64_t has_bias) {
   auto e = Lookup(g.Key("fwd", relu * 2 + has_bias), [&] {
@@ -177,14 +188,7 @@ void RunFwd(const Geom& g, const float* x, const float* w, const float* b, float
   });
   std::lock_guard<std::mutex> exec(exec_mu);
   dnnl::stream& s = Stream();
-  memory wm = Mem(g.UserWeights(), w);
-  if (e->reorder) {
-    memory blocked = Mem(e->wdesc, ScratchBuf(0, e->wdesc.get_size()));
-    e->wreorder.execute(s, {{DNNL_ARG_FROM, wm}, {DNNL_ARG_TO, blocked},
-                            {DNNL_ARG_SCRATCHPAD, Mem(memory::desc({(int64_t)e->rscratch}, dt::u8, tag::a),
-                                                      ScratchBuf(1, e->rscratch))}});
-    wm = blocked;
-  }
+  memory wm = BlockedWeights(*e, s, Mem(g.UserWeights(), w));
   std::unordered_map<int, memory> args{
       {DNNL_ARG_SRC, Mem(g.Src(), x)}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, Mem(g.Dst(), y)},
       {DNNL_ARG_SCRATCHPAD, Mem(memory::desc({(int64_t)e->scratch}, dt::u8, tag::a), ScratchBuf(2, e->scratch))}};
@@ -224,14 +228,7 @@ ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ff
     });
     std::lock_guard<std::mutex> exec(exec_mu);
     dnnl::stream& s = Stream();
-    memory wm = Mem(g.UserWeights(), w.typed_data());
-    if (e->reorder) {
-      memory blocked = Mem(e->wdesc, ScratchBuf(0, e->wdesc.get_size()));
-      e->wreorder.execute(s, {{DNNL_ARG_FROM, wm}, {DNNL_ARG_TO, blocked},
-                              {DNNL_ARG_SCRATCHPAD, Mem(memory::desc({(int64_t)e->rscratch}, dt::u8, tag::a),
-                                                        ScratchBuf(1, e->rscratch))}});
-      wm = blocked;
-    }
+    memory wm = BlockedWeights(*e, s, Mem(g.UserWeights(), w.typed_data()));
     e->prim.execute(s, {{DNNL_ARG_DIFF_DST, Mem(g.Dst(), dy.typed_data())}, {DNNL_ARG_WEIGHTS, wm},
                         {DNNL_ARG_DIFF_SRC, Mem(g.Src(), dx->typed_data())},
                         {DNNL_ARG_SCRATCHPAD, Mem(memory::desc({(int64_t)e->scratch}, dt::u8, tag::a),
