@@ -164,14 +164,18 @@ Geom MakeGeom(ffi::AnyBuffer::Dimensions xd, ffi::AnyBuffer::Dimensions wd, ffi:
   return Geom{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2], sh, sw, pt, pb, pl, pr};
 }
 
+// Scratch buffer ``slot`` of this thread as a oneDNN byte memory of ``bytes``.
+memory ScratchMem(int slot, size_t bytes) {
+  return Mem(memory::desc({(int64_t)bytes}, dt::u8, tag::a), ScratchBuf(slot, bytes));
+}
+
 // The user's HWIO weights in the primitive's blocked layout (reordered into scratch buffer 0),
 // or the user's memory itself when the primitive takes HWIO as is.
 memory BlockedWeights(const Entry& e, dnnl::stream& s, memory user) {
   if (!e.reorder) return user;
   memory blocked = Mem(e.wdesc, ScratchBuf(0, e.wdesc.get_size()));
   e.wreorder.execute(s, {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, blocked},
-                         {DNNL_ARG_SCRATCHPAD, Mem(memory::desc({(int64_t)e.rscratch}, dt::u8, tag::a),
-                                                   ScratchBuf(1, e.rscratch))}});
+                         {DNNL_ARG_SCRATCHPAD, ScratchMem(1, e.rscratch)}});
   return blocked;
 }
 
@@ -191,7 +195,7 @@ void RunFwd(const Geom& g, const float* x, const float* w, const float* b, float
   memory wm = BlockedWeights(*e, s, Mem(g.UserWeights(), w));
   std::unordered_map<int, memory> args{
       {DNNL_ARG_SRC, Mem(g.Src(), x)}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, Mem(g.Dst(), y)},
-      {DNNL_ARG_SCRATCHPAD, Mem(memory::desc({(int64_t)e->scratch}, dt::u8, tag::a), ScratchBuf(2, e->scratch))}};
+      {DNNL_ARG_SCRATCHPAD, ScratchMem(2, e->scratch)}};
   if (has_bias) args.emplace(DNNL_ARG_BIAS, Mem(g.Bias(true), b));
   e->prim.execute(s, args);
   s.wait();
@@ -231,8 +235,7 @@ ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ff
     memory wm = BlockedWeights(*e, s, Mem(g.UserWeights(), w.typed_data()));
     e->prim.execute(s, {{DNNL_ARG_DIFF_DST, Mem(g.Dst(), dy.typed_data())}, {DNNL_ARG_WEIGHTS, wm},
                         {DNNL_ARG_DIFF_SRC, Mem(g.Src(), dx->typed_data())},
-                        {DNNL_ARG_SCRATCHPAD, Mem(memory::desc({(int64_t)e->scratch}, dt::u8, tag::a),
-                                                  ScratchBuf(2, e->scratch))}});
+                        {DNNL_ARG_SCRATCHPAD, ScratchMem(2, e->scratch)}});
     s.wait();
   });
 }
@@ -264,13 +267,12 @@ ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
     std::unordered_map<int, memory> args{
         {DNNL_ARG_SRC, Mem(g.Src(), x.typed_data())}, {DNNL_ARG_DIFF_DST, Mem(g.Dst(), dy.typed_data())},
         {DNNL_ARG_DIFF_WEIGHTS, wm},
-        {DNNL_ARG_SCRATCHPAD, Mem(memory::desc({(int64_t)e->scratch}, dt::u8, tag::a), ScratchBuf(2, e->scratch))}};
+        {DNNL_ARG_SCRATCHPAD, ScratchMem(2, e->scratch)}};
     if (has_bias) args.emplace(DNNL_ARG_DIFF_BIAS, Mem(g.Bias(true), db->typed_data()));
     e->prim.execute(s, args);
     if (e->reorder)
       e->wreorder.execute(s, {{DNNL_ARG_FROM, wm}, {DNNL_ARG_TO, user},
-                              {DNNL_ARG_SCRATCHPAD, Mem(memory::desc({(int64_t)e->rscratch}, dt::u8, tag::a),
-                                                        ScratchBuf(1, e->rscratch))}});
+                              {DNNL_ARG_SCRATCHPAD, ScratchMem(1, e->rscratch)}});
     s.wait();
   });
 }
