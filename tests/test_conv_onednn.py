@@ -255,3 +255,21 @@ def test_several_devices_keep_xla_conv(monkeypatch, kernel):
     assert onednn.usable(x)
     monkeypatch.setattr(jax, "device_count", lambda *a: 2)
     assert not onednn.usable(x)
+
+
+@pytest.mark.parametrize("name", ["JAXNET_ONEDNN", "JAXNET_MALLOC"])
+def test_an_unknown_switch_value_warns_naming_it_and_keeps_the_default(fresh_loader, name):
+    """A switch that is not 0 or 1 is not silently read as something: one RuntimeWarning naming
+    the variable and the value, then the default (the loader's auto mode; malloc tuned)."""
+    def missing():
+        raise B.BuildError("oneDNN not found (install the extra)")
+    fresh_loader.setenv(name, "yes")
+    fresh_loader.setattr(B, "find_onednn", missing)
+    with pytest.warns(RuntimeWarning, match=f"{name} must be 0 or 1, got 'yes'; using the default") as rec:
+        if name == "JAXNET_ONEDNN":
+            assert onednn.load() is False                  # auto mode: oneDNN missing -> quiet fallback
+            assert onednn.info()["reason"].startswith("oneDNN not found")
+        else:
+            import platform
+            assert onednn.keep_large_blocks() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    assert len([w for w in rec if name in str(w.message)]) == 1

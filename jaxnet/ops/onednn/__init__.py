@@ -49,9 +49,18 @@ _state: dict = {"tried": False, "ok": False, "reason": "", "version": None, "pat
 _disabled = [0]
 
 
+def _switch(name: str) -> str:
+    """The environment switch ``name``: "0", "1" or "" (unset: the default). Any other value warns
+    once, naming it, and counts as unset."""
+    v = os.environ.get(name, "").strip()
+    if v not in ("", "0", "1"):
+        warnings.warn(f"jaxnet: {name} must be 0 or 1, got {v!r}; using the default", RuntimeWarning, stacklevel=3)
+        return ""
+    return v
+
+
 def _mode() -> str:
-    v = os.environ.get("JAXNET_ONEDNN", "").strip()
-    return v if v in ("0", "1") else "auto"
+    return _switch("JAXNET_ONEDNN") or "auto"
 
 
 def _fallback(reason: str, *, loud: bool) -> None:
@@ -77,7 +86,7 @@ def keep_large_blocks(limit: int = 1 << 30) -> bool:
     from one arena (``mallopt(M_ARENA_MAX, 1)``: a thread arena's heap is at most 64 MB, so
     larger blocks there are mmapped whatever the threshold); True if applied.  Skipped with
     ``JAXNET_MALLOC=0`` or without glibc."""
-    if os.environ.get("JAXNET_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
+    if _switch("JAXNET_MALLOC") == "0" or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
