@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
-.PHONY: setup bytecode train test test-slow gradcheck bench cpu-fast clean
+.PHONY: setup bytecode train test test-slow gradcheck bench race cpu-fast clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)   ## side-by-side benchmarks (median of interleaved blocks), writes bench.json
 	$(BIN)/jaxnet bench --json $(ARGS) > bench.json
 	$(BIN)/python -c "import json, jaxnet.bench as b; print(b.format_report(json.load(open('bench.json'))))"
+
+# Time to 85% CIFAR-10 accuracy, jaxnet against the same run in PyTorch (~25 min; needs a CIFAR-10 copy:
+# ARGS="--data-dir PATH" or $$JAXNET_CIFAR10_DIR)
+race: $(BENCH_STAMP)   ## experiments.cifar_race with torch and the oneDNN kernel installed
+	$(BIN)/python -m experiments.cifar_race $(ARGS)
 
 # Optional: the oneDNN CPU convolution kernel (jaxnet.ops.onednn). make test / make train do not need it.
 cpu-fast: $(STAMP)   ## installs the cpu-fast extra, builds the kernel, says whether it loaded

@@ -148,13 +148,15 @@ class EpochLog:
     """``fit`` callback of the best net: after every epoch, the test accuracy (plain and with
     flip test-time augmentation), the training time (steps only) and a progress line; raises
     :class:`jaxnet.train.StopTraining` when the next epoch would pass ``time_budget`` seconds
-    of training."""
+    of training, or once the ``headline`` accuracy reaches ``stop_at`` (when given)."""
 
     KEYS = ("epoch", "train_loss", "train_acc", "test_acc", "test_acc_tta", "lr", "train_time_s",
             "cum_train_time_s", "images_per_second")
 
-    def __init__(self, model, ds, epochs: int, time_budget: float):
+    def __init__(self, model, ds, epochs: int, time_budget: float, stop_at: float | None = None,
+                 headline: str = "test_acc_tta"):
         self.ds, self.epochs, self.time_budget = ds, epochs, time_budget
+        self.stop_at, self.headline = stop_at, headline
         self.tta_eval = make_tta_eval(model)
         self.history = {k: [] for k in self.KEYS}
         self.cum, self.stopped = 0.0, False
@@ -176,10 +178,24 @@ class EpochLog:
         tqdm.write(f"epoch {epoch:2d}: train loss {info['train_loss']:.4f} acc {info['train_acc']:.4f} | "
                    f"test {acc:.4f} (flip TTA {acc_tta:.4f}) | {self.cum / 60:.1f} min of training, "
                    f"{n / dt:.0f} img/s")
+        if self.stop_at is not None and h[self.headline][-1] >= self.stop_at and epoch < self.epochs:
+            tqdm.write(f"stopping: {self.headline} {h[self.headline][-1]:.4f} reached {self.stop_at}")
+            raise StopTraining("target reached")
         if epoch < self.epochs and self.cum + dt > self.time_budget:
             self.stopped = True
             tqdm.write(f"stopping: the next epoch would pass the {self.time_budget:.0f} s budget")
             raise StopTraining("time budget")
+
+
+class FirstStepLoss:
+    """``fit`` callback keeping the loss of the first training step (a float; None before it)."""
+
+    def __init__(self):
+        self.loss = None
+
+    def on_step(self, info) -> None:
+        if self.loss is None:
+            self.loss = float(info["metrics"]["loss"])
 
 
 def warmup_cosine_plan(args, n: int, epochs: int):
@@ -196,7 +212,10 @@ def warmup_cosine_plan(args, n: int, epochs: int):
     return bs, steps, warmup, make_schedule("warmup_cosine", args.lr, total_steps=total, warmup_steps=warmup)
 
 
-def run_best(args, ds, quick: bool, epochs: int) -> dict:
+def run_best(args, ds, quick: bool, epochs: int, stop_at: float | None = None) -> dict:
+    """Trains the best net (the module docstring's recipe); ``stop_at``: end after the first epoch
+    whose headline test accuracy reaches it (the schedule stays that of ``epochs``). Also records
+    the first training step's loss (``first_step_loss``)."""
     from jaxnet.data import augment
     from jaxnet.nn import count_params, fast_convnet
     from jaxnet.optim import make_optimizer
@@ -209,17 +228,17 @@ def run_best(args, ds, quick: bool, epochs: int) -> dict:
     loss_fn = functools.partial(smoothed_cross_entropy, smoothing=args.label_smoothing)
     flip = getattr(args, "flip", True)
     aug = functools.partial(augment, crop_padding=args.crop_padding, flip=flip)
-    log = EpochLog(model, ds, epochs, args.time_budget)
+    headline = "test_acc_tta" if flip else "test_acc"  # no mirror TTA for digits
+    log = EpochLog(model, ds, epochs, args.time_budget, stop_at=stop_at, headline=headline)
+    first = FirstStepLoss()
     res = fit(model, ds, optimizer=opt, epochs=0, batch_size=bs, key=args.seed, progress=False)  # its initial state
     n_params = count_params(res.train_state.params)
     print(f"fast_convnet(stem={args.stem}, widths={tuple(args.widths)}, {args.norm}): {n_params:,} params; "
           f"{epochs} epochs x {steps_per_epoch} steps, batch {bs}, nesterov peak lr {args.lr}, "
           f"warmup {warmup} steps", flush=True)
     res = fit(model, ds, optimizer=opt, epochs=epochs, batch_size=bs, key=args.seed, loss_fn=loss_fn, augment=aug,
-              progress=not quick, callbacks=[log])
+              progress=not quick, callbacks=[log, first])
     ts, history, cum = res.train_state, log.history, log.cum
-
-    headline = "test_acc_tta" if flip else "test_acc"  # no mirror TTA for digits
 
     def time_to(th):
         for a, c in zip(history[headline], history["cum_train_time_s"]):
@@ -245,6 +264,7 @@ def run_best(args, ds, quick: bool, epochs: int) -> dict:
         "headline": headline,
         "train_time_s": cum,
         "stopped_at_budget": log.stopped,
+        "first_step_loss": first.loss,
         "time_to_s": {f"{th:.2f}": time_to(th) for th in THRESHOLDS},
         "images_per_second_median": float(np.median(ips[1:] if len(ips) > 1 else ips)),
         "checkpoint": os.path.basename(ckpt),
