@@ -39,6 +39,10 @@ Every script takes the same four options, writes ``results.json`` plus its figur
 ``quick_subset(ds, *, n_train, n_test, seed) -> Dataset``
     The smoke-test subsample of a Dataset (at most the examples there are).
 
+``fail(name, msg)``
+    A setting the script cannot run: ``experiments.<name>: <msg>`` on one line of stderr,
+    exit status 2 (scripts bind it as ``_fail = functools.partial(fail, NAME)``).
+
 ``write_results(out_dir, results, args=None) -> str``
     Writes ``<out_dir>/results.json`` atomically (temporary file, then ``os.replace``):
     ``results`` plus ``experiment``, ``settings`` (all options), ``seed``, ``quick``, ``smoke``,
@@ -88,7 +92,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["parse_args", "sized", "load_data", "cifar_or_digits", "cifar_or_digits_uint8", "quick_cifar_or_digits_uint8", "digits_uint8", "quick_subset",
-           "float_normalized", "write_results", "print_table", "figure", "grid_legend", "save_figure", "Timer"]
+           "float_normalized", "write_results", "print_table", "figure", "grid_legend", "save_figure", "Timer", "fail"]
 
 ENV_DATA = "JAXNET_CIFAR10_DIR"
 _LAST_ARGS: argparse.Namespace | None = None
@@ -123,6 +127,12 @@ def parse_args(
     args.start_time = time.perf_counter()
     _LAST_ARGS = args
     return args
+
+
+def fail(name: str, msg: str):
+    """``experiments.<name>: <msg>`` on one line of stderr, then exit status 2 (SystemExit)."""
+    sys.stderr.write(f"experiments.{name}: {msg}\n")
+    raise SystemExit(2)
 
 
 def sized(args: argparse.Namespace, full: Any, quick: Any, smoke: Any = None) -> Any:

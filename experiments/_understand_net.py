@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments._common import Timer
+from experiments._common import Timer, fail
 
 # The peak learning rate per size: 0.1 diverged on the quick net's 128 steps (12 warm-up steps:
 # training loss 3.4 after epoch 1, test accuracy 0.118); 0.02 trains (0.30 training accuracy
@@ -139,8 +139,7 @@ def _data(args, n_train: int):
 
 
 def _fail(args, msg: str):
-    sys.stderr.write(f"experiments.{args.name}: {msg}\n")
-    raise SystemExit(2)
+    fail(args.name, msg)
 
 
 def trained_net(args) -> Net:

@@ -49,6 +49,7 @@ text, 5 k of validation/test, the quick LSTM (``--nets``) for half a second.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -56,7 +57,7 @@ import time
 
 import numpy as np
 
-from experiments._common import figure, grid_legend, parse_args, print_table, save_figure, sized, write_results
+from experiments._common import fail, figure, grid_legend, parse_args, print_table, save_figure, sized, write_results
 
 NAME = "char_lm"
 DESCRIPTION = "Character-level language models (count models, RNN, GRU, LSTM) of the Python stdlib source."
@@ -95,9 +96,7 @@ def _extra(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
 
 
-def _fail(msg: str) -> None:
-    sys.stderr.write(f"experiments.{NAME}: {msg}\n")
-    raise SystemExit(2)
+_fail = functools.partial(fail, NAME)   # one line on stderr, exit status 2
 
 
 def _check_args(args) -> None:

@@ -38,6 +38,7 @@ torch run) end with one line ``experiments.cifar_race: ...`` and exit status 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -47,7 +48,7 @@ import time
 import numpy as np
 
 from experiments._common import (
-    figure, float_normalized, grid_legend, load_data, parse_args, print_table, quick_subset, save_figure, sized,
+    fail, figure, float_normalized, grid_legend, load_data, parse_args, print_table, quick_subset, save_figure, sized,
     write_results,
 )
 
@@ -65,9 +66,7 @@ def _extra(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPUs)")
 
 
-def _fail(msg: str):
-    print(f"experiments.{NAME}: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+_fail = functools.partial(fail, NAME)   # one line on stderr, exit status 2
 
 
 def check_args(args) -> None:

@@ -37,13 +37,13 @@ Sizes: default 2,500 steps (about 0.4 s each on this loaded 2-core CPU); quick 8
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-import sys
 
 import numpy as np
 
-from experiments._common import Timer, figure, finish, grid_legend, load_data, parse_args, save_figure, sized
+from experiments._common import Timer, fail, figure, finish, grid_legend, load_data, parse_args, save_figure, sized
 
 NAME = "ddpm"
 DESCRIPTION = "DDPM on the digits: loss curve, samples and classifier-free guidance, scored by the judge."
@@ -77,9 +77,7 @@ def _extra(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
 
-def _fail(msg: str) -> None:
-    sys.stderr.write(f"experiments.{NAME}: {msg}\n")
-    raise SystemExit(2)
+_fail = functools.partial(fail, NAME)   # one line on stderr, exit status 2
 
 
 def _check_args(args) -> None:

@@ -57,12 +57,12 @@ eps 0 and 8/255, fine-tuning 1 epoch on 300 digits.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-import sys
 
 import numpy as np
 
-from experiments._common import Timer, figure, finish, grid_legend, parse_args, save_figure, sized
+from experiments._common import Timer, fail, figure, finish, grid_legend, parse_args, save_figure, sized
 from experiments._understand_net import add_net_flags, plain_arrays, trained_net
 
 NAME = "fooling"
@@ -90,9 +90,7 @@ def _extra(parser) -> None:
     parser.add_argument("--adv-lr", type=float, default=0.02, help="adversarial fine-tuning's peak learning rate (default 0.02)")
 
 
-def _fail(msg: str):
-    print(f"experiments.{NAME}: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+_fail = functools.partial(fail, NAME)   # one line on stderr, exit status 2
 
 
 def parse_eps(text: str) -> list:

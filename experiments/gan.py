@@ -58,11 +58,10 @@ from __future__ import annotations
 import functools
 import math
 import os
-import sys
 
 import numpy as np
 
-from experiments._common import Timer, figure, finish, grid_legend, load_data, parse_args, save_figure, sized
+from experiments._common import Timer, fail, figure, finish, grid_legend, load_data, parse_args, save_figure, sized
 
 NAME = "gan"
 DESCRIPTION = "GANs: minimax vs non-saturating generator loss (saturation), least-squares GAN, DCGAN."
@@ -97,9 +96,7 @@ def _extra(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
 
 
-def _fail(msg: str) -> None:
-    sys.stderr.write(f"experiments.{NAME}: {msg}\n")
-    raise SystemExit(2)
+_fail = functools.partial(fail, NAME)   # one line on stderr, exit status 2
 
 
 def _ints(flag: str, text: str) -> tuple:

@@ -35,12 +35,11 @@ import functools
 import json
 import math
 import os
-import sys
 import time
 
 import numpy as np
 
-from experiments._common import figure, finish, grid_legend, parse_args, save_figure, sized
+from experiments._common import fail, figure, finish, grid_legend, parse_args, save_figure, sized
 from experiments.vae import _show, _tile, binary_digits, independent_bernoulli_nll, jit, judge_scores, print_judge
 
 NAME = "pixelcnn"
@@ -65,9 +64,7 @@ def _extra(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
 
-def _fail(msg: str) -> None:
-    sys.stderr.write(f"experiments.{NAME}: {msg}\n")
-    raise SystemExit(2)
+_fail = functools.partial(fail, NAME)   # one line on stderr, exit status 2
 
 
 def resolve(args) -> None:

@@ -25,11 +25,13 @@ the same script runs the full recipe unchanged on a GPU (``--n-train 50000 --epo
 """
 from __future__ import annotations
 
-import sys
+import functools
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits, figure, finish, grid_legend, parse_args, save_figure, sized
+from experiments._common import (
+    Timer, cifar_or_digits, fail, figure, finish, grid_legend, parse_args, save_figure, sized,
+)
 
 NAME = "residual"
 DESCRIPTION = "Degradation and residual learning: plain nets vs ResNets of two depths (He et al. 2016)."
@@ -55,9 +57,7 @@ def recipe_flags(parser) -> None:
     parser.add_argument("--impl", default="manual", choices=("manual", "auto"), help="backward path of the ops")
 
 
-def _fail(msg: str):
-    print(f"experiments.{NAME}: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+_fail = functools.partial(fail, NAME)   # one line on stderr, exit status 2
 
 
 def _settings(args):

@@ -30,12 +30,12 @@ seeds, and the steps each solved seed needed).
 """
 from __future__ import annotations
 
+import functools
 import math
-import sys
 
 import numpy as np
 
-from experiments._common import Timer, figure, finish, gymnax_env, parse_args, save_figure, sized
+from experiments._common import Timer, fail, figure, finish, gymnax_env, parse_args, save_figure, sized
 
 NAME = "rl_cartpole"
 DESCRIPTION = "CartPole-v1: DQN, REINFORCE, A2C and PPO, 16 seeds each trained at once with vmap."
@@ -53,9 +53,7 @@ def _extra(parser) -> None:
     parser.add_argument("--threshold", type=float, default=475.0, help="solved: average return of 100 episodes")
 
 
-def _fail(msg):
-    print(f"experiments.{NAME}: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+_fail = functools.partial(fail, NAME)   # one line on stderr, exit status 2
 
 
 def configs(args, steps, episodes):

@@ -18,11 +18,11 @@ episodes against env steps, each seed, and the random policy's).
 """
 from __future__ import annotations
 
-import sys
+import functools
 
 import numpy as np
 
-from experiments._common import Timer, figure, finish, gymnax_env, parse_args, save_figure, sized
+from experiments._common import Timer, fail, figure, finish, gymnax_env, parse_args, save_figure, sized
 
 NAME = "rl_minatar"
 DESCRIPTION = "PPO on a MinAtar game within 20 CPU minutes, against the random policy."
@@ -36,9 +36,7 @@ def _extra(parser) -> None:
     parser.add_argument("--num-envs", type=int, default=None, help="environments per seed (default 64)")
 
 
-def _fail(msg):
-    print(f"experiments.{NAME}: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+_fail = functools.partial(fail, NAME)   # one line on stderr, exit status 2
 
 
 def random_policy_return(env, env_params, key, num_envs=64, steps=2000):

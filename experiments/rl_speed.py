@@ -22,12 +22,12 @@ Outputs in ``--out``: ``results.json``, ``speed.png`` (median steps/s per method
 """
 from __future__ import annotations
 
-import sys
+import functools
 import time
 
 import numpy as np
 
-from experiments._common import figure, finish, gymnax_env, parse_args, save_figure, sized
+from experiments._common import fail, figure, finish, gymnax_env, parse_args, save_figure, sized
 
 NAME = "rl_speed"
 DESCRIPTION = "Env steps/s: the jitted, vmapped loop vs a Python loop over the same gymnax environments."
@@ -42,9 +42,7 @@ def _extra(parser) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5), medians reported")
 
 
-def _fail(msg):
-    print(f"experiments.{NAME}: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+_fail = functools.partial(fail, NAME)   # one line on stderr, exit status 2
 
 
 def measure(env, env_params, N, T, T_py, repeats, seed):

@@ -42,12 +42,13 @@ H = 32 (seconds).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 
 import numpy as np
 
-from experiments._common import figure, grid_legend, parse_args, print_table, save_figure, write_results
+from experiments._common import fail, figure, grid_legend, parse_args, print_table, save_figure, write_results
 
 NAME = "rnn_gradient_flow"
 DESCRIPTION = "Gradient flow through time: vanishing/exploding gradients in RNNs, the LSTM cell path, clipping."
@@ -66,11 +67,7 @@ def _extra(parser) -> None:
     parser.add_argument("--clip-norm", type=float, default=1.0, help="clipping threshold c (default 1.0)")
 
 
-def _fail(msg: str) -> None:
-    import sys
-
-    sys.stderr.write(f"experiments.{NAME}: {msg}\n")
-    raise SystemExit(2)
+_fail = functools.partial(fail, NAME)   # one line on stderr, exit status 2
 
 
 def cells(impl: str | None = None):

@@ -46,11 +46,11 @@ net (8x8, 2 blocks), 4 images, 4 SmoothGrad samples.
 """
 from __future__ import annotations
 
-import sys
+import functools
 
 import numpy as np
 
-from experiments._common import Timer, figure, finish, grid_legend, parse_args, save_figure, sized
+from experiments._common import Timer, fail, figure, finish, grid_legend, parse_args, save_figure, sized
 from experiments._understand_net import add_net_flags, trained_net
 
 NAME = "saliency"
@@ -73,9 +73,7 @@ def _extra(parser) -> None:
     parser.add_argument("--layer", default=None, help="Grad-CAM's layer (default the last conv block)")
 
 
-def _fail(msg: str):
-    print(f"experiments.{NAME}: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+_fail = functools.partial(fail, NAME)   # one line on stderr, exit status 2
 
 
 def _check_flags(args) -> None:

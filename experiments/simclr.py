@@ -52,14 +52,14 @@ first step trained on).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
-import sys
 import time
 
 import numpy as np
 
-from experiments._common import Timer, figure, finish, grid_legend, save_figure, sized, parse_args
+from experiments._common import Timer, fail, figure, finish, grid_legend, parse_args, save_figure, sized
 
 NAME = "simclr"
 DESCRIPTION = "SimCLR on CIFAR-10: a linear probe on the learned features vs the same encoder at random init."
@@ -89,9 +89,7 @@ def _extra(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
 
-def _fail(msg: str):
-    print(f"experiments.{NAME}: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+_fail = functools.partial(fail, NAME)   # one line on stderr, exit status 2
 
 
 def _check_args(args) -> None:

@@ -55,12 +55,12 @@ image (every ratio row).  Whether the result *looks* like the style is for the f
 """
 from __future__ import annotations
 
+import functools
 import os
-import sys
 
 import numpy as np
 
-from experiments._common import Timer, figure, finish, parse_args, save_figure, sized
+from experiments._common import Timer, fail, figure, finish, parse_args, save_figure, sized
 from experiments._understand_net import add_net_flags, trained_net
 
 NAME = "style_transfer"
@@ -85,9 +85,7 @@ def _extra(parser) -> None:
                         help="Adam's learning rate (default 0.1; /30 for the last 10%% of the steps); the course's 3 also runs")
 
 
-def _fail(msg: str):
-    print(f"experiments.{NAME}: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+_fail = functools.partial(fail, NAME)   # one line on stderr, exit status 2
 
 
 def _net_layer_names(args) -> tuple:

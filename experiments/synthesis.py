@@ -44,12 +44,12 @@ Sizes: default 300 class-visualisation steps, 500 inversion steps for 4 images, 
 """
 from __future__ import annotations
 
+import functools
 import math
-import sys
 
 import numpy as np
 
-from experiments._common import Timer, figure, finish, parse_args, save_figure, sized
+from experiments._common import Timer, fail, figure, finish, parse_args, save_figure, sized
 from experiments._understand_net import add_net_flags, trained_net
 
 NAME = "synthesis"
@@ -71,9 +71,7 @@ def _extra(parser) -> None:
     parser.add_argument("--dream-layer", default="block2", help="DeepDream's layer (default block2)")
 
 
-def _fail(msg: str):
-    print(f"experiments.{NAME}: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+_fail = functools.partial(fail, NAME)   # one line on stderr, exit status 2
 
 
 def _settings(args) -> dict:

@@ -28,11 +28,13 @@ digits are used.
 """
 from __future__ import annotations
 
-import sys
+import functools
 
 import numpy as np
 
-from experiments._common import Timer, cifar_or_digits, figure, finish, grid_legend, parse_args, save_figure, sized
+from experiments._common import (
+    Timer, cifar_or_digits, fail, figure, finish, grid_legend, parse_args, save_figure, sized,
+)
 
 NAME = "transfer"
 DESCRIPTION = "Transfer learning: linear probe vs fine-tuning vs training from scratch on 100 images per class."
@@ -55,9 +57,7 @@ def _extra(parser) -> None:
     parser.add_argument("--impl", default="manual", choices=("manual", "auto"), help="backward path of the ops")
 
 
-def _fail(msg: str):
-    print(f"experiments.{NAME}: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+_fail = functools.partial(fail, NAME)   # one line on stderr, exit status 2
 
 
 def _settings(args):

@@ -55,13 +55,13 @@ import functools
 import math
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
 
-from experiments._common import (Timer, figure, finish, grid_legend, load_data, parse_args, print_table, quick_subset,
-                                 save_figure, sized)
+from experiments._common import (
+    Timer, fail, figure, finish, grid_legend, load_data, parse_args, print_table, quick_subset, save_figure, sized,
+)
 
 NAME = "vae"
 DESCRIPTION = ("VAE on digits and CIFAR-10: ELBO and bits per dimension on the test split, reconstructions, "
@@ -95,9 +95,7 @@ def _extra(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
 
-def _fail(msg: str) -> None:
-    sys.stderr.write(f"experiments.{NAME}: {msg}\n")
-    raise SystemExit(2)
+_fail = functools.partial(fail, NAME)   # one line on stderr, exit status 2
 
 
 def _int_list(flag: str, text: str) -> tuple:

@@ -17,12 +17,12 @@ Default: 5,000 CIFAR-10 images, 10 epochs; ``--quick``: 2,000 images, 3 epochs; 
 """
 from __future__ import annotations
 
+import functools
 import math
-import sys
 
 import numpy as np
 
-from experiments._common import cifar_or_digits, figure, finish, grid_legend, parse_args, save_figure, sized
+from experiments._common import cifar_or_digits, fail, figure, finish, grid_legend, parse_args, save_figure, sized
 from experiments.residual import recipe_flags, train_net
 
 NAME = "wide_deep"
@@ -38,9 +38,7 @@ def _extra(parser) -> None:
     recipe_flags(parser)
 
 
-def _fail(msg: str):
-    print(f"experiments.{NAME}: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+_fail = functools.partial(fail, NAME)   # one line on stderr, exit status 2
 
 
 def _settings(args):
