@@ -80,7 +80,8 @@ def check_args(args) -> None:
         try:
             import torch  # noqa: F401
         except ImportError:
-            _fail("the PyTorch run needs torch (the bench extra: `make bench`, or pip install -e '.[bench]'); "
+            _fail("the PyTorch run needs torch (the bench extra: `make race` or `make bench` install it, or "
+                  "pip install -e '.[bench]'); "
                   "--framework jaxnet runs jaxnet's side alone")
 
 
