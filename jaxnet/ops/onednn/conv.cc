@@ -142,6 +142,18 @@ void SetReorder(Entry& e, const Geom& g, bool to_user) {
   e.rscratch = rpd.scratchpad_desc().get_size();
 }
 
+// The cache entry of primitive descriptor ``pd`` whose weights (or diff weights) layout is ``wdesc``;
+// ``to_user``: its weight reorder goes from that layout to HWIO (diff weights) instead of back.
+template <typename Prim, typename Pd>
+Entry MakeEntry(const Pd& pd, const memory::desc& wdesc, const Geom& g, bool to_user) {
+  Entry en;
+  en.prim = Prim(pd);
+  en.wdesc = wdesc;
+  en.scratch = pd.scratchpad_desc().get_size();
+  SetReorder(en, g, to_user);
+  return en;
+}
+
 memory Mem(const memory::desc& d, const void* p) { return memory(d, Engine(), const_cast<void*>(p)); }
 
 ffi::Error Fail(const std::string& what) { return ffi::Error(ffi::ErrorCode::kInternal, "jaxnet onednn: " + what); }
@@ -182,13 +194,8 @@ memory BlockedWeights(const Entry& e, dnnl::stream& s, memory user) {
 void RunFwd(const Geom& g, const float* x, const float* w, const float* b, float* y, int64_t relu,
             int64_t has_bias) {
   auto e = Lookup(g.Key("fwd", relu * 2 + has_bias), [&] {
-    Entry en;
     auto pd = FwdPd(g, has_bias, relu);
-    en.prim = dnnl::convolution_forward(pd);
-    en.wdesc = pd.weights_desc();
-    en.scratch = pd.scratchpad_desc().get_size();
-    SetReorder(en, g, /*to_user=*/false);
-    return en;
+    return MakeEntry<dnnl::convolution_forward>(pd, pd.weights_desc(), g, /*to_user=*/false);
   });
   std::lock_guard<std::mutex> exec(exec_mu);
   dnnl::stream& s = Stream();
@@ -219,16 +226,11 @@ ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ff
   Geom g = MakeGeom(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
   return Guard([&] {
     auto e = Lookup(g.Key("bwd_data", 0), [&] {
-      Entry en;
       auto hint = FwdPd(g, false, false);
       dnnl::convolution_backward_data::primitive_desc pd(
           Engine(), dnnl::algorithm::convolution_direct, g.Src(), g.AnyWeights(), g.Dst(), g.Strides(), g.PadL(),
           g.PadR(), hint, UserScratch());
-      en.prim = dnnl::convolution_backward_data(pd);
-      en.wdesc = pd.weights_desc();
-      en.scratch = pd.scratchpad_desc().get_size();
-      SetReorder(en, g, /*to_user=*/false);
-      return en;
+      return MakeEntry<dnnl::convolution_backward_data>(pd, pd.weights_desc(), g, /*to_user=*/false);
     });
     std::lock_guard<std::mutex> exec(exec_mu);
     dnnl::stream& s = Stream();
@@ -249,16 +251,11 @@ ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
   Geom g = MakeGeom(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
   return Guard([&] {
     auto e = Lookup(g.Key("bwd_weights", has_bias), [&] {
-      Entry en;
       auto hint = FwdPd(g, has_bias, false);
       dnnl::convolution_backward_weights::primitive_desc pd(
           Engine(), dnnl::algorithm::convolution_direct, g.Src(), g.AnyWeights(), g.Bias(has_bias), g.Dst(),
           g.Strides(), g.PadL(), g.PadR(), hint, UserScratch());
-      en.prim = dnnl::convolution_backward_weights(pd);
-      en.wdesc = pd.diff_weights_desc();
-      en.scratch = pd.scratchpad_desc().get_size();
-      SetReorder(en, g, /*to_user=*/true);
-      return en;
+      return MakeEntry<dnnl::convolution_backward_weights>(pd, pd.diff_weights_desc(), g, /*to_user=*/true);
     });
     std::lock_guard<std::mutex> exec(exec_mu);
     dnnl::stream& s = Stream();
