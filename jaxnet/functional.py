@@ -77,6 +77,7 @@ global_avg_pool = _dispatch(_pool.global_avg_pool, _pool.global_avg_pool_manual)
 # norm
 batch_norm = _dispatch(_norm.batch_norm, _norm.batch_norm_manual)
 spatial_batch_norm = _dispatch(_norm.spatial_batch_norm, _norm.spatial_batch_norm_manual)
+batch_norm_relu = _dispatch(_norm.batch_norm_relu, _norm.batch_norm_relu_manual)
 layer_norm = _dispatch(_norm.layer_norm, _norm.layer_norm_manual)
 group_norm = _dispatch(_norm.group_norm, _norm.group_norm_manual)
 local_response_norm = _dispatch(_norm.local_response_norm, _norm.local_response_norm_manual)
@@ -132,7 +133,7 @@ __all__ = [
     "affine", "relu", "leaky_relu", "sigmoid", "tanh", "elu", "prelu", "maxout", "softplus", "gelu",
     "softmax_cross_entropy", "svm_hinge", "sigmoid_cross_entropy", "l2_loss", "l1_loss", "l2_penalty",
     "l1_penalty", "conv2d", "conv2d_transpose", "max_pool2d", "avg_pool2d", "global_avg_pool", "batch_norm",
-    "spatial_batch_norm", "layer_norm", "group_norm", "local_response_norm", "dropout",
+    "spatial_batch_norm", "batch_norm_relu", "layer_norm", "group_norm", "local_response_norm", "dropout",
     # sequence
     "word_embedding", "temporal_affine", "temporal_softmax_cross_entropy",
     # recurrent

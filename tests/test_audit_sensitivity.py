@@ -14,6 +14,7 @@ import pytest
 
 from jaxnet import registry
 from jaxnet.gradcheck import MANUAL_VS_AUTODIFF_TOL, SCALE_TOL, audit_case
+from jaxnet.gradcheck.extremes import rule_for
 from jaxnet.gradcheck.float32 import float32_case
 
 
@@ -189,3 +190,27 @@ def test_float32_pass_flags_disagreement_above_its_tolerance():
     assert all(r.manual_nonfinite == 0 for r in results)
     results = float32_case(mutant(spec, lambda g, d, ct: [v * (1 + 1e-6) for v in g]), spec.cases[0])
     assert all(r.passed for r in results)                  # below float32 resolution: the float64 audit's job
+
+
+def test_float32_pass_measures_a_disagreement_against_float64_where_the_reference_is_noise():
+    from jaxnet.gradcheck.float32 import FLOAT32_TOL, _compare
+    truth = [np.array([0.0, 1.0, 2.0])]
+    ref = [truth[0] + np.array([1e-3, 0, 0])]                # the float32 reference: 1e-3 of rounding noise
+    mirror = [truth[0] - np.array([1e-3, 0, 0])]             # a kernel rounding the other way
+    assert _compare(mirror, ref, ["y"])[0] > FLOAT32_TOL      # against the reference alone: 1e-3 apart
+    assert _compare(mirror, ref, ["y"], truth)[0] == 0.0      # no further from float64 than the reference
+    wrong = [truth[0] + np.array([1e-3, 1e-2, 0])]
+    assert _compare(wrong, ref, ["y"], truth)[0] == pytest.approx((1e-2 - 1e-3) / 2.0)   # the excess, of the scale
+
+
+def test_float32_pass_still_fails_a_wrong_gradient_at_a_zero_variance_input():
+    spec = registry.get("batch_norm_relu")
+    def by_variant(results):
+        return {r.config[len(spec.cases[0].label) + 1:]: r for r in results}
+    ok = by_variant(float32_case(spec, spec.cases[0]))
+    assert ok["x all 1.3"].passed and ok["x all -7"].passed
+    # dgamma off by the size of dbeta (O(1)) where every true dgamma is 0: caught
+    wrong = mutant(spec, lambda g, d, ct: [g[0], g[1] + g[2]] + g[2:])
+    bad = by_variant(float32_case(dataclasses.replace(wrong, extremes=rule_for(spec)), spec.cases[0]))
+    assert not bad["x all 1.3"].passed and bad["x all 1.3"].worst == "dgamma"
+    assert not bad["x all -7"].passed

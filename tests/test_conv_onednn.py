@@ -194,13 +194,13 @@ def test_missing_onednn_is_quiet_by_default(fresh_loader, caplog):
 
 def test_failed_build_warns_once_and_falls_back(fresh_loader, tmp_path):
     def failing(force=False):
-        raise B.BuildError("compiling conv.cc failed: error: boom")
+        raise B.BuildError("compiling kernels.cc failed: error: boom")
     fresh_loader.delenv("JAXNET_ONEDNN", raising=False)
     fresh_loader.setattr(B, "find_onednn", lambda: (tmp_path / "include", tmp_path / "lib"))
     fresh_loader.setattr(B, "cpu_runtime", lambda inc: "OMP")
     fresh_loader.setattr(B, "library_path", lambda: tmp_path / "missing.so")
     fresh_loader.setattr(B, "build", failing)
-    with pytest.warns(RuntimeWarning, match="compiling conv.cc failed") as rec:
+    with pytest.warns(RuntimeWarning, match="compiling kernels.cc failed") as rec:
         assert onednn.load() is False and onednn.load() is False
     assert len([w for w in rec if "oneDNN" in str(w.message)]) == 1
 
@@ -231,11 +231,11 @@ def onednn_headers():
 
 
 def test_a_compile_error_is_one_line_with_the_log(onednn_headers, monkeypatch, tmp_path):
-    bad = tmp_path / "conv.cc"
+    bad = tmp_path / "kernels.cc"
     bad.write_text("int broken = ;\n")
     monkeypatch.setattr(B, "SOURCE", bad)
     monkeypatch.setenv("JAXNET_CACHE_DIR", str(tmp_path / "cache"))
-    with pytest.raises(B.BuildError, match="compiling conv.cc failed: .*error") as e:
+    with pytest.raises(B.BuildError, match="compiling kernels.cc failed: .*error") as e:
         B.build()
     assert "\n" not in str(e.value) and "build.log" in str(e.value)
     assert not list((tmp_path / "cache").rglob("*.so"))        # nothing half-written is left as the library

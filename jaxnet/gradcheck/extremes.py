@@ -123,6 +123,7 @@ OVERRIDES: dict[str, Callable] = {
     "sigmoid_cross_entropy": _sigmoid_cross_entropy,
     "batch_norm": _batch_norm,
     "spatial_batch_norm": _batch_norm,
+    "batch_norm_relu": _batch_norm,
     "layer_norm": _feature_norm,
     "group_norm": _feature_norm,
 }

@@ -15,7 +15,14 @@ copy of the first case of each op that has none, and requires, jitted as trainin
   in ``reference_nonfinite`` and left out of the comparison);
 - agreement: manual vs reference outputs and manual vs autodiff gradients
   within :data:`FLOAT32_TOL` of each tensor's scale
-  (:func:`~jaxnet.gradcheck.report.norm_rel_error`, ``max |a - b| / max |b|``).
+  (:func:`~jaxnet.gradcheck.report.norm_rel_error`, ``max |a - b| / max |b|``),
+  or, where they differ by more, the manual tensor no further from the float64
+  answer (the reference and its autodiff gradient computed in float64 at the same
+  inputs) than the float32 reference is, within the same tolerance: at an
+  ill-conditioned input (a batch norm of all-equal values, where x - mean is
+  the rounding of the mean amplified by 1/sqrt(eps)) the float32 reference is
+  itself rounding noise, and a kernel that rounds the other way (or exactly)
+  is as right as it.  The error reported is then that excess over the reference's.
 
 The tolerance: float32 rounds to 6e-8 (2**-24) relative; two correct
 computations of the same quantity in a different order (a reduction over k
@@ -76,11 +83,12 @@ class Float32Result:
         return d
 
 
-def _compare(manual, reference, names):
+def _compare(manual, reference, names, truth=None):
     """(largest error of the tensors' scale, its name, manual non-finite where reference finite,
-    reference non-finite), over finite entries of both."""
+    reference non-finite), over finite entries of both.  With ``truth`` (the float64 answers), a
+    tensor's error is at most how much further than the reference the manual one is from it."""
     worst, where, bad, ref_bad = 0.0, "", 0, 0
-    for name, m, r in zip(names, manual, reference):
+    for i, (name, m, r) in enumerate(zip(names, manual, reference)):
         m, r = np.asarray(m, np.float64), np.asarray(r, np.float64)
         fr, fm = np.isfinite(r), np.isfinite(m)
         ref_bad += int(np.sum(~fr))
@@ -91,6 +99,10 @@ def _compare(manual, reference, names):
         scale = float(np.max(np.abs(r[both])))
         scale = max(scale, float(np.max(np.abs(m[both]))))
         err = float(np.max(np.abs(m[both] - r[both]))) / scale if scale > 0 else 0.0
+        if truth is not None and err > FLOAT32_TOL:
+            t = np.asarray(truth[i], np.float64)[both]
+            excess = float(np.max(np.abs(m[both] - t)) - np.max(np.abs(r[both] - t))) / scale
+            err = min(err, max(excess, 0.0))
         if err > worst or not where:
             worst, where = err, name
     return worst, where, bad, ref_bad
@@ -127,6 +139,24 @@ def sample_float32(spec: registry.OpSpec, case: registry.Case, key) -> tuple:
         return tuple(_to_float32(a) for a in args)
 
 
+def _float64_answers(spec, case, diff, args, ct):
+    """The reference's outputs and autodiff gradients in float64 at the same (float32) inputs:
+    (output leaves, gradient leaves), NumPy."""
+    def up(a):
+        return a if a is None or not np.issubdtype(np.asarray(a).dtype, np.floating) else np.asarray(a, np.float64)
+
+    with jax.enable_x64(True):
+        a64 = tuple(a if a is None or jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else up(a) for a in args)
+
+        def run(args, ct):
+            primals = tuple(args[i] for i in diff)
+            g = jax.vjp(spec.of_differentiated("autodiff", args, case, diff), *primals)[1](ct)
+            return spec.call("autodiff", args, case), g
+
+        f, g = jax.device_get(jax.jit(run)(a64, np.asarray(ct, np.float64)))
+    return jax.tree_util.tree_leaves(f), list(g)
+
+
 def float32_case(spec: registry.OpSpec, case: registry.Case, *, seed: int = 0,
                  label: str | None = None) -> list[Float32Result]:
     """Run one case's extreme inputs through both paths in float32 (one compiled program)."""
@@ -157,6 +187,10 @@ def float32_case(spec: registry.OpSpec, case: registry.Case, *, seed: int = 0,
             f_ref, f_man = jax.tree_util.tree_leaves(f_ref), jax.tree_util.tree_leaves(f_man)
             fe, fw, fbad, fref = _compare(f_man, f_ref, _output_names(f_ref))
             ge, gw, gbad, gref = _compare(g_man, g_ref, [f"d{n}" for n in names])
+            if max(fe, ge) > FLOAT32_TOL:     # is the float32 reference itself that far from float64?
+                f64, g64 = _float64_answers(spec, case, diff, args, ct)
+                fe, fw, fbad, fref = _compare(f_man, f_ref, _output_names(f_ref), f64)
+                ge, gw, gbad, gref = _compare(g_man, g_ref, [f"d{n}" for n in names], g64)
             results.append(Float32Result(
                 spec.name, f"{label} {variant}", fe, ge, fbad + gbad, fref + gref, FLOAT32_TOL,
                 time.perf_counter() - start, jnp.dtype(DTYPE).name, tuple(names), fw if fe >= ge else gw))

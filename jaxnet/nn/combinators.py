@@ -18,8 +18,14 @@ child names with ``"/"`` (``"block1/conv1"``); ``""`` is the layer passed in.
 A leaf is any layer but these three combinators (their class attribute
 ``reports_children``): its own ``apply`` runs with the hook off, and its
 output is one entry. The hook is a context variable read while ``apply`` is
-traced: with it off, each child costs one ``ContextVar.get`` and the traced
-computation is unchanged.
+traced: with it off, each child costs one ``ContextVar.get``.
+
+Fusion: :class:`Sequential` runs a child and the next one as one op where the
+child's :meth:`~jaxnet.nn.Layer.fused_with` offers it (a ``BatchNorm``
+followed by a ``ReLU`` of the same ``impl``: :func:`jaxnet.functional.batch_norm_relu`,
+which the oneDNN kernel runs as one kernel each way); params and state keep one
+entry per child.  With the hook on, every child runs alone (each output is
+reported), so the values equal the fused run's up to float rounding.
 """
 from __future__ import annotations
 
@@ -109,8 +115,9 @@ def apply_tapped(layer, params, state, x, *, train: bool, key=None,
     every leaf layer and of every ``Residual`` / ``Parallel`` (after the add /
     merge); ``path`` joins the child names from ``layer`` down with ``"/"``,
     and is ``""`` for ``layer`` itself (reported when ``layer`` is a leaf or a
-    ``Residual`` / ``Parallel``). The result is exactly ``layer.apply``'s:
-    the same ops and the same keys. Under ``jit`` the calls happen at trace
+    ``Residual`` / ``Parallel``). The result is ``layer.apply``'s: the same
+    keys and the same ops, except that pairs a ``Sequential`` fuses (BatchNorm +
+    ReLU) run as two (both outputs reported): equal up to float rounding. Under ``jit`` the calls happen at trace
     time with traced arrays, so return what ``on_output`` collects from the
     jitted function.
     """
@@ -188,8 +195,20 @@ class Sequential(Layer):
 
     def apply(self, params, state, x, *, train, key=None):
         new_state = {}
-        for i, (name, layer) in enumerate(zip(self.names, self.layers)):
+        names, layers, i = self.names, self.layers, 0
+        fuse = _TAP.get() is None            # with the output hook on, every child reports its own output
+        while i < len(layers):
+            name, layer = names[i], layers[i]
+            pair = layer.fused_with(layers[i + 1]) if fuse and i + 1 < len(layers) else None
+            if pair is not None:             # e.g. BatchNorm + ReLU as one op (Layer.fused_with)
+                nxt = names[i + 1]
+                x, new_state[name] = pair(_entry(self, params, name, "params", None),
+                                          _entry(self, state, name, "state", None), x, train=train)
+                new_state[nxt] = _entry(self, state, nxt, "state", None)
+                i += 2
+                continue
             x, new_state[name] = _apply_child(self, name, layer, params, state, x, train, _child_key(key, i))
+            i += 1
         return x, new_state
 
     def __len__(self):

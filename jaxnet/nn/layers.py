@@ -125,6 +125,12 @@ class Layer:
 
         return tuple(jax.eval_shape(run, jax.ShapeDtypeStruct(shape, _float())).shape)
 
+    def fused_with(self, following) -> Optional[Callable]:
+        """How :class:`~jaxnet.nn.Sequential` runs this layer and the ``following`` one as one op:
+        ``apply(params, state, x, *, train) -> (y, state)`` on this layer's params and state
+        (``following`` must have neither), or None (the default: each runs alone)."""
+        return None
+
     def __post_init__(self):
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
@@ -524,12 +530,22 @@ class BatchNorm(_OpLayer):
         return _gamma_beta(shape, float(self.gamma_init)), {"mean": (c, 0.0), "var": (c, 1.0)}
 
     def apply(self, params, state, x, *, train, key=None):
+        return self._run(F.batch_norm, params, state, x, train)
+
+    def _run(self, op, params, state, x, train):
         _check_train(self, train)
-        y, mean, var = F.batch_norm(x, params["gamma"], params["beta"], state["mean"], state["var"],
-                                    train=bool(train), momentum=self.momentum, eps=self.eps, impl=self.impl)
+        y, mean, var = op(x, params["gamma"], params["beta"], state["mean"], state["var"],
+                          train=bool(train), momentum=self.momentum, eps=self.eps, impl=self.impl)
         if not train:
             return y, state
         return y, {"mean": mean, "var": var}
+
+    def fused_with(self, following):
+        """A ``ReLU`` with the same ``impl`` right after: one :func:`jaxnet.functional.batch_norm_relu`
+        (the same values; with the oneDNN kernel, one fused kernel each way)."""
+        if type(following) is not ReLU or following.impl != self.impl:
+            return None
+        return lambda params, state, x, *, train: self._run(F.batch_norm_relu, params, state, x, train)
 
 
 @dataclasses.dataclass(frozen=True)

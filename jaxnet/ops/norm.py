@@ -29,6 +29,8 @@ import numpy as np
 
 from jaxnet._checks import check_number, check_positive_int, check_rank
 from jaxnet.ops import _oracle_inputs as O
+from jaxnet.ops import onednn
+from jaxnet.ops.activations import relu, relu_manual
 from jaxnet.ops import _sampling as S
 from jaxnet.ops._registry import OpSpec, case, register
 
@@ -101,6 +103,18 @@ def spatial_batch_norm(x, gamma, beta, running_mean, running_var, *, train, mome
     momentum, eps = check_batch_norm("spatial_batch_norm", x, gamma, beta, running_mean, running_var,
                                      momentum, eps, ranks=(4,))
     return batch_norm(x, gamma, beta, running_mean, running_var, train=train, momentum=momentum, eps=eps)
+
+
+def batch_norm_relu(x, gamma, beta, running_mean, running_var, *, train, momentum=0.9, eps=1e-5):
+    """``relu(batch_norm(x, ...))`` as one op: the conv - batch norm - ReLU of a convnet.
+
+    Same contract as :func:`batch_norm` (x: (N, D) or (N, H, W, C); the others (C,); returns
+    ``(y, new_running_mean, new_running_var)``), y passed through ReLU.  :class:`jaxnet.nn.Sequential`
+    runs a ``BatchNorm`` followed by a ``ReLU`` (same ``impl``) as this op.
+    """
+    momentum, eps = check_batch_norm("batch_norm_relu", x, gamma, beta, running_mean, running_var, momentum, eps)
+    y, rm, rv = batch_norm(x, gamma, beta, running_mean, running_var, train=train, momentum=momentum, eps=eps)
+    return relu(y), rm, rv
 
 
 def layer_norm(x, gamma, beta, *, eps=1e-5):
@@ -244,6 +258,63 @@ def spatial_batch_norm_manual(x, gamma, beta, running_mean, running_var, *, trai
     return _batch_norm(x, gamma, beta, running_mean, running_var, train, momentum, eps)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _normalize_relu(x, gamma, beta, eps):
+    """Train-mode batch norm then ReLU: returns (y, mean, var), statistics over every axis but the last."""
+    return _normalize_relu_fwd(x, gamma, beta, eps)[0]
+
+
+def _normalize_relu_fwd(x, gamma, beta, eps):
+    # On the CPU with the oneDNN kernel: oneDNN's batch normalization with the ReLU fused in (one
+    # pass for the statistics, one writing y and a 1-byte-per-value ReLU mask).  Otherwise XLA:
+    # the statistics, then relu(gamma * xhat + beta); y itself is the residual that gives the mask.
+    if onednn.usable(x, gamma, beta):
+        y, mean, var, ws = onednn.bn_fwd(x, gamma, beta, eps, relu=True)
+        return (y, mean, var), (x, mean, var, gamma, ws)
+    lead = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axis=lead)
+    var = jnp.mean(jnp.square(x - mean), axis=lead)
+    inv_std = jax.lax.rsqrt(var + eps)
+    y = relu(gamma * ((x - mean) * inv_std) + beta)
+    return (y, mean, var), (x, mean, inv_std, gamma, y)
+
+
+def _normalize_relu_bwd(eps, res, cts):
+    """dz = dy·1[z > 0] (z = γx̂ + β), then batch norm's: dx = γσ⁻¹(dz − (Σdz + x̂·Σ(dz·x̂))/m), dγ = Σ dz·x̂, dβ = Σ dz.
+
+    The ReLU's mask is y > 0 (XLA path) or oneDNN's workspace (oneDNN's backward runs).
+
+    Residuals: x (N, D) or (N, H, W, C), mean (C,), 1/sqrt(var + eps) (C,) (oneDNN: var), gamma
+    (C,) and y like x (oneDNN: its ReLU mask, uint8).  cts: (dy like x, and the cotangents of mean and
+    var, ignored: bookkeeping outputs).  Returns dx like x, dgamma and dbeta (C,).
+    """
+    x, mean, scale, gamma, mask = res
+    dy = cts[0]
+    if mask.dtype == jnp.uint8:                   # the oneDNN forward ran: so does its backward
+        return onednn.bn_bwd(x, mean, scale, gamma, dy, mask, eps, relu=True)
+    dz = jnp.where(mask <= 0, 0, dy)              # as relu's backward (NaN passes dy)
+    lead = tuple(range(x.ndim - 1))
+    m = x.size // x.shape[-1]
+    xhat = (x - mean) * scale
+    dbeta = jnp.sum(dz, axis=lead)
+    dgamma = jnp.sum(dz * xhat, axis=lead)
+    dx = (gamma * scale) * (dz - (dbeta + xhat * dgamma) / m)
+    return dx, dgamma, dbeta
+
+
+_normalize_relu.defvjp(_normalize_relu_fwd, _normalize_relu_bwd)
+
+
+def batch_norm_relu_manual(x, gamma, beta, running_mean, running_var, *, train, momentum=0.9, eps=1e-5):
+    """Manual twin of :func:`batch_norm_relu`. x: (N, D) or (N, H, W, C); the others (C,)."""
+    momentum, eps = check_batch_norm("batch_norm_relu", x, gamma, beta, running_mean, running_var, momentum, eps)
+    if not train:
+        return (relu_manual(_batch_norm_eval(x, gamma, beta, running_mean, running_var, float(eps))),
+                running_mean, running_var)
+    y, mean, var = _normalize_relu(x, gamma, beta, float(eps))
+    return (y,) + update_running(running_mean, running_var, mean, var, momentum)
+
+
 def layer_norm_manual(x, gamma, beta, *, eps=1e-5):
     """Manual twin of :func:`layer_norm`. x: (..., D); gamma, beta: (D,)."""
     check_rank("layer_norm", "x", x, range(1, 9))
@@ -338,6 +409,27 @@ register(OpSpec("spatial_batch_norm", spatial_batch_norm, spatial_batch_norm_man
     case({"x": (2, 3, 3, 4)}, train=False),
 ), backward=(_normalize_bwd, _batch_norm_eval_bwd), output=_first, note=_BATCH_NORM_NOTE,
    oracle=_batch_norm_oracle, oracle_cases=_spatial_batch_norm_oracle_cases))
+
+
+def _batch_norm_relu_oracle(x, gamma, beta, running_mean, running_var, *, train, momentum=0.9, eps=1e-5):
+    """NumPy oracle: :func:`_batch_norm_oracle` with ``max(y, 0)``, float64."""
+    y, rm, rv = _batch_norm_oracle(x, gamma, beta, running_mean, running_var, train=train, momentum=momentum, eps=eps)
+    return np.maximum(y, 0.0), rm, rv
+
+
+def _batch_norm_relu_oracle_cases():
+    return O.drawn(
+        "batch_norm_relu",
+        ("x=2x3x3x2 train", _oracle_norm_args((2, 3, 3, 2)), {"train": True}),
+        ("x=5x3 train momentum=0.5 eps=1e-3", _oracle_norm_args((5, 3)), {"train": True, "momentum": 0.5, "eps": 1e-3}),
+        ("x=2x2x2x3 eval", _oracle_norm_args((2, 2, 2, 3)), {"train": False}))
+
+
+register(OpSpec("batch_norm_relu", batch_norm_relu, batch_norm_relu_manual, _sample_with_running, (
+    case({"x": (2, 3, 3, 4)}, train=True), case({"x": (6, 5)}, train=True),
+    case({"x": (2, 3, 3, 4)}, train=False), case({"x": (3, 2, 2, 3)}, train=True, momentum=0.5, eps=1e-3),
+), backward=(_normalize_relu_bwd, _batch_norm_eval_bwd), output=_first, note=_BATCH_NORM_NOTE,
+   oracle=_batch_norm_relu_oracle, oracle_cases=_batch_norm_relu_oracle_cases))
 
 
 def _layer_norm_oracle(x, gamma, beta, *, eps=1e-5):

@@ -1,9 +1,11 @@
-"""Optional CPU accelerator: oneDNN convolutions as XLA custom calls (``jax.ffi``), float32, NHWC.
+"""Optional CPU accelerator: oneDNN convolutions and batch norm as XLA custom calls (``jax.ffi``), float32, NHWC.
 
 The manual convolution (:func:`jaxnet.ops.conv.conv2d_manual`, plain convolutions) calls these
-kernels for its forward pass and for the course's two backward convolutions (dX and dW) when the
-kernel is loaded, the arrays are float32 and the computation is on the CPU; otherwise it uses
-XLA's convolution, with the same results up to float32 rounding.
+kernels for its forward pass and for the course's two backward convolutions (dX and dW), and the
+manual fused batch norm + ReLU (:func:`jaxnet.ops.norm.batch_norm_relu_manual`, train mode) calls
+oneDNN's batch normalization with the ReLU fused in (forward, and the backward from oneDNN's
+ReLU mask), when the kernel is loaded, the arrays are float32 and the computation is on the CPU;
+otherwise they use XLA, with the same results up to float32 rounding.
 
 Install with ``pip install 'jaxnet[cpu-fast]'`` (oneDNN's library and headers from PyPI: the
 CPU-only ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels; the SYCL ``onednn`` /
@@ -41,11 +43,13 @@ import numpy as np
 
 TARGETS = {"jaxnet_onednn_conv_fwd": "JaxnetOnednnConvFwd",
            "jaxnet_onednn_conv_bwd_data": "JaxnetOnednnConvBwdData",
-           "jaxnet_onednn_conv_bwd_weights": "JaxnetOnednnConvBwdWeights"}
+           "jaxnet_onednn_conv_bwd_weights": "JaxnetOnednnConvBwdWeights",
+           "jaxnet_onednn_bn_fwd": "JaxnetOnednnBnFwd",
+           "jaxnet_onednn_bn_bwd": "JaxnetOnednnBnBwd"}
 
 _log = logging.getLogger("jaxnet")
 _lock = threading.Lock()
-_state: dict = {"tried": False, "ok": False, "reason": "", "version": None, "path": None}
+_state: dict = {"tried": False, "ok": False, "reason": "", "version": None, "path": None, "lib": None}
 _disabled = [0]
 
 
@@ -129,6 +133,8 @@ def load() -> bool:
             lib = ctypes.CDLL(str(path))
             lib.jaxnet_onednn_selftest.restype = ctypes.c_char_p
             lib.jaxnet_onednn_version.restype = ctypes.c_char_p
+            lib.jaxnet_onednn_bn_workspace_bytes.restype = ctypes.c_int64
+            lib.jaxnet_onednn_bn_workspace_bytes.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_float, ctypes.c_int64]
             err = lib.jaxnet_onednn_selftest().decode()
             if err:
                 raise RuntimeError(f"oneDNN self-test failed: {err}")
@@ -137,7 +143,7 @@ def load() -> bool:
         except Exception as e:  # noqa: BLE001 - any failure means: fall back, once, with the reason
             _fallback(" ".join(str(e).split()) or type(e).__name__, loud=True)
             return False
-        _state.update(ok=True, version=lib.jaxnet_onednn_version().decode(), path=str(path))
+        _state.update(ok=True, version=lib.jaxnet_onednn_version().decode(), path=str(path), lib=lib)
         keep_large_blocks()
         _log.info("jaxnet: oneDNN %s convolution kernel loaded from %s", _state["version"], path)
         return True
@@ -228,4 +234,44 @@ def conv_bwd_weights(x, dy, w_shape, stride, pads, bias=True):
     return dw, (db if bias else None)
 
 
-__all__ = ["available", "load", "info", "usable", "disabled", "conv_fwd", "conv_bwd_data", "conv_bwd_weights"]
+def _nhwc(x):
+    """x (N, H, W, C), or (N, C) seen as (N, 1, 1, C)."""
+    return x if x.ndim == 4 else x.reshape(x.shape[0], 1, 1, x.shape[-1])
+
+
+def bn_workspace_bytes(x_shape, eps, relu=True) -> int:
+    """Bytes of the ReLU mask :func:`bn_fwd` returns for ``x_shape`` ((N, H, W, C) or (N, C))."""
+    n, h, w, c = x_shape if len(x_shape) == 4 else (x_shape[0], 1, 1, x_shape[-1])
+    size = int(_state["lib"].jaxnet_onednn_bn_workspace_bytes(n, h, w, c, float(eps), int(bool(relu))))
+    if size < 0:
+        raise RuntimeError(f"jaxnet onednn: no batch-norm primitive for shape {tuple(x_shape)}")
+    return size
+
+
+def bn_fwd(x, gamma, beta, eps, relu=True):
+    """Train-mode batch norm by oneDNN: ``y = [ReLU](gamma * (x - mean) / sqrt(var + eps) + beta)``.
+
+    x: (N, H, W, C) or (N, C) float32; gamma, beta: (C,) float32.  Returns (y like x, mean (C,),
+    var (C,) biased, over every axis but the last, ws): ws is oneDNN's ReLU mask (uint8 bytes, for
+    :func:`bn_bwd`; empty without ReLU).
+    """
+    c = x.shape[-1]
+    stat = jax.ShapeDtypeStruct((c,), np.float32)
+    ws = jax.ShapeDtypeStruct((bn_workspace_bytes(x.shape, eps, relu),), np.uint8)
+    y, mean, var, mask = _call("jaxnet_onednn_bn_fwd", (jax.ShapeDtypeStruct(_nhwc(x).shape, np.float32), stat, stat, ws),
+                               _nhwc(x), gamma, beta, eps=np.float32(eps), relu=np.int64(bool(relu)))
+    return y.reshape(x.shape), mean, var, mask
+
+
+def bn_bwd(x, mean, var, gamma, dy, ws, eps, relu=True):
+    """dx (like x), dgamma, dbeta ((C,)) of :func:`bn_fwd` at x for the cotangent dy of y, by oneDNN
+    (the ReLU's mask from ``ws``); mean, var as bn_fwd returned them."""
+    c = x.shape[-1]
+    stat = jax.ShapeDtypeStruct((c,), np.float32)
+    dx, dgamma, dbeta = _call("jaxnet_onednn_bn_bwd", (jax.ShapeDtypeStruct(_nhwc(x).shape, np.float32), stat, stat),
+                              _nhwc(x), mean, var, gamma, _nhwc(dy), ws, eps=np.float32(eps), relu=np.int64(bool(relu)))
+    return dx.reshape(x.shape), dgamma, dbeta
+
+
+__all__ = ["available", "load", "info", "usable", "disabled", "conv_fwd", "conv_bwd_data", "conv_bwd_weights",
+           "bn_workspace_bytes", "bn_fwd", "bn_bwd"]

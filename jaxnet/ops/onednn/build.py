@@ -1,4 +1,4 @@
-"""Compile ``conv.cc`` (jaxnet's oneDNN custom calls) into a shared library, once per version.
+"""Compile ``kernels.cc`` (jaxnet's oneDNN custom calls) into a shared library, once per version.
 
 Finds oneDNN's headers and ``libdnnl.so`` where the ``onednn`` / ``onednn-devel`` wheels put them
 (``<prefix>/include`` and ``<prefix>/lib`` of the environment, or ``JAXNET_ONEDNN_PREFIX``), the
@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("conv.cc")
+SOURCE = Path(__file__).with_name("kernels.cc")
 LIB_NAME = "libjaxnet_onednn.so"
 
 

@@ -1,11 +1,15 @@
-// oneDNN convolutions for jaxnet, as XLA FFI custom calls (CPU, float32).
+// oneDNN kernels for jaxnet, as XLA FFI custom calls (CPU, float32).
 //
-// Three handlers, the three convolutions of a conv layer's training step:
+// The three convolutions of a conv layer's training step:
 //   jaxnet_onednn_conv_fwd          y  = conv(x, w) [+ b] [then ReLU]      (post-ops fused by oneDNN)
 //   jaxnet_onednn_conv_bwd_data     dx = the "full" convolution of dy with the flipped filters
 //   jaxnet_onednn_conv_bwd_weights  dw = the correlation of x with dy      [+ db = sum of dy]
+// and spatial batch norm in train mode, optionally with the ReLU after it fused in:
+//   jaxnet_onednn_bn_fwd            y = [ReLU](gamma * (x - mean) / sqrt(var + eps) + beta), mean, var
+//                                   (biased, over N, H, W) and, with ReLU, oneDNN's workspace (its mask)
+//   jaxnet_onednn_bn_bwd            dx, dgamma, dbeta from x, mean, var, gamma, dy [and the workspace]
 // Activations are NHWC (oneDNN `nhwc`), filters HWIO as jaxnet stores them (oneDNN `hwio`).  Each
-// primitive is created for its shapes with `format_tag::any` weights (oneDNN picks its blocked
+// convolution primitive is created for its shapes with `format_tag::any` weights (oneDNN picks its blocked
 // layout; the HWIO filters are reordered into it per call, or the gradient out of it) and cached,
 // keyed by the shapes, strides, paddings and flags.  One engine for the process; one stream and
 // one scratch buffer per calling thread (scratchpads are user-managed, so concurrent calls from
@@ -13,10 +17,12 @@
 // default thread count: every core, as XLA's CPU client).  Strides and explicit (top, bottom,
 // left, right) paddings; no dilation, one group.
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 
@@ -110,25 +116,32 @@ struct Entry {
   size_t scratch = 0, rscratch = 0;
 };
 
-std::mutex cache_mu;
 // One kernel at a time: each already uses every core oneDNN has, and XLA may start two independent
 // custom calls at once (a layer's dX and dW); running them together would only oversubscribe.
 std::mutex exec_mu;
-std::unordered_map<std::string, std::shared_ptr<Entry>>& Cache() {
-  static auto* c = new std::unordered_map<std::string, std::shared_ptr<Entry>>();
-  return *c;
-}
+// The cache of entries of type E (one map and lock per type), keyed by shapes and flags.
+template <typename E>
+struct Cache {
+  static std::mutex mu;
+  static std::unordered_map<std::string, std::shared_ptr<E>>& Map() {
+    static auto* m = new std::unordered_map<std::string, std::shared_ptr<E>>();
+    return *m;
+  }
+};
+template <typename E>
+std::mutex Cache<E>::mu;
 
 template <typename Make>
-std::shared_ptr<Entry> Lookup(const std::string& key, Make make) {
+auto Lookup(const std::string& key, Make make) -> std::shared_ptr<decltype(make())> {
+  using E = decltype(make());
   {
-    std::lock_guard<std::mutex> lock(cache_mu);
-    auto it = Cache().find(key);
-    if (it != Cache().end()) return it->second;
+    std::lock_guard<std::mutex> lock(Cache<E>::mu);
+    auto it = Cache<E>::Map().find(key);
+    if (it != Cache<E>::Map().end()) return it->second;
   }
-  auto e = std::make_shared<Entry>(make());
-  std::lock_guard<std::mutex> lock(cache_mu);
-  return Cache().emplace(key, e).first->second;
+  auto e = std::make_shared<E>(make());
+  std::lock_guard<std::mutex> lock(Cache<E>::mu);
+  return Cache<E>::Map().emplace(key, e).first->second;
 }
 
 void SetReorder(Entry& e, const Geom& g, bool to_user) {
@@ -274,6 +287,88 @@ ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
   });
 }
 
+// --- spatial batch norm (train mode) [+ ReLU] --------------------------------------------------
+
+struct BnEntry {
+  dnnl::batch_normalization_forward fwd;
+  dnnl::batch_normalization_backward bwd;
+  memory::desc data, stat, ws;  // x/y (nhwc), mean/var/gamma/beta (C), the ReLU workspace
+  size_t fscratch = 0, bscratch = 0;
+};
+
+std::shared_ptr<BnEntry> BnLookup(int64_t n, int64_t h, int64_t w, int64_t c, float eps, int64_t relu) {
+  std::string key = "bn";
+  for (int64_t v : {n, h, w, c, relu}) key += "," + std::to_string(v);
+  char e[32];
+  std::snprintf(e, sizeof e, ",%a", eps);  // exact: eps values never share a key
+  key += e;
+  return Lookup(key, [&] {
+    using nf = dnnl::normalization_flags;
+    nf flags = nf::use_scale | nf::use_shift | (relu ? nf::fuse_norm_relu : nf::none);
+    BnEntry e;
+    e.data = memory::desc({n, c, h, w}, dt::f32, tag::nhwc);
+    dnnl::batch_normalization_forward::primitive_desc fpd(Engine(), dnnl::prop_kind::forward_training, e.data,
+                                                          e.data, eps, flags, UserScratch());
+    dnnl::batch_normalization_backward::primitive_desc bpd(Engine(), dnnl::prop_kind::backward, e.data, e.data,
+                                                           e.data, eps, flags, fpd, UserScratch());
+    e.fwd = dnnl::batch_normalization_forward(fpd);
+    e.bwd = dnnl::batch_normalization_backward(bpd);
+    e.stat = fpd.mean_desc();
+    e.ws = fpd.workspace_desc();
+    e.fscratch = fpd.scratchpad_desc().get_size();
+    e.bscratch = bpd.scratchpad_desc().get_size();
+    return e;
+  });
+}
+
+memory Stat(const BnEntry& e, const void* p) { return Mem(e.stat, p); }
+
+// y = [ReLU](gamma * xhat + beta), mean, var [, workspace]
+ffi::Error BnFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> gamma, ffi::Buffer<ffi::F32> beta,
+                     ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> mean, ffi::ResultBuffer<ffi::F32> var,
+                     ffi::ResultBuffer<ffi::U8> ws, float eps, int64_t relu) {
+  auto d = x.dimensions();
+  if (d.size() != 4) return ffi::Error::InvalidArgument("jaxnet onednn bn_fwd: x must be rank 4");
+  return Guard([&] {
+    auto e = BnLookup(d[0], d[1], d[2], d[3], eps, relu);
+    if (relu && (size_t)ws->size_bytes() != e->ws.get_size()) throw std::runtime_error("bn_fwd: workspace size");
+    std::lock_guard<std::mutex> exec(exec_mu);
+    dnnl::stream& s = Stream();
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, Mem(e->data, x.typed_data())}, {DNNL_ARG_DST, Mem(e->data, y->typed_data())},
+        {DNNL_ARG_SCALE, Stat(*e, gamma.typed_data())}, {DNNL_ARG_SHIFT, Stat(*e, beta.typed_data())},
+        {DNNL_ARG_MEAN, Stat(*e, mean->typed_data())}, {DNNL_ARG_VARIANCE, Stat(*e, var->typed_data())},
+        {DNNL_ARG_SCRATCHPAD, ScratchMem(2, e->fscratch)}};
+    if (relu) args.emplace(DNNL_ARG_WORKSPACE, Mem(e->ws, ws->untyped_data()));
+    e->fwd.execute(s, args);
+    s.wait();
+  });
+}
+
+// dx, dgamma, dbeta of the above, from x, its mean and var, gamma, dy [and the workspace]
+ffi::Error BnBwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> var,
+                     ffi::Buffer<ffi::F32> gamma, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::U8> ws,
+                     ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dgamma,
+                     ffi::ResultBuffer<ffi::F32> dbeta, float eps, int64_t relu) {
+  auto d = x.dimensions();
+  if (d.size() != 4) return ffi::Error::InvalidArgument("jaxnet onednn bn_bwd: x must be rank 4");
+  return Guard([&] {
+    auto e = BnLookup(d[0], d[1], d[2], d[3], eps, relu);
+    if (relu && (size_t)ws.size_bytes() != e->ws.get_size()) throw std::runtime_error("bn_bwd: workspace size");
+    std::lock_guard<std::mutex> exec(exec_mu);
+    dnnl::stream& s = Stream();
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, Mem(e->data, x.typed_data())}, {DNNL_ARG_MEAN, Stat(*e, mean.typed_data())},
+        {DNNL_ARG_VARIANCE, Stat(*e, var.typed_data())}, {DNNL_ARG_SCALE, Stat(*e, gamma.typed_data())},
+        {DNNL_ARG_DIFF_DST, Mem(e->data, dy.typed_data())}, {DNNL_ARG_DIFF_SRC, Mem(e->data, dx->typed_data())},
+        {DNNL_ARG_DIFF_SCALE, Stat(*e, dgamma->typed_data())}, {DNNL_ARG_DIFF_SHIFT, Stat(*e, dbeta->typed_data())},
+        {DNNL_ARG_SCRATCHPAD, ScratchMem(2, e->bscratch)}};
+    if (relu) args.emplace(DNNL_ARG_WORKSPACE, Mem(e->ws, ws.untyped_data()));
+    e->bwd.execute(s, args);
+    s.wait();
+  });
+}
+
 }  // namespace
 
 #define JAXNET_STRIDES_PADS()                                                                       \
@@ -302,6 +397,43 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetOnednnConvBwdWeights, ConvBwdWeightsImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>() JAXNET_STRIDES_PADS()
                                   .Attr<int64_t>("has_bias"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetOnednnBnFwd, BnFwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::U8>>()
+                                  .Attr<float>("eps")
+                                  .Attr<int64_t>("relu"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetOnednnBnBwd, BnBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::U8>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("eps")
+                                  .Attr<int64_t>("relu"));
+
+// Bytes of the ReLU workspace that jaxnet_onednn_bn_fwd writes for x of shape (n, h, w, c) (0 without
+// ReLU), or -1 when oneDNN cannot make the primitive; jaxnet asks while tracing, to size the buffer.
+extern "C" int64_t jaxnet_onednn_bn_workspace_bytes(int64_t n, int64_t h, int64_t w, int64_t c, float eps,
+                                                    int64_t relu) {
+  try {
+    return relu ? (int64_t)BnLookup(n, h, w, c, eps, relu)->ws.get_size() : 0;
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
 
 // The oneDNN version this library was built against and runs with, for jaxnet's messages.
 extern "C" const char* jaxnet_onednn_version() {
