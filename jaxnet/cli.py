@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_cmd_gradcheck)
 
     b = sub.add_parser("bench", help="time manual ops, the train step, compile and kNN side by side")
-    b.add_argument("--only", action="append", metavar="SUITE", help="ops | train_step | train_step_default_flags | compile | knn | rnn | attention (repeatable)")
+    b.add_argument("--only", action="append", metavar="SUITE", help="ops | train_step | train_step_default_flags | train_step_bn | train_step_bn_default_flags | compile | "
+                        "knn | rnn | attention (repeatable)")
     b.add_argument("--json", action="store_true", help="print the report as JSON")
     b.add_argument("--quick", action="store_true", help="fewer timing blocks (a smoke run)")
     b.set_defaults(func=lambda a: __import__("jaxnet.bench", fromlist=["cli"]).cli(a))

@@ -150,7 +150,7 @@ def test_sequential_fuses_batch_norm_and_relu_with_the_same_values(x64, monkeypa
     assert "_normalize_relu" in traced and "relu_manual" not in traced
 
 
-def test_sequential_does_not_fuse_across_impls_or_with_the_hook_on(x64):
+def test_sequential_does_not_fuse_across_impls_and_reports_both_outputs_with_the_hook_on(x64):
     x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 6, 6, 3)))
     mixed = _net(impl_relu="autodiff")
     params, state = mixed.init(jax.random.key(0), (4, 6, 6, 3))
@@ -158,9 +158,12 @@ def test_sequential_does_not_fuse_across_impls_or_with_the_hook_on(x64):
     assert "_normalize_relu" not in traced and "_normalize" in traced
     model = _net()
     seen = []
-    y, _ = nn.apply_tapped(model, params, state, x, train=True, on_output=lambda p, v: seen.append(p))
-    assert seen[:3] == ["conv", "bn", "relu"]                 # both outputs reported
-    np.testing.assert_allclose(y, model.apply(params, state, x, train=True)[0], rtol=1e-12, atol=1e-12)
+    y, _ = nn.apply_tapped(model, params, state, x, train=True, on_output=lambda p, v: seen.append((p, v)))
+    assert [p for p, _ in seen[:3]] == ["conv", "bn", "relu"]               # both outputs reported
+    bn, relu = seen[1][1], seen[2][1]
+    np.testing.assert_allclose(relu, np.maximum(bn, 0), rtol=1e-12, atol=1e-12)
+    assert np.any(np.asarray(bn) < 0)                                        # the BatchNorm's own output
+    np.testing.assert_array_equal(y, model.apply(params, state, x, train=True)[0])     # the fused run's result
 
 
 def test_fast_convnet_runs_every_norm_relu_pair_fused(kernel):

@@ -7,7 +7,8 @@ import sys
 
 from jaxnet.bench.timing import Candidate, ratio, time_candidates
 
-SUITES = ("ops", "train_step", "train_step_default_flags", "compile", "knn", "rnn", "attention")
+SUITES = ("ops", "train_step", "train_step_default_flags", "train_step_bn", "train_step_bn_default_flags", "compile",
+          "knn", "rnn", "attention")
 
 
 def _torch():
@@ -24,22 +25,23 @@ def _torch():
 def run(suites=SUITES, *, quick=False) -> dict:
     from jaxnet.bench import suites as S
     blocks, reps = (2, 2) if quick else (5, 3)
-    torch = _torch() if {"ops", "train_step", "rnn"} & set(suites) else None
+    torch = _torch() if {"ops", "train_step", "train_step_bn", "rnn"} & set(suites) else None
     if torch is not None:
         torch.manual_seed(0)
     rows = []
     if "ops" in suites:
         rows += S.bench_ops(blocks=blocks, reps=reps, torch_mod=torch)
-    if "train_step" in suites:
-        rows.append(S.bench_train_step(blocks=blocks, reps=reps, torch_mod=torch))
-    if "train_step_default_flags" in suites:
-        default = S.bench_train_step_default_flags(quick=quick)
-        rows.append(default)
-        flagged = next((r for r in rows if r["name"].startswith("train step") and r is not default), None)
-        if flagged:
-            ours = flagged["candidates"]["jaxnet manual"]["images_per_second"]
-            default["ratios"]["jaxnet manual (jaxnet flags) / flax.linen (default flags) (images/s)"] = (
-                ours / default["candidates"]["flax.linen"]["images_per_second"])
+    for bn, suite in ((False, "train_step"), (True, "train_step_bn")):
+        if suite in suites:
+            rows.append(S.bench_train_step(blocks=blocks, reps=reps, torch_mod=torch, batchnorm=bn))
+        if suite + "_default_flags" in suites:
+            default = S.bench_train_step_default_flags(quick=quick, batchnorm=bn)
+            flagged = next((r for r in rows if r["name"] == default["name"].split(" (default XLA flags")[0]), None)
+            rows.append(default)
+            if flagged:
+                ours = flagged["candidates"]["jaxnet manual"]["images_per_second"]
+                default["ratios"]["jaxnet manual (jaxnet flags) / flax.linen (default flags) (images/s)"] = (
+                    ours / default["candidates"]["flax.linen"]["images_per_second"])
     if "compile" in suites:
         rows.append(S.bench_compile())
     if "knn" in suites:

@@ -5,6 +5,8 @@
    32/64/128 channels, affine to 10, batch 128, 32x32x3) in jaxnet (manual and
    autodiff backward), flax.linen and, when torch is installed, PyTorch eager
    (NCHW and channels-last).
+   ``train_step_bn``: the same net with batch norm, 3 x [conv3x3-BN-ReLU-maxpool2] (convs
+   without bias), the same candidates (flax.linen's BatchNorm with its ``batch_stats``).
 3. ``compile``: jit compile time of that step; ``import jaxnet`` + first step wall
    time in a fresh process.
 4. ``knn``: the kNN distance matrix's GFLOP/s against a plain matmul's.
@@ -143,13 +145,14 @@ def _torch_conv(torch, args):
 
 # --- the training step ---------------------------------------------------------------------------------
 
-def jaxnet_convnet(impl):
+def jaxnet_convnet(impl, batchnorm=False):
     from jaxnet import nn
     layers, names = [], []
     for i, c in enumerate((32, 64, 128), start=1):
-        layers += [nn.Conv2D(c, kernel=3, padding="SAME", impl=impl), nn.ReLU(impl=impl),
-                   nn.MaxPool2D(2, impl=impl)]
-        names += [f"conv{i}", f"relu{i}", f"pool{i}"]
+        conv = nn.Conv2D(c, kernel=3, padding="SAME", impl=impl, bias=not batchnorm)
+        norm = [nn.BatchNorm(impl=impl)] if batchnorm else []
+        layers += [conv] + norm + [nn.ReLU(impl=impl), nn.MaxPool2D(2, impl=impl)]
+        names += [f"conv{i}"] + ([f"bn{i}"] if batchnorm else []) + [f"relu{i}", f"pool{i}"]
     layers += [nn.Flatten(), nn.Affine(10, impl=impl)]
     names += ["flatten", "fc"]
     return nn.Sequential(tuple(layers), tuple(names))
@@ -160,11 +163,11 @@ def _data(seed=0):
     return rng.standard_normal((BATCH, 32, 32, 3)).astype(np.float32), rng.integers(0, 10, BATCH).astype(np.int32)
 
 
-def _jaxnet_step(impl):
+def _jaxnet_step(impl, batchnorm=False):
     import optax
 
     from jaxnet.train import create_train_state, make_train_step
-    model = jaxnet_convnet(impl)
+    model = jaxnet_convnet(impl, batchnorm)
     opt = optax.adam(1e-3)
     step = make_train_step(model, opt, impl=impl)
     # device_put compiles nothing (jnp.asarray / jnp.ones compile small programs: start-up that is harness)
@@ -178,7 +181,7 @@ def _jaxnet_step(impl):
     return run, step, holder, (x, y, mask)
 
 
-def _flax_step():
+def _flax_step(batchnorm=False):
     import flax.linen as fnn
     import optax
 
@@ -186,36 +189,46 @@ def _flax_step():
         @fnn.compact
         def __call__(self, x):
             for c in (32, 64, 128):
-                x = fnn.max_pool(fnn.relu(fnn.Conv(c, (3, 3), padding="SAME")(x)), (2, 2), (2, 2))
+                x = fnn.Conv(c, (3, 3), padding="SAME", use_bias=not batchnorm)(x)
+                if batchnorm:
+                    x = fnn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)(x)
+                x = fnn.max_pool(fnn.relu(x), (2, 2), (2, 2))
             return fnn.Dense(10)(x.reshape(x.shape[0], -1))
 
     net, opt = Net(), optax.adam(1e-3)
     x, y = (jnp.asarray(a) for a in _data())
-    params = net.init(jax.random.PRNGKey(0), x)
-    holder = {"p": params, "o": opt.init(params)}
+    variables = net.init(jax.random.PRNGKey(0), x)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    holder = {"p": params, "s": stats, "o": opt.init(params)}
 
     @jax.jit
-    def step(p, o, x, y):
+    def step(p, s, o, x, y):
         def loss(p):
-            logits = net.apply(p, x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        l, g = jax.value_and_grad(loss)(p)
+            if batchnorm:
+                logits, new = net.apply({"params": p, "batch_stats": s}, x, mutable=["batch_stats"])
+                s2 = new["batch_stats"]
+            else:
+                logits, s2 = net.apply({"params": p}, x), s
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), s2
+        (l, s), g = jax.value_and_grad(loss, has_aux=True)(p)
         u, o = opt.update(g, o, p)
-        return optax.apply_updates(p, u), o, l
+        return optax.apply_updates(p, u), s, o, l
 
     def run():
-        holder["p"], holder["o"], l = step(holder["p"], holder["o"], x, y)
+        holder["p"], holder["s"], holder["o"], l = step(holder["p"], holder["s"], holder["o"], x, y)
         return l
     return run
 
 
-def _torch_step(torch, channels_last):
+def _torch_step(torch, channels_last, batchnorm=False):
     tnn = torch.nn
     torch.manual_seed(0)
-    model = tnn.Sequential(tnn.Conv2d(3, 32, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
-                           tnn.Conv2d(32, 64, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
-                           tnn.Conv2d(64, 128, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
-                           tnn.Flatten(), tnn.Linear(128 * 4 * 4, 10))
+    layers = []
+    for cin, c in ((3, 32), (32, 64), (64, 128)):
+        layers += [tnn.Conv2d(cin, c, 3, padding=1, bias=not batchnorm)]
+        layers += [tnn.BatchNorm2d(c, momentum=0.1, eps=1e-5)] if batchnorm else []
+        layers += [tnn.ReLU(), tnn.MaxPool2d(2)]
+    model = tnn.Sequential(*layers, tnn.Flatten(), tnn.Linear(128 * 4 * 4, 10))
     x, y = _data()
     xt, yt = torch.tensor(x.transpose(0, 3, 1, 2).copy()), torch.tensor(y.astype(np.int64))
     if channels_last:
@@ -233,19 +246,22 @@ def _torch_step(torch, channels_last):
     return run
 
 
-def bench_train_step(*, blocks=5, reps=3, torch_mod=None) -> dict:
+def bench_train_step(*, blocks=5, reps=3, torch_mod=None, batchnorm=False) -> dict:
+    """One Adam step of the benchmark convnet (``batchnorm``: with BN after each conv), every candidate
+    timed side by side; images/s ratios."""
     from jaxnet.ops import onednn
-    with onednn.disabled():              # "jaxnet manual": XLA's convolution (traced here, kept by jit)
-        manual_xla = _jaxnet_step("manual")[0]
+    bn = batchnorm
+    with onednn.disabled():              # "jaxnet manual": XLA's kernels (traced here, kept by jit)
+        manual_xla = _jaxnet_step("manual", bn)[0]
         jax.block_until_ready(manual_xla())
     cands = [Candidate("jaxnet manual", manual_xla, items=BATCH),
-             Candidate("jaxnet autodiff", _jaxnet_step("auto")[0], items=BATCH),
-             Candidate("flax.linen", _flax_step(), items=BATCH)]
-    if onednn.available():               # the same step with the oneDNN kernel (the cpu-fast extra)
-        cands.insert(1, Candidate("jaxnet manual (oneDNN)", _jaxnet_step("manual")[0], items=BATCH))
+             Candidate("jaxnet autodiff", _jaxnet_step("auto", bn)[0], items=BATCH),
+             Candidate("flax.linen", _flax_step(bn), items=BATCH)]
+    if onednn.available():               # the same step with the oneDNN kernels (the cpu-fast extra)
+        cands.insert(1, Candidate("jaxnet manual (oneDNN)", _jaxnet_step("manual", bn)[0], items=BATCH))
     if torch_mod is not None:
-        cands += [Candidate("torch NCHW", _torch_step(torch_mod, False), items=BATCH, sync=lambda o: o),
-                  Candidate("torch channels-last", _torch_step(torch_mod, True), items=BATCH, sync=lambda o: o)]
+        cands += [Candidate("torch NCHW", _torch_step(torch_mod, False, bn), items=BATCH, sync=lambda o: o),
+                  Candidate("torch channels-last", _torch_step(torch_mod, True, bn), items=BATCH, sync=lambda o: o)]
     res = time_candidates(cands, blocks=blocks, reps=reps)
     ips = lambda n: res[n]["images_per_second"]
     ratios = {"jaxnet manual / jaxnet autodiff (images/s)": ips("jaxnet manual") / ips("jaxnet autodiff"),
@@ -257,14 +273,16 @@ def bench_train_step(*, blocks=5, reps=3, torch_mod=None) -> dict:
         for other in ("jaxnet manual", "torch NCHW", "torch channels-last"):
             if other in res:
                 ratios[f"jaxnet manual (oneDNN) / {other} (images/s)"] = ips("jaxnet manual (oneDNN)") / ips(other)
-    return {"name": "train step: convnet 32/64/128, batch 128, Adam", "candidates": res, "ratios": ratios}
+    name = "train step: convnet 32/64/128" + (" with batch norm" if bn else "") + ", batch 128, Adam"
+    return {"name": name, "candidates": res, "ratios": ratios}
 
 
-def bench_train_step_default_flags(*, quick=False) -> dict:
+def bench_train_step_default_flags(*, quick=False, batchnorm=False) -> dict:
     """The same step in a fresh process with jaxnet's XLA flags off (``JAXNET_XLA_FLAGS=0``):
     XLA's default CPU lowering, for the flax.linen baseline the issue names."""
     code = ("import json; from jaxnet.bench.suites import bench_train_step; "
-            f"print(json.dumps(bench_train_step(blocks={2 if quick else 5}, reps={2 if quick else 3})))")
+            f"print(json.dumps(bench_train_step(blocks={2 if quick else 5}, reps={2 if quick else 3}, "
+            f"batchnorm={bool(batchnorm)})))")
     env = {**os.environ, "JAXNET_XLA_FLAGS": "0"}
     env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "ynn_fusion" not in f)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)

@@ -24,8 +24,9 @@ Fusion: :class:`Sequential` runs a child and the next one as one op where the
 child's :meth:`~jaxnet.nn.Layer.fused_with` offers it (a ``BatchNorm``
 followed by a ``ReLU`` of the same ``impl``: :func:`jaxnet.functional.batch_norm_relu`,
 which the oneDNN kernel runs as one kernel each way); params and state keep one
-entry per child.  With the hook on, every child runs alone (each output is
-reported), so the values equal the fused run's up to float rounding.
+entry per child.  With the hook on, the pair still runs fused (the result is
+``apply``'s) and both outputs are reported: the first child's from running it
+alone as well, the second's the fused op's.
 """
 from __future__ import annotations
 
@@ -115,9 +116,10 @@ def apply_tapped(layer, params, state, x, *, train: bool, key=None,
     every leaf layer and of every ``Residual`` / ``Parallel`` (after the add /
     merge); ``path`` joins the child names from ``layer`` down with ``"/"``,
     and is ``""`` for ``layer`` itself (reported when ``layer`` is a leaf or a
-    ``Residual`` / ``Parallel``). The result is ``layer.apply``'s: the same
-    keys and the same ops, except that pairs a ``Sequential`` fuses (BatchNorm +
-    ReLU) run as two (both outputs reported): equal up to float rounding. Under ``jit`` the calls happen at trace
+    ``Residual`` / ``Parallel``). The result is exactly ``layer.apply``'s:
+    the same ops and the same keys (a pair a ``Sequential`` fuses, BatchNorm +
+    ReLU, runs fused; the BatchNorm's own output is computed alone for its
+    report). Under ``jit`` the calls happen at trace
     time with traced arrays, so return what ``on_output`` collects from the
     jitted function.
     """
@@ -196,19 +198,23 @@ class Sequential(Layer):
     def apply(self, params, state, x, *, train, key=None):
         new_state = {}
         names, layers, i = self.names, self.layers, 0
-        fuse = _TAP.get() is None            # with the output hook on, every child reports its own output
         while i < len(layers):
             name, layer = names[i], layers[i]
-            pair = layer.fused_with(layers[i + 1]) if fuse and i + 1 < len(layers) else None
-            if pair is not None:             # e.g. BatchNorm + ReLU as one op (Layer.fused_with)
-                nxt = names[i + 1]
-                x, new_state[name] = pair(_entry(self, params, name, "params", None),
-                                          _entry(self, state, name, "state", None), x, train=train)
-                new_state[nxt] = _entry(self, state, nxt, "state", None)
-                i += 2
+            pair = layer.fused_with(layers[i + 1]) if i + 1 < len(layers) else None
+            if pair is None:
+                x, new_state[name] = _apply_child(self, name, layer, params, state, x, train, _child_key(key, i))
+                i += 1
                 continue
-            x, new_state[name] = _apply_child(self, name, layer, params, state, x, train, _child_key(key, i))
-            i += 1
+            # this child and the next as one op (Layer.fused_with: BatchNorm + ReLU)
+            tap, nxt = _TAP.get(), names[i + 1]
+            if tap is not None:               # the hook reports the first one's own output too, run alone
+                _apply_child(self, name, layer, params, state, x, train, _child_key(key, i))
+            x, new_state[name] = pair(_entry(self, params, name, "params", tap),
+                                      _entry(self, state, name, "state", tap), x, train=train)
+            new_state[nxt] = _entry(self, state, nxt, "state", tap)
+            if tap is not None:
+                tap.on_output(_join(tap.path, nxt), x)
+            i += 2
         return x, new_state
 
     def __len__(self):
