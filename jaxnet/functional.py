@@ -67,6 +67,7 @@ l1_penalty = _dispatch(_losses.l1_penalty, _losses.l1_penalty_manual)
 
 # conv
 conv2d = _dispatch(_conv.conv2d, _conv.conv2d_manual)
+conv2d_relu = _dispatch(_conv.conv2d_relu, _conv.conv2d_relu_manual)
 conv2d_transpose = _dispatch(_conv.conv2d_transpose, _conv.conv2d_transpose_manual)
 
 # pool
@@ -132,7 +133,7 @@ pixel_cross_entropy = _dispatch(_detection.pixel_cross_entropy, _detection.pixel
 __all__ = [
     "affine", "relu", "leaky_relu", "sigmoid", "tanh", "elu", "prelu", "maxout", "softplus", "gelu",
     "softmax_cross_entropy", "svm_hinge", "sigmoid_cross_entropy", "l2_loss", "l1_loss", "l2_penalty",
-    "l1_penalty", "conv2d", "conv2d_transpose", "max_pool2d", "avg_pool2d", "global_avg_pool", "batch_norm",
+    "l1_penalty", "conv2d", "conv2d_relu", "conv2d_transpose", "max_pool2d", "avg_pool2d", "global_avg_pool", "batch_norm",
     "spatial_batch_norm", "batch_norm_relu", "layer_norm", "group_norm", "local_response_norm", "dropout",
     # sequence
     "word_embedding", "temporal_affine", "temporal_softmax_cross_entropy",

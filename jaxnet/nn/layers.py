@@ -283,9 +283,19 @@ class Conv2D(_OpLayer):
         return {"w": (w, "w"), **_bias(self, self.features)}, {}
 
     def apply(self, params, state, x, *, train, key=None):
-        y = F.conv2d(x, params["w"], params.get("b"), stride=self.stride, padding=self.padding,
-                     dilation=self.dilation, groups=self.groups, impl=self.impl)
+        return self._run(F.conv2d, params, state, x)
+
+    def _run(self, op, params, state, x):
+        y = op(x, params["w"], params.get("b"), stride=self.stride, padding=self.padding,
+               dilation=self.dilation, groups=self.groups, impl=self.impl)
         return y, state
+
+    def fused_with(self, following):
+        """A ``ReLU`` with the same ``impl`` right after: one :func:`jaxnet.functional.conv2d_relu`
+        (the same values; with the oneDNN kernel, the ReLU runs inside the convolution)."""
+        if type(following) is not ReLU or following.impl != self.impl:
+            return None
+        return lambda params, state, x, *, train: self._run(F.conv2d_relu, params, state, x)
 
 
 @dataclasses.dataclass(frozen=True)

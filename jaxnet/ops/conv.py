@@ -36,6 +36,7 @@ from jaxnet.ops import onednn
 from jaxnet.ops._geometry import WindowGeometry, as_pair, check_spatial, window_geometry
 from jaxnet.ops._patches import crop_hw, extract_patches, fold_patches, pad_hw
 from jaxnet.ops._registry import OpSpec, case, register
+from jaxnet.ops.activations import relu
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -280,6 +281,84 @@ register(OpSpec("conv2d", conv2d, conv2d_manual, _sample_conv, (
     case({"x": (2, 5, 7, 2), "w": (2, 3, 2, 3), "bias": False}, stride=(1, 2), padding=(1, 0)),
     case({"x": (1, 7, 7, 3), "w": (5, 5, 3, 2)}, stride=2, padding=2, dilation=1),
 ), backward=_conv2d_bwd, oracle=_conv2d_oracle, oracle_cases=_conv2d_oracle_cases))
+
+
+# ---------------------------------------------------------------------------------------- conv2d_relu
+
+def conv2d_relu(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
+    """``relu(conv2d(x, w, b, ...))`` as one op: a conv layer followed by its ReLU.
+
+    Same arguments and shapes as :func:`conv2d`; returns (N, Ho, Wo, O), every entry >= 0 (or NaN).
+    :class:`jaxnet.nn.Sequential` runs a ``Conv2D`` followed by a ``ReLU`` (same ``impl``) as this op.
+    """
+    groups = check_positive_int("conv2d_relu", "groups", groups)
+    g = conv2d_geometry("conv2d_relu", x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return relu((_conv2d_xla if _xla_conv_safe(g) else _conv2d_im2col)(x, w, b, g, groups))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv2d_relu(x, w, b, geom, groups):
+    return _conv2d_relu_fwd(x, w, b, geom, groups)[0]
+
+
+def _conv2d_relu_fwd(x, w, b, geom, groups):
+    # oneDNN applies the ReLU inside the convolution (a post-op: no second pass over y); otherwise
+    # conv2d's forward, then the ReLU.  The output y is the residual the mask comes from.
+    if _native(geom, groups) and _onednn(geom, x, w, b):
+        y = onednn.conv_fwd(x, w, b, geom.stride, geom.pads, relu=True)
+    else:
+        y = relu(_conv2d_fwd(x, w, b, geom, groups)[0])
+    return y, (x, w, b, y)
+
+
+def _conv2d_relu_bwd(geom, groups, res, dy):
+    """dz = dy·1[y > 0] (the ReLU's, from its output y), then conv2d's backward of dz: dX, dW = Pᵀ·dz, db = Σ dz.
+
+    Residuals: x (N, H, W, C), w (KH, KW, C // groups, O), b (O,) or None and the output y
+    (N, Ho, Wo, O); y <= 0 exactly where the convolution was <= 0 (NaN passes dy, as relu's
+    backward).  dy: like y.  Returns dx like x, dw like w, db (O,) or None.
+    """
+    x, w, b, y = res
+    return _conv2d_bwd(geom, groups, (x, w, b), jnp.where(y <= 0, 0, dy))
+
+
+_conv2d_relu.defvjp(_conv2d_relu_fwd, _conv2d_relu_bwd)
+
+
+def conv2d_relu_manual(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
+    """Manual twin of :func:`conv2d_relu` (on oneDNN with the ReLU fused into the convolution for
+    float32 on the CPU when its kernel is loaded).  Shapes as :func:`conv2d`."""
+    groups = check_positive_int("conv2d_relu", "groups", groups)
+    geom = conv2d_geometry("conv2d_relu", x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return _conv2d_relu(x, w, b, geom, groups)
+
+
+def _conv2d_relu_oracle(x, w, b=None, **kwargs):
+    """NumPy oracle: ``max(conv2d oracle, 0)``, float64."""
+    return np.maximum(_conv2d_oracle(x, w, b, **kwargs), 0.0)
+
+
+def _conv2d_relu_oracle_cases():
+    return O.drawn(
+        "conv2d_relu",
+        ("x=2x5x5x3 w=3x3x3x2 stride=1 padding=0", _oracle_conv_args((2, 5, 5, 3), (3, 3, 3, 2)),
+         {"stride": 1, "padding": 0}),
+        ("x=1x6x7x2 w=3x2x2x2 stride=2 padding=SAME", _oracle_conv_args((1, 6, 7, 2), (3, 2, 2, 2)),
+         {"stride": 2, "padding": "SAME"}),
+        ("x=2x4x4x4 w=3x3x2x6 groups=2 padding=1", _oracle_conv_args((2, 4, 4, 4), (3, 3, 2, 6)),
+         {"padding": 1, "groups": 2}),
+        ("x=1x5x6x2 w=2x3x2x2 bias=False stride=(1,2) padding=((1,0),(0,1))",
+         _oracle_conv_args((1, 5, 6, 2), (2, 3, 2, 2), bias=False), {"stride": (1, 2), "padding": ((1, 0), (0, 1))}))
+
+
+register(OpSpec("conv2d_relu", conv2d_relu, conv2d_relu_manual, _sample_conv, (
+    case({"x": (2, 7, 7, 3), "w": (3, 3, 3, 4)}, stride=1, padding=1),
+    case({"x": (1, 8, 9, 3), "w": (3, 3, 3, 2)}, stride=2, padding="SAME"),
+    case({"x": (2, 9, 9, 2), "w": (3, 3, 2, 3)}, stride=1, padding="VALID", dilation=2),
+    case({"x": (2, 6, 6, 4), "w": (3, 3, 2, 6)}, stride=1, padding=1, groups=2),
+    case({"x": (2, 5, 7, 2), "w": (2, 3, 2, 3), "bias": False}, stride=(1, 2), padding=(1, 0)),
+), backward=_conv2d_relu_bwd, note="the convolution's outputs are continuous draws: none within a finite-difference "
+   "step of the ReLU's kink at the sampled inputs", oracle=_conv2d_relu_oracle, oracle_cases=_conv2d_relu_oracle_cases))
 
 
 # ----------------------------------------------------------------------------------- conv2d_transpose
