@@ -43,6 +43,9 @@ _TIES = np.ones((1, 4, 4, 1))                       # every window of max pool i
 # op -> (fn(path), args, argnums, expected gradients).  Each sits exactly on the op's kink or tie.
 KINKS = {
     "relu at 0": ("relu", lambda m: m.relu, ([-1.0, 0.0, 2.0],), (0,), ([0.0, 0.0, 1.0],)),
+    # a 1x1 convolution with weight 1: the ReLU's input is x itself, 0 at the middle pixel
+    "conv2d_relu at 0": ("conv2d_relu", lambda m: lambda x, w: m.conv2d_relu(x, w),
+                         ([[[[-1.0], [0.0], [2.0]]]], [[[[1.0]]]]), (0,), ([[[[0.0], [0.0], [1.0]]]],)),
     "leaky_relu at 0": ("leaky_relu", lambda m: lambda x: m.leaky_relu(x, slope=0.25),
                         ([-1.0, 0.0, 2.0],), (0,), ([0.25, 0.25, 1.0],)),
     "elu at 0, alpha 0.5": ("elu", lambda m: lambda x: m.elu(x, alpha=0.5), ([0.0, 1.0],), (0,), ([0.5, 1.0],)),
