@@ -99,7 +99,7 @@ def test_manual_on_onednn_matches_the_reference_float32(kernel):
             assert _scaled_err(m, r) < 2e-5, (shape, name, _scaled_err(m, r))
 
 
-def test_onednn_workspace_is_one_byte_per_value_and_empty_without_relu(kernel):
+def test_onednn_workspace_is_one_bit_per_value_and_empty_without_relu(kernel):
     assert onednn.bn_workspace_bytes((8, 32, 32, 16), 1e-5) == 8 * 32 * 32 * 16 // 8
     assert onednn.bn_workspace_bytes((8, 32, 32, 16), 1e-5, relu=False) == 0
     y, m, v, ws = onednn.bn_fwd(*_args((2, 3, 3, 4))[:3], 1e-5, relu=False)

@@ -266,7 +266,7 @@ def _normalize_relu(x, gamma, beta, eps):
 
 def _normalize_relu_fwd(x, gamma, beta, eps):
     # On the CPU with the oneDNN kernel: oneDNN's batch normalization with the ReLU fused in (one
-    # pass for the statistics, one writing y and a 1-byte-per-value ReLU mask).  Otherwise XLA:
+    # pass for the statistics, one writing y and a 1-bit-per-value ReLU mask).  Otherwise XLA:
     # the statistics, then relu(gamma * xhat + beta); y itself is the residual that gives the mask.
     if onednn.usable(x, gamma, beta):
         y, mean, var, ws = onednn.bn_fwd(x, gamma, beta, eps, relu=True)
