@@ -95,6 +95,9 @@ _COMPILED_AS_USERS = {
     "test_float32_extremes": "float32 rounding at extreme inputs is what it checks (at -O0 gru's "
                              "manual and autodiff paths differ by 0.16 at scale -100)",
     "test_training_paths": "execution-bound (a convnet trained both ways)",
+    "test_exp_batchnorm": "its smoke asserts what training reaches from a std-1e-4 init, where float32 "
+                          "rounding moves the 4-epoch validation accuracy (0.626 at XLA's defaults, 0.80 or "
+                          "0.60 at -O0 depending on how batch norm and its ReLU are fused)",
 }
 # The slow tier (`make test-slow`, `-m slow`) and `make gradcheck` compile at XLA's defaults too.
 _DMO = "jax_disable_most_optimizations"

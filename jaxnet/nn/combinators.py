@@ -21,9 +21,10 @@ output is one entry. The hook is a context variable read while ``apply`` is
 traced: with it off, each child costs one ``ContextVar.get``.
 
 Fusion: :class:`Sequential` runs a child and the next one as one op where the
-child's :meth:`~jaxnet.nn.Layer.fused_with` offers it (a ``BatchNorm``
-followed by a ``ReLU`` of the same ``impl``: :func:`jaxnet.functional.batch_norm_relu`,
-which the oneDNN kernel runs as one kernel each way); params and state keep one
+child's :meth:`~jaxnet.nn.Layer.fused_with` offers it (a ``BatchNorm`` or a
+``Conv2D`` followed by a ``ReLU`` of the same ``impl``:
+:func:`jaxnet.functional.batch_norm_relu` / ``conv2d_relu``, which the oneDNN
+kernels run fused); params and state keep one
 entry per child.  With the hook on, the pair still runs fused (the result is
 ``apply``'s) and both outputs are reported: the first child's from running it
 alone as well, the second's the fused op's.
@@ -117,9 +118,9 @@ def apply_tapped(layer, params, state, x, *, train: bool, key=None,
     merge); ``path`` joins the child names from ``layer`` down with ``"/"``,
     and is ``""`` for ``layer`` itself (reported when ``layer`` is a leaf or a
     ``Residual`` / ``Parallel``). The result is exactly ``layer.apply``'s:
-    the same ops and the same keys (a pair a ``Sequential`` fuses, BatchNorm +
-    ReLU, runs fused; the BatchNorm's own output is computed alone for its
-    report). Under ``jit`` the calls happen at trace
+    the same ops and the same keys (a pair a ``Sequential`` fuses, BatchNorm or
+    Conv2D + ReLU, runs fused; the first layer's own output is computed alone
+    for its report). Under ``jit`` the calls happen at trace
     time with traced arrays, so return what ``on_output`` collects from the
     jitted function.
     """
@@ -205,7 +206,7 @@ class Sequential(Layer):
                 x, new_state[name] = _apply_child(self, name, layer, params, state, x, train, _child_key(key, i))
                 i += 1
                 continue
-            # this child and the next as one op (Layer.fused_with: BatchNorm + ReLU)
+            # this child and the next as one op (Layer.fused_with: BatchNorm / Conv2D + ReLU)
             tap, nxt = _TAP.get(), names[i + 1]
             if tap is not None:               # the hook reports the first one's own output too, run alone
                 _apply_child(self, name, layer, params, state, x, train, _child_key(key, i))
