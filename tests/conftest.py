@@ -187,3 +187,14 @@ def assert_bad_flags_exit(module, flags, message, out, capsys, *extra):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"experiments.{module.NAME}: ") and message in err[0], err
+
+
+@pytest.fixture(scope="module")
+def onednn_kernel():
+    """The oneDNN kernels' info (jaxnet.ops.onednn); skips, saying why, where they are not available
+    (the cpu-fast extra is optional: CI runs without it)."""
+    from jaxnet.ops import onednn
+    if not onednn.available():
+        pytest.skip(f"the oneDNN kernel is not available ({onednn.info()['reason']}); "
+                    "install the cpu-fast extra (make cpu-fast) to test it")
+    return onednn.info()

@@ -20,14 +20,6 @@ from jaxnet.ops import norm, onednn
 SHAPES = ((8, 32, 32, 16), (8, 16, 16, 32), (4, 4, 4, 128), (3, 5, 7, 3), (6, 10), (1, 2, 2, 5))
 
 
-@pytest.fixture(scope="module")
-def kernel():
-    if not onednn.available():
-        pytest.skip(f"the oneDNN kernel is not available ({onednn.info()['reason']}); "
-                    "install the cpu-fast extra (make cpu-fast) to test it")
-    return onednn.info()
-
-
 def _args(shape, dtype=np.float32, seed=0):
     r = np.random.default_rng(seed)
     c = shape[-1]
@@ -86,7 +78,7 @@ def test_bad_input_is_one_error_naming_the_op(bad, match):
         assert "\n" not in str(e.value)
 
 
-def test_manual_on_onednn_matches_the_reference_float32(kernel):
+def test_manual_on_onednn_matches_the_reference_float32(onednn_kernel):
     for shape in SHAPES:
         args = _args(shape)
         ct = np.cos(np.arange(np.prod(shape))).reshape(shape).astype(np.float32)
@@ -99,21 +91,21 @@ def test_manual_on_onednn_matches_the_reference_float32(kernel):
             assert _scaled_err(m, r) < 2e-5, (shape, name, _scaled_err(m, r))
 
 
-def test_onednn_workspace_is_one_bit_per_value_and_empty_without_relu(kernel):
+def test_onednn_workspace_is_one_bit_per_value_and_empty_without_relu(onednn_kernel):
     assert onednn.bn_workspace_bytes((8, 32, 32, 16), 1e-5) == 8 * 32 * 32 * 16 // 8
     assert onednn.bn_workspace_bytes((8, 32, 32, 16), 1e-5, relu=False) == 0
     y, m, v, ws = onednn.bn_fwd(*_args((2, 3, 3, 4))[:3], 1e-5, relu=False)
     assert ws.shape == (0,) and float(jnp.min(y)) < 0                  # no ReLU: negatives stay
 
 
-def test_onednn_under_vmap_matches_the_reference(kernel):
+def test_onednn_under_vmap_matches_the_reference(onednn_kernel):
     xs, g, b, rm, rv = _args((3, 4, 5, 5, 6))
     f = lambda op: jax.vmap(lambda x: jax.grad(lambda x: jnp.sum(jnp.sin(op(x, g, b, rm, rv, train=True)[0])))(x))
     np.testing.assert_allclose(jax.jit(f(norm.batch_norm_relu_manual))(xs), jax.jit(f(norm.batch_norm_relu))(xs),
                                rtol=2e-4, atol=2e-4)
 
 
-def test_float64_takes_xla(kernel):
+def test_float64_takes_xla(onednn_kernel):
     with jax.enable_x64(True):
         args = _args((2, 3, 3, 4), np.float64)
         hlo = jax.jit(lambda *a: _run(norm.batch_norm_relu_manual, a, np.ones((2, 3, 3, 4)))).lower(*args).as_text()
@@ -166,7 +158,7 @@ def test_sequential_does_not_fuse_across_impls_and_reports_both_outputs_with_the
     np.testing.assert_array_equal(y, model.apply(params, state, x, train=True)[0])     # the fused run's result
 
 
-def test_fast_convnet_runs_every_norm_relu_pair_fused(kernel):
+def test_fast_convnet_runs_every_norm_relu_pair_fused(onednn_kernel):
     model = nn.with_impl(nn.fast_convnet(), "manual")
     params, state = model.init(jax.random.key(0), (2, 32, 32, 3))
     x = jnp.zeros((2, 32, 32, 3), jnp.float32)

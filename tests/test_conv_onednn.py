@@ -36,14 +36,6 @@ CASES = (
 )
 
 
-@pytest.fixture(scope="module")
-def kernel():
-    if not onednn.available():
-        pytest.skip(f"the oneDNN kernel is not available ({onednn.info()['reason']}); "
-                    "install the cpu-fast extra (make cpu-fast) to test it")
-    return onednn.info()
-
-
 def _inputs(dtype, cases=CASES):
     rng = np.random.default_rng(0)
     out = []
@@ -80,7 +72,7 @@ def _rel_err(got, want):
     return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
 
 
-def test_manual_conv_on_onednn_matches_the_reference_float32(kernel):
+def test_manual_conv_on_onednn_matches_the_reference_float32(onednn_kernel):
     inputs = _inputs(np.float32)
     results, hlo = _both(inputs)
     for t in TARGETS:                       # the manual path really ran oneDNN's three convolutions
@@ -95,7 +87,7 @@ def test_manual_conv_on_onednn_matches_the_reference_float32(kernel):
             assert _rel_err(a, r) < 1e-4, (case, name, _rel_err(a, r))
 
 
-def test_onednn_under_vmap_matches_the_reference(kernel):
+def test_onednn_under_vmap_matches_the_reference(onednn_kernel):
     """vmap of the custom calls (``vmap_method="sequential"``): a batch of examples and a batch of filters."""
     (x, w, b, kw), = _inputs(np.float32, (((2, 10, 8, 5), (3, 3, 5, 6), 2, ((1, 0), (2, 1)), True),))
     xs, ws = np.stack([x, 2 * x, -x]), np.stack([w, -w, 0.5 * w])
@@ -109,7 +101,7 @@ def test_onednn_under_vmap_matches_the_reference(kernel):
         assert _rel_err(a, r) < 1e-4
 
 
-def test_fused_bias_relu_forward(kernel):
+def test_fused_bias_relu_forward(onednn_kernel):
     (x, w, b, _), = _inputs(np.float32, (((4, 9, 7, 3), (3, 3, 3, 6), 1, 1, True),))
     pads = ((1, 1), (1, 1))
 
@@ -250,7 +242,7 @@ def test_an_unwritable_cache_is_a_one_line_build_error(onednn_headers, monkeypat
     assert "\n" not in str(e.value)
 
 
-def test_several_devices_keep_xla_conv(monkeypatch, kernel):
+def test_several_devices_keep_xla_conv(monkeypatch, onednn_kernel):
     """No sharding rule for the custom calls: with more than one device the manual conv keeps XLA's."""
     x = np.zeros((1, 4, 4, 2), np.float32)
     assert onednn.usable(x)

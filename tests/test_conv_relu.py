@@ -20,14 +20,6 @@ GEOMS = (((2, 7, 7, 3), (3, 3, 3, 4), dict(stride=1, padding=1)),
          ((2, 6, 6, 4), (3, 3, 2, 6), dict(padding=1, groups=2)))
 
 
-@pytest.fixture(scope="module")
-def kernel():
-    if not onednn.available():
-        pytest.skip(f"the oneDNN kernel is not available ({onednn.info()['reason']}); "
-                    "install the cpu-fast extra (make cpu-fast) to test it")
-    return onednn.info()
-
-
 def _args(xs, ws, dtype, seed=0):
     r = np.random.default_rng(seed)
     return (r.standard_normal(xs).astype(dtype), (r.standard_normal(ws) / np.sqrt(np.prod(ws[:3]))).astype(dtype),
@@ -65,7 +57,7 @@ def test_bad_input_is_one_error_naming_the_op(impl):
         F.conv2d_relu(x, w, b, groups=0, impl=impl)
 
 
-def test_onednn_runs_the_relu_inside_the_convolution(kernel):
+def test_onednn_runs_the_relu_inside_the_convolution(onednn_kernel):
     for xs, ws, kw in GEOMS[:2]:
         args = _args(xs, ws, np.float32)
         hlo = jax.jit(lambda *a: _value_and_grads(conv.conv2d_relu_manual, a, kw)).lower(*args).as_text()

@@ -252,21 +252,24 @@ def _oracle_conv_args(xs, ws, bias=True):
     return make
 
 
+# (label, make, kwargs): the fixed-input oracle cases of conv2d, and of conv2d_relu
+_CONV_ORACLE_CASES = (
+    ("x=2x5x5x3 w=3x3x3x2 stride=1 padding=0", _oracle_conv_args((2, 5, 5, 3), (3, 3, 3, 2)),
+     {"stride": 1, "padding": 0}),
+    ("x=1x7x7x2 w=3x3x2x3 stride=2 padding=1", _oracle_conv_args((1, 7, 7, 2), (3, 3, 2, 3)),
+     {"stride": 2, "padding": 1}),
+    ("x=1x6x7x2 w=3x2x2x2 stride=2 padding=SAME", _oracle_conv_args((1, 6, 7, 2), (3, 2, 2, 2)),
+     {"stride": 2, "padding": "SAME"}),
+    ("x=1x7x7x2 w=3x3x2x2 dilation=2 padding=VALID", _oracle_conv_args((1, 7, 7, 2), (3, 3, 2, 2)),
+     {"padding": "VALID", "dilation": 2}),
+    ("x=2x4x4x4 w=3x3x2x6 groups=2 padding=1", _oracle_conv_args((2, 4, 4, 4), (3, 3, 2, 6)),
+     {"padding": 1, "groups": 2}),
+    ("x=1x5x6x2 w=2x3x2x2 bias=False stride=(1,2) padding=((1,0),(0,1))",
+     _oracle_conv_args((1, 5, 6, 2), (2, 3, 2, 2), bias=False), {"stride": (1, 2), "padding": ((1, 0), (0, 1))}))
+
+
 def _conv2d_oracle_cases():
-    return O.drawn(
-        "conv2d",
-        ("x=2x5x5x3 w=3x3x3x2 stride=1 padding=0", _oracle_conv_args((2, 5, 5, 3), (3, 3, 3, 2)),
-         {"stride": 1, "padding": 0}),
-        ("x=1x7x7x2 w=3x3x2x3 stride=2 padding=1", _oracle_conv_args((1, 7, 7, 2), (3, 3, 2, 3)),
-         {"stride": 2, "padding": 1}),
-        ("x=1x6x7x2 w=3x2x2x2 stride=2 padding=SAME", _oracle_conv_args((1, 6, 7, 2), (3, 2, 2, 2)),
-         {"stride": 2, "padding": "SAME"}),
-        ("x=1x7x7x2 w=3x3x2x2 dilation=2 padding=VALID", _oracle_conv_args((1, 7, 7, 2), (3, 3, 2, 2)),
-         {"padding": "VALID", "dilation": 2}),
-        ("x=2x4x4x4 w=3x3x2x6 groups=2 padding=1", _oracle_conv_args((2, 4, 4, 4), (3, 3, 2, 6)),
-         {"padding": 1, "groups": 2}),
-        ("x=1x5x6x2 w=2x3x2x2 bias=False stride=(1,2) padding=((1,0),(0,1))",
-         _oracle_conv_args((1, 5, 6, 2), (2, 3, 2, 2), bias=False), {"stride": (1, 2), "padding": ((1, 0), (0, 1))}))
+    return O.drawn("conv2d", *_CONV_ORACLE_CASES)
 
 
 register(OpSpec("conv2d", conv2d, conv2d_manual, _sample_conv, (
@@ -339,16 +342,7 @@ def _conv2d_relu_oracle(x, w, b=None, **kwargs):
 
 
 def _conv2d_relu_oracle_cases():
-    return O.drawn(
-        "conv2d_relu",
-        ("x=2x5x5x3 w=3x3x3x2 stride=1 padding=0", _oracle_conv_args((2, 5, 5, 3), (3, 3, 3, 2)),
-         {"stride": 1, "padding": 0}),
-        ("x=1x6x7x2 w=3x2x2x2 stride=2 padding=SAME", _oracle_conv_args((1, 6, 7, 2), (3, 2, 2, 2)),
-         {"stride": 2, "padding": "SAME"}),
-        ("x=2x4x4x4 w=3x3x2x6 groups=2 padding=1", _oracle_conv_args((2, 4, 4, 4), (3, 3, 2, 6)),
-         {"padding": 1, "groups": 2}),
-        ("x=1x5x6x2 w=2x3x2x2 bias=False stride=(1,2) padding=((1,0),(0,1))",
-         _oracle_conv_args((1, 5, 6, 2), (2, 3, 2, 2), bias=False), {"stride": (1, 2), "padding": ((1, 0), (0, 1))}))
+    return O.drawn("conv2d_relu", *_CONV_ORACLE_CASES)
 
 
 register(OpSpec("conv2d_relu", conv2d_relu, conv2d_relu_manual, _sample_conv, (
