@@ -23,7 +23,10 @@ The PyTorch run (channels-last, ``torch.nn`` + ``torch.optim.SGD(nesterov=True)`
 
 (Differences left: torch's running variance is the unbiased one, jaxnet's the biased one; float
 rounding.)  Each framework runs in its own process, one after the other, so neither shares the
-CPU or an allocator setting with the other. Time to the target = training wall time (steps
+CPU or an allocator setting with the other: the jaxnet process keeps large malloc blocks on one
+heap from its start, as ``jaxnet train`` does (``jaxnet.ops.onednn.keep_large_blocks_at_start``),
+the PyTorch process keeps glibc's default (``--torch-malloc jaxnet`` gives it the same setting,
+for a like-for-like run). Time to the target = training wall time (steps
 only: compilation included, the per-epoch test evaluation excluded) summed to the end of the
 first epoch whose flip-TTA test accuracy reaches it; training stops there (``--run-to-end``:
 all epochs). Figure ``race.png``: test accuracy against training seconds, both frameworks.
@@ -64,6 +67,10 @@ def _extra(parser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="schedule length in epochs (default 16)")
     parser.add_argument("--run-to-end", action="store_true", help="train all epochs instead of stopping at the target")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPUs)")
+    parser.add_argument("--torch-malloc", choices=("default", "jaxnet"), default="default",
+                        help="default: the PyTorch process keeps glibc's malloc as a PyTorch user has it; "
+                             "jaxnet: it gets the setting the jaxnet process runs with (one heap for large "
+                             "blocks), for a like-for-like comparison")
 
 
 _fail = functools.partial(fail, NAME)   # one line on stderr, exit status 2
@@ -338,6 +345,7 @@ def _child(args, framework: str) -> dict:
         argv += ["--epochs", str(args.epochs)]
     if args.threads:
         argv += ["--threads", str(args.threads)]
+    argv += ["--torch-malloc", args.torch_malloc]
     env = dict(os.environ)
     if framework == "torch":
         env["JAXNET_ONEDNN"] = "0"   # the torch process runs no jaxnet convolution: keep malloc as torch has it
@@ -354,12 +362,17 @@ def main(argv=None) -> dict:
     if args.framework == "both":
         runs = {fw: _child(args, fw) for fw in FRAMEWORKS}
     else:
+        from jaxnet.ops.onednn import keep_large_blocks_at_start
+        # as `jaxnet train` runs: large blocks on one heap, set before any thread allocates
+        tuned = (args.framework == "jaxnet" or args.torch_malloc == "jaxnet") and keep_large_blocks_at_start()
         ds = prepare_data(args)
-        print(f"cifar10: {len(ds.y_train)} training, {len(ds.y_test)} test images; {args.framework}", flush=True)
+        print(f"cifar10: {len(ds.y_train)} training, {len(ds.y_test)} test images; {args.framework}; "
+              f"malloc: {'large blocks on one heap' if tuned else 'glibc default'}", flush=True)
         if args.framework == "jaxnet":
             runs = {"jaxnet": run_jaxnet(args, ds, epochs)}
         else:
             runs = {"torch": run_torch(args, ds, replay_plan(args, ds, epochs))}
+        runs[args.framework]["malloc"] = "large blocks on one heap" if tuned else "glibc default"
     results = {"runs": runs, "comparison": compare(runs, args.target), "epochs": epochs}
     if args.framework == "both":
         results["figures"] = {"race": os.path.basename(plot(runs, args.target, os.path.join(args.out, "race.png")))}

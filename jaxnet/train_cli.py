@@ -337,6 +337,8 @@ def _one_line_warnings():
 
 def run_train(args) -> int:
     _validate(args)
+    from jaxnet.ops.onednn import keep_large_blocks_at_start
+    keep_large_blocks_at_start()   # before JAX's threads start (see there; JAXNET_MALLOC=0 opts out)
     import jax
 
     _start_processes(args, jax)

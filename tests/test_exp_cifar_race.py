@@ -72,6 +72,13 @@ def test_bad_settings_one_line(argv, needle, capsys, tmp_path):
     assert err == f"experiments.cifar_race: {needle}"
 
 
+def test_unknown_torch_malloc_is_an_argparse_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        race.main(["--framework", "jaxnet", "--torch-malloc", "tcmalloc", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert "argument --torch-malloc: invalid choice: 'tcmalloc'" in capsys.readouterr().err
+
+
 def test_torch_run_without_torch_one_line(monkeypatch, capsys, tmp_path):
     import sys
     monkeypatch.setitem(sys.modules, "torch", None)   # import torch raises ImportError

@@ -26,7 +26,10 @@ buffers XLA allocates for every step are fresh ``mmap`` pages, page-faulted in a
 (about 11,000 minor faults, 44 MB, per step of the benchmark net; the oneDNN step ran 0.97x
 PyTorch channels-last with them and 1.25-1.39x without, measured in separate processes).  The
 process then keeps its peak heap instead of returning it to the OS, and its threads share one
-malloc arena.  ``JAXNET_MALLOC=0`` leaves malloc alone.
+malloc arena.  ``JAXNET_MALLOC=0`` leaves malloc alone.  Set when the kernel loads, it reaches
+only blocks up to 64 MB (XLA's threads already have arenas of their own by then); ``jaxnet
+train`` and the CIFAR-10 race set it at their start (:func:`keep_large_blocks_at_start`), which
+also covers larger per-step buffers (117 MB for ``fast_convnet`` at batch 256).
 """
 from __future__ import annotations
 
@@ -69,7 +72,7 @@ def _mode() -> str:
 
 def _fallback(reason: str, *, loud: bool) -> None:
     _state["reason"] = reason
-    msg = f"jaxnet: the oneDNN convolution kernel is not used ({reason}); using XLA's convolution"
+    msg = f"jaxnet: the oneDNN kernels (convolution, batch norm) are not used ({reason}); using XLA's"
     if loud:
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
     else:
@@ -99,6 +102,27 @@ def keep_large_blocks(limit: int = 1 << 30) -> bool:
                 and bool(libc.mallopt(m_arena_max, 1)))
     except (OSError, AttributeError):       # not glibc
         return False
+
+
+def keep_large_blocks_at_start() -> bool:
+    """:func:`keep_large_blocks` for a process that is about to train, called before JAX starts its
+    backend (True if applied; False once a backend runs, with ``JAXNET_MALLOC=0`` or without glibc).
+
+    A thread's malloc arena is fixed at its first allocation, so ``M_ARENA_MAX`` = 1 set when the
+    kernel loads reaches only threads started later: XLA's worker threads by then allocate from
+    arenas of their own, whose heaps hold blocks up to 64 MB. A larger per-step buffer (117 MB
+    for ``fast_convnet`` at batch 256: the CIFAR-10 race) is then mapped afresh and page-faulted
+    in every step (about 28,700 minor faults per step). Set at the start, every thread uses the
+    one heap and the step has none. The cost: one arena makes XLA's multi-threaded compiles
+    about 20 % slower (docs/performance.md), so ``jaxnet train`` and the race's jaxnet process
+    call this, and ``import jaxnet`` does not."""
+    try:
+        from jax._src import xla_bridge
+        if xla_bridge.backends_are_initialized():
+            return False
+    except (ImportError, AttributeError):  # pragma: no cover - other jax versions: be conservative
+        return False
+    return keep_large_blocks()
 
 
 def load() -> bool:
@@ -274,4 +298,4 @@ def bn_bwd(x, mean, var, gamma, dy, ws, eps, relu=True):
 
 
 __all__ = ["available", "load", "info", "usable", "disabled", "conv_fwd", "conv_bwd_data", "conv_bwd_weights",
-           "bn_workspace_bytes", "bn_fwd", "bn_bwd"]
+           "bn_workspace_bytes", "bn_fwd", "bn_bwd", "keep_large_blocks", "keep_large_blocks_at_start"]
