@@ -7,6 +7,11 @@ import pytest
 # The CLI turns on JAX's persistent compilation cache in ~/.cache; tests never use that one
 # (isolation: no files in ~/.cache, nothing carried over between runs). test_compile_cache.py tests it.
 os.environ.setdefault("JAXNET_COMPILATION_CACHE", "0")
+# Test workers keep glibc's malloc as it is: a `jaxnet train` run in-process (cli.main) that is a worker's
+# first JAX work would otherwise give every later thread of that worker one malloc arena
+# (keep_large_blocks_at_start), which makes XLA's compiles ~20 % slower. The tests of the setting
+# itself set the variable explicitly (tests/test_conv_onednn.py).
+os.environ.setdefault("JAXNET_MALLOC", "0")
 _RUN_CACHE = "JAXNET_TEST_RUN_CACHE"
 
 
