@@ -365,14 +365,15 @@ def main(argv=None) -> dict:
         from jaxnet.ops.onednn import keep_large_blocks_at_start
         # as `jaxnet train` runs: large blocks on one heap, set before any thread allocates
         tuned = (args.framework == "jaxnet" or args.torch_malloc == "jaxnet") and keep_large_blocks_at_start()
+        malloc = "large blocks on one heap" if tuned else "glibc default"
         ds = prepare_data(args)
         print(f"cifar10: {len(ds.y_train)} training, {len(ds.y_test)} test images; {args.framework}; "
-              f"malloc: {'large blocks on one heap' if tuned else 'glibc default'}", flush=True)
+              f"malloc: {malloc}", flush=True)
         if args.framework == "jaxnet":
             runs = {"jaxnet": run_jaxnet(args, ds, epochs)}
         else:
             runs = {"torch": run_torch(args, ds, replay_plan(args, ds, epochs))}
-        runs[args.framework]["malloc"] = "large blocks on one heap" if tuned else "glibc default"
+        runs[args.framework]["malloc"] = malloc
     results = {"runs": runs, "comparison": compare(runs, args.target), "epochs": epochs}
     if args.framework == "both":
         results["figures"] = {"race": os.path.basename(plot(runs, args.target, os.path.join(args.out, "race.png")))}

@@ -17,15 +17,18 @@ import os
 CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 
 
-def apply() -> list[str]:
-    """Append jaxnet's CPU flags to ``XLA_FLAGS`` if allowed; return the flags added."""
-    if os.environ.get("JAXNET_XLA_FLAGS", "1") == "0":
-        return []
+def backend_may_have_started() -> bool:
+    """True once a JAX backend runs (or when this jax cannot say): process-start settings no longer apply."""
     try:
         from jax._src import xla_bridge
-        if xla_bridge.backends_are_initialized():
-            return []
+        return bool(xla_bridge.backends_are_initialized())
     except (ImportError, AttributeError):  # pragma: no cover - other jax versions: be conservative
+        return True
+
+
+def apply() -> list[str]:
+    """Append jaxnet's CPU flags to ``XLA_FLAGS`` if allowed; return the flags added."""
+    if os.environ.get("JAXNET_XLA_FLAGS", "1") == "0" or backend_may_have_started():
         return []
     current = os.environ.get("XLA_FLAGS", "")
     added = [f for f in CPU_FLAGS if f.split("=")[0] not in current]

@@ -247,7 +247,7 @@ def test_keep_large_blocks_at_start_stops_the_per_call_page_faults():
     not applied."""
     import platform
     if not (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"):
-        pytest.skip("glibc's mallopt: Linux with glibc only")
+        pytest.skip("keep_large_blocks is glibc's mallopt: on this platform it does nothing (Linux with glibc only)")
     applied, late, tuned = _faults_per_call("1")
     off_applied, _, untuned = _faults_per_call("0")
     assert applied and not late and not off_applied

@@ -116,13 +116,8 @@ def keep_large_blocks_at_start() -> bool:
     one heap and the step has none. The cost: one arena makes XLA's multi-threaded compiles
     about 20 % slower (docs/performance.md), so ``jaxnet train`` and the race's jaxnet process
     call this, and ``import jaxnet`` does not."""
-    try:
-        from jax._src import xla_bridge
-        if xla_bridge.backends_are_initialized():
-            return False
-    except (ImportError, AttributeError):  # pragma: no cover - other jax versions: be conservative
-        return False
-    return keep_large_blocks()
+    from jaxnet._xla_flags import backend_may_have_started
+    return not backend_may_have_started() and keep_large_blocks()
 
 
 def load() -> bool:
