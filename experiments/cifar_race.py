@@ -371,6 +371,10 @@ def main(argv=None) -> dict:
               f"malloc: {malloc}", flush=True)
         if args.framework == "jaxnet":
             runs = {"jaxnet": run_jaxnet(args, ds, epochs)}
+            from jaxnet.ops import onednn        # which convolution kernels the run had
+            info = onednn.info()
+            runs["jaxnet"]["onednn"] = ({"version": info["version"], "conv_algorithm": onednn.conv_algorithm()}
+                                        if info["ok"] else {"not used": info["reason"]})
         else:
             runs = {"torch": run_torch(args, ds, replay_plan(args, ds, epochs))}
         runs[args.framework]["malloc"] = malloc

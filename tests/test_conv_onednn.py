@@ -5,7 +5,9 @@ backward-weights custom calls) against the reference conv2d (XLA, autodiff) in f
 benchmark net's shapes and at odd ones, under jit and vmap, and the fused bias + ReLU; float64
 takes XLA's convolution and matches to 1e-12.  Without it (simulated: the loader's state reset,
 JAXNET_ONEDNN=0, a missing oneDNN, a failed build): XLA's results and exactly one message; the
-build's one-line errors (no compiler, a compile error).
+build's one-line errors (no compiler, a compile error).  Both convolution algorithms (oneDNN's
+Winograd F(4x4, 3x3) where jaxnet asks for it, the direct kernel) against the reference, which
+kernel each shape gets, and the algorithm switch's bad values.
 """
 import logging
 import warnings
@@ -114,6 +116,105 @@ def test_fused_bias_relu_forward(onednn_kernel):
     assert fused.shape == want.shape == (4, 9, 7, 6)
     assert _rel_err(fused, want) < 1e-5 and _rel_err(fused_nb, want_nb) < 1e-5
     assert 0 < float(jnp.mean(fused == 0)) < 1          # the ReLU clipped some outputs, not all
+
+
+# Winograd-eligible shapes (3x3, stride 1, padding 1, channels multiples of 16, at least 32 in): the
+# race net's block-2 conv1 (batch 4), odd H and W (part tiles) with a fused bias, the 128-channel 4x4 one.
+WINO_CASES = (
+    ((4, 16, 16, 32), (3, 3, 32, 64), 1, 1, False),
+    ((2, 6, 5, 32), (3, 3, 32, 16), 1, "SAME", True),
+    ((3, 4, 4, 128), (3, 3, 128, 128), 1, 1, False),
+)
+
+
+def _has_avx512_core():
+    try:
+        flags = set(open("/proc/cpuinfo").read().split())
+    except OSError:
+        return False
+    return {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+
+
+@pytest.mark.parametrize("algorithm", onednn.ALGORITHMS)
+def test_both_conv_algorithms_match_the_reference_float32(onednn_kernel, algorithm):
+    inputs = _inputs(np.float32, WINO_CASES)
+    with onednn.use_algorithm(algorithm):           # traced inside the block: its custom calls ask for it
+        assert onednn.conv_algorithm() == algorithm
+        results, hlo = _both(inputs)
+    assert hlo.count(f"wino = {int(algorithm == 'winograd')} : i64") >= 3 * len(WINO_CASES)
+    assert f"wino = {int(algorithm != 'winograd')} : i64" not in hlo
+    for (xs, ws, stride, padding, bias), ((y, g), (y_ref, g_ref)) in zip(WINO_CASES, results):
+        case = f"{algorithm}: x {xs} w {ws} padding {padding} bias {bias}"
+        assert _rel_err(y, y_ref) < 1e-4, case
+        for name, a, r in zip(("dx", "dw", "db"), g, g_ref):
+            assert a.shape == r.shape and a.dtype == jnp.float32, (case, name)
+            assert _rel_err(a, r) < 1e-4, (case, name, _rel_err(a, r))
+
+
+def test_winograd_is_a_different_kernel_with_the_same_results(onednn_kernel):
+    """Where oneDNN has Winograd (AVX-512) the two algorithms' outputs differ in the last bits (a
+    different kernel really ran) and agree to float32 rounding; elsewhere jaxnet falls back to the
+    direct kernel and the bits are equal."""
+    (x, w, b, kw), = _inputs(np.float32, WINO_CASES[:1])
+    pads = ((1, 1), (1, 1))
+    out = {}
+    for algorithm in onednn.ALGORITHMS:
+        with onednn.use_algorithm(algorithm):
+            out[algorithm] = jax.jit(lambda x, w, dy: (onednn.conv_fwd(x, w, None, (1, 1), pads),
+                                                       onednn.conv_bwd_data(dy, w, x.shape, (1, 1), pads),
+                                                       onednn.conv_bwd_weights(x, dy, w.shape, (1, 1), pads)[0]))(
+                x, w, np.cos(np.arange(4 * 16 * 16 * 64, dtype=np.float32)).reshape(4, 16, 16, 64))
+    wino = onednn.conv_implementation(x.shape, w.shape, (1, 1), pads, algorithm="winograd")
+    if _has_avx512_core():
+        assert wino.startswith("jit_wino"), wino
+    for a, r in zip(out["winograd"], out["direct"]):
+        assert _rel_err(a, r) < 1e-5
+        assert (not np.array_equal(a, r)) if wino.startswith("jit_wino") else np.array_equal(a, r)
+
+
+def test_which_convolutions_get_winograd(onednn_kernel):
+    """Winograd only for 3x3, stride 1, padding 1, channels multiples of 16 and at least 32 in; the
+    direct kernel for every other shape, and for every shape under "direct"."""
+    same = ((1, 1), (1, 1))
+    eligible = ((2, 8, 8, 32), (3, 3, 32, 16), (1, 1), same)
+    others = (((2, 8, 8, 16), (3, 3, 16, 32), (1, 1), same),           # 16 input channels
+              ((2, 8, 8, 32), (3, 3, 32, 24), (1, 1), same),           # 24 outputs: not a multiple of 16
+              ((2, 8, 8, 32), (3, 3, 32, 32), (2, 2), same),           # stride 2
+              ((2, 8, 8, 32), (5, 5, 32, 32), (1, 1), ((2, 2), (2, 2))),  # 5x5
+              ((2, 8, 8, 32), (3, 3, 32, 32), (1, 1), ((0, 0), (0, 0))))  # no padding
+    for kind in onednn.CONV_KINDS:
+        name = onednn.conv_implementation(*eligible, kind=kind, algorithm="winograd")
+        assert name, kind
+        assert ("wino" in name) == _has_avx512_core(), (kind, name)
+        assert "wino" not in onednn.conv_implementation(*eligible, kind=kind, algorithm="direct")
+        for case in others:
+            name = onednn.conv_implementation(*case, kind=kind, algorithm="winograd")
+            assert name and "wino" not in name, (kind, case, name)
+
+
+def test_conv_algorithm_switch_and_its_bad_values(onednn_kernel, monkeypatch):
+    monkeypatch.delenv("JAXNET_ONEDNN_WINOGRAD", raising=False)
+    assert onednn.conv_algorithm() == "winograd"
+    monkeypatch.setenv("JAXNET_ONEDNN_WINOGRAD", "0")
+    assert onednn.conv_algorithm() == "direct"
+    with onednn.use_algorithm("winograd"):
+        assert onednn.conv_algorithm() == "winograd"
+    assert onednn.conv_algorithm() == "direct"
+    monkeypatch.setenv("JAXNET_ONEDNN_WINOGRAD", "yes")
+    monkeypatch.setattr(onednn, "_warned_values", set())
+    with pytest.warns(RuntimeWarning, match="JAXNET_ONEDNN_WINOGRAD must be 0 or 1, got 'yes'; using the default") as rec:
+        assert onednn.conv_algorithm() == "winograd"
+        assert onednn.conv_algorithm() == "winograd"      # warned once, not at every trace
+    assert len(rec) == 1
+    monkeypatch.delenv("JAXNET_ONEDNN_WINOGRAD")
+    with pytest.raises(ValueError, match=r"use_algorithm: name must be one of \('winograd', 'direct'\), got 'fast'"):
+        with onednn.use_algorithm("fast"):
+            pass
+    assert onednn.conv_algorithm() == "winograd"      # the bad name left nothing behind
+    with pytest.raises(ValueError, match="conv_implementation: kind must be one of"):
+        onednn.conv_implementation((1, 4, 4, 32), (3, 3, 32, 16), kind="backward")
+    with pytest.raises(ValueError, match="conv_implementation: algorithm must be one of"):
+        onednn.conv_implementation((1, 4, 4, 32), (3, 3, 32, 16), algorithm="fft")
 
 
 def test_float64_takes_xla_and_matches_to_1e_12(x64):

@@ -283,6 +283,8 @@ register(OpSpec("conv2d", conv2d, conv2d_manual, _sample_conv, (
     case({"x": (3, 4, 4, 5), "w": (1, 1, 5, 2)}, stride=1, padding=0),
     case({"x": (2, 5, 7, 2), "w": (2, 3, 2, 3), "bias": False}, stride=(1, 2), padding=(1, 0)),
     case({"x": (1, 7, 7, 3), "w": (5, 5, 3, 2)}, stride=2, padding=2, dilation=1),
+    # 32 -> 16 channels, 3x3, stride 1, padding 1: the oneDNN kernel's Winograd shape (odd H, W: part tiles)
+    case({"x": (2, 6, 5, 32), "w": (3, 3, 32, 16)}, stride=1, padding=1),
 ), backward=_conv2d_bwd, oracle=_conv2d_oracle, oracle_cases=_conv2d_oracle_cases))
 
 

@@ -154,6 +154,9 @@ def load() -> bool:
             lib.jaxnet_onednn_version.restype = ctypes.c_char_p
             lib.jaxnet_onednn_bn_workspace_bytes.restype = ctypes.c_int64
             lib.jaxnet_onednn_bn_workspace_bytes.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_float, ctypes.c_int64]
+            lib.jaxnet_onednn_conv_impl.restype = None
+            lib.jaxnet_onednn_conv_impl.argtypes = [ctypes.c_int64, ctypes.POINTER(ctypes.c_int64), ctypes.c_int64,
+                                                    ctypes.c_char_p, ctypes.c_int64]
             err = lib.jaxnet_onednn_selftest().decode()
             if err:
                 raise RuntimeError(f"oneDNN self-test failed: {err}")
@@ -179,6 +182,33 @@ def info() -> dict:
     return {k: _state[k] for k in ("ok", "reason", "version", "path")}
 
 
+CONV_KINDS = ("forward", "backward_data", "backward_weights")
+
+
+def conv_implementation(x_shape, w_shape, stride=(1, 1), pads=((1, 1), (1, 1)), kind="forward",
+                        algorithm=None) -> str:
+    """oneDNN's name for the kernel that runs convolution ``kind`` ("forward", "backward_data" or
+    "backward_weights") of x (N, H, W, C) with filters (KH, KW, C, O), as the custom calls would run
+    it under ``algorithm`` (default: :func:`conv_algorithm`), e.g. ``"jit_wino_4x3:avx512_core"``
+    (Winograd) or ``"brgconv:avx512_core"`` (direct); "" when oneDNN has no kernel for it.
+    Raises RuntimeError when the kernels are not loaded."""
+    if kind not in CONV_KINDS:
+        raise ValueError(f"jaxnet onednn: conv_implementation: kind must be one of {CONV_KINDS}, got {kind!r}")
+    algorithm = conv_algorithm() if algorithm is None else algorithm
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"jaxnet onednn: conv_implementation: algorithm must be one of {ALGORITHMS}, "
+                         f"got {algorithm!r}")
+    if not load():
+        raise RuntimeError(f"jaxnet onednn: the kernels are not loaded ({_state['reason']})")
+    (pt, pb), (pl, pr) = pads
+    ho, wo = _out_hw(x_shape[1:3], w_shape[:2], stride, pads)
+    geom = (ctypes.c_int64 * 15)(x_shape[0], x_shape[1], x_shape[2], x_shape[3], w_shape[0], w_shape[1], w_shape[3],
+                                 ho, wo, stride[0], stride[1], pt, pb, pl, pr)
+    out = ctypes.create_string_buffer(256)
+    _state["lib"].jaxnet_onednn_conv_impl(CONV_KINDS.index(kind), geom, int(algorithm == "winograd"), out, 256)
+    return out.value.decode()
+
+
 def usable(*arrays) -> bool:
     """True when the kernels may run these arrays (None entries skipped; the rest non-empty float32)
     in the current trace: loaded, JAX's default backend is the CPU, and it has one device (the
@@ -187,6 +217,39 @@ def usable(*arrays) -> bool:
     if _disabled[0] or not all(a.dtype == np.float32 and a.size > 0 for a in arrays if a is not None):
         return False
     return jax.default_backend() == "cpu" and jax.device_count() == 1 and load()
+
+
+ALGORITHMS = ("winograd", "direct")
+_algorithm: list = []
+_warned_values: set = set()
+
+
+def conv_algorithm() -> str:
+    """The convolution algorithm functions traced now ask oneDNN for: "winograd" (the default:
+    oneDNN's Winograd F(4x4, 3x3) for the 3x3, stride-1, padding-1 convolutions whose channel counts
+    are multiples of 16, on CPUs where oneDNN has it, its direct algorithm for every other
+    convolution) or "direct" (always the direct one).  ``JAXNET_ONEDNN_WINOGRAD=0`` makes "direct"
+    the default; :func:`use_algorithm` sets it for a block."""
+    if _algorithm:
+        return _algorithm[-1]
+    v = os.environ.get("JAXNET_ONEDNN_WINOGRAD", "").strip()
+    if v not in ("", "0", "1") and v not in _warned_values:   # once per bad value, not at every trace
+        _warned_values.add(v)
+        _switch("JAXNET_ONEDNN_WINOGRAD")
+    return "direct" if v == "0" else "winograd"
+
+
+@contextlib.contextmanager
+def use_algorithm(name: str):
+    """Within this block, convolutions traced ask oneDNN for algorithm ``name`` ("winograd" or
+    "direct"; see :func:`conv_algorithm`). A function already traced keeps what it was traced with."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"jaxnet onednn: use_algorithm: name must be one of {ALGORITHMS}, got {name!r}")
+    _algorithm.append(name)
+    try:
+        yield
+    finally:
+        _algorithm.pop()
 
 
 @contextlib.contextmanager
@@ -205,7 +268,7 @@ def disabled():
 def _attrs(stride, pads):
     (pt, pb), (pl, pr) = pads
     return dict(sh=np.int64(stride[0]), sw=np.int64(stride[1]), pt=np.int64(pt), pb=np.int64(pb),
-                pl=np.int64(pl), pr=np.int64(pr))
+                pl=np.int64(pl), pr=np.int64(pr), wino=np.int64(conv_algorithm() == "winograd"))
 
 
 def _out_hw(in_hw, kernel, stride, pads):
@@ -292,5 +355,6 @@ def bn_bwd(x, mean, var, gamma, dy, ws, eps, relu=True):
     return dx.reshape(x.shape), dgamma, dbeta
 
 
-__all__ = ["available", "load", "info", "usable", "disabled", "conv_fwd", "conv_bwd_data", "conv_bwd_weights",
+__all__ = ["available", "load", "info", "usable", "disabled", "conv_algorithm", "use_algorithm", "ALGORITHMS",
+           "conv_implementation", "conv_fwd", "conv_bwd_data", "conv_bwd_weights",
            "bn_workspace_bytes", "bn_fwd", "bn_bwd", "keep_large_blocks", "keep_large_blocks_at_start"]
