@@ -77,8 +77,9 @@ def _rel_err(got, want):
 def test_manual_conv_on_onednn_matches_the_reference_float32(onednn_kernel):
     inputs = _inputs(np.float32)
     results, hlo = _both(inputs)
+    pairs = hlo.count("jaxnet_onednn_conv_bwd_winograd")    # Winograd pairs: one backward call for dX and dW
     for t in TARGETS:                       # the manual path really ran oneDNN's three convolutions
-        assert hlo.count(t) >= len(CASES), t
+        assert hlo.count(t) + (pairs if "bwd" in t else 0) >= len(CASES), t
     for (xs, ws, stride, padding, bias), ((y, g), (y_ref, g_ref)) in zip(CASES, results):
         case = f"x {xs} w {ws} stride {stride} padding {padding} bias {bias}"
         assert y.shape == y_ref.shape, case
@@ -141,8 +142,17 @@ def test_both_conv_algorithms_match_the_reference_float32(onednn_kernel, algorit
     with onednn.use_algorithm(algorithm):           # traced inside the block: its custom calls ask for it
         assert onednn.conv_algorithm() == algorithm
         results, hlo = _both(inputs)
-    assert hlo.count(f"wino = {int(algorithm == 'winograd')} : i64") >= 3 * len(WINO_CASES)
-    assert f"wino = {int(algorithm != 'winograd')} : i64" not in hlo
+        pairs = [onednn.winograd_pair(xs, ws, (1, 1), ((1, 1), (1, 1))) for xs, ws, *_ in WINO_CASES]
+    if algorithm == "direct":
+        assert not any(pairs) and "winograd" not in hlo and "wino = 1 : i64" not in hlo
+        assert hlo.count("wino = 0 : i64") >= 3 * len(WINO_CASES)
+    else:   # AVX-512: every layer a Winograd pair (forward + one backward call); elsewhere the direct calls
+        assert pairs == [_has_avx512_core()] * len(WINO_CASES)
+        if all(pairs):
+            assert hlo.count("jaxnet_onednn_conv_fwd_winograd") == hlo.count("jaxnet_onednn_conv_bwd_winograd") \
+                == len(WINO_CASES)
+        else:
+            assert hlo.count("wino = 1 : i64") >= 3 * len(WINO_CASES)
     for (xs, ws, stride, padding, bias), ((y, g), (y_ref, g_ref)) in zip(WINO_CASES, results):
         case = f"{algorithm}: x {xs} w {ws} padding {padding} bias {bias}"
         assert _rel_err(y, y_ref) < 1e-4, case
@@ -170,6 +180,34 @@ def test_winograd_is_a_different_kernel_with_the_same_results(onednn_kernel):
     for a, r in zip(out["winograd"], out["direct"]):
         assert _rel_err(a, r) < 1e-5
         assert (not np.array_equal(a, r)) if wino.startswith("jit_wino") else np.array_equal(a, r)
+
+
+def test_winograd_pair_equals_the_three_separate_winograd_calls(onednn_kernel):
+    """conv_fwd_winograd + conv_bwd_winograd (x kept in oneDNN's layout, dy reordered once) give the
+    same bits as the three separate Winograd calls, with and without a bias."""
+    pads = ((1, 1), (1, 1))
+    for (x, w, b, _) in _inputs(np.float32, WINO_CASES[1:]):
+        if not onednn.winograd_pair(x.shape, w.shape, (1, 1), pads):
+            assert not _has_avx512_core()
+            continue
+        dy = np.cos(np.arange(x.shape[0] * x.shape[1] * x.shape[2] * w.shape[3], dtype=np.float32)).reshape(
+            x.shape[:3] + (w.shape[3],))
+
+        @jax.jit
+        def run(x, w, b, dy):
+            y, xb = onednn.conv_fwd_winograd(x, w, b, (1, 1), pads)
+            pair = (y,) + onednn.conv_bwd_winograd(xb, dy, w, x.shape, (1, 1), pads, bias=b is not None)
+            dw, db = onednn.conv_bwd_weights(x, dy, w.shape, (1, 1), pads, bias=b is not None)
+            return pair, (onednn.conv_fwd(x, w, b, (1, 1), pads), onednn.conv_bwd_data(dy, w, x.shape, (1, 1), pads),
+                          dw, db), xb
+        with onednn.use_algorithm("winograd"):
+            pair, separate, xb = run(x, w, b, dy)
+        assert xb.shape == (x.size,) and sorted(np.asarray(xb).ravel().tolist()) == sorted(x.ravel().tolist())
+        assert len(pair) == len(separate) == 4
+        assert (pair[3] is None) == (separate[3] is None) == (b is None)     # db only with a bias
+        for a, r in zip(pair, separate):
+            if a is not None:
+                assert a.shape == r.shape and np.array_equal(a, r)
 
 
 def test_which_convolutions_get_winograd(onednn_kernel):

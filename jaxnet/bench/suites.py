@@ -75,8 +75,9 @@ def bench_ops(*, blocks=5, reps=3, torch_mod=None) -> list[dict]:
 
     from jaxnet.ops import onednn
 
-    def traced(fn, use_onednn):   # trace (and compile) now, with or without the oneDNN kernel
-        with (contextlib.nullcontext() if use_onednn else onednn.disabled()):
+    def traced(fn, use_onednn, algorithm=None):   # trace (and compile) now, with or without the oneDNN kernel
+        with (contextlib.nullcontext() if use_onednn else onednn.disabled()), \
+                (onednn.use_algorithm(algorithm) if algorithm else contextlib.nullcontext()):
             jax.block_until_ready(fn())
         return fn
 
@@ -110,8 +111,9 @@ def bench_ops(*, blocks=5, reps=3, torch_mod=None) -> list[dict]:
             lambda op: _fwd_bwd(op, args, diff, kwargs, out_index))
         cands = [Candidate("manual", traced(fb(getattr(manual, name)), not conv), items=BATCH),
                  Candidate("autodiff", fb(getattr(ops, name)), items=BATCH)]
-        if conv and onednn.available():
+        if conv and onednn.available():   # its default algorithm (Winograd where it applies), and the direct one
             cands.append(Candidate("manual (oneDNN)", traced(fb(manual.conv2d), True), items=BATCH))
+            cands.append(Candidate("manual (oneDNN direct)", traced(fb(manual.conv2d), True, "direct"), items=BATCH))
         if conv and torch_mod is not None:
             cands += [_torch_conv(torch_mod, args), torch_channels_last(args)]
         res = time_candidates(cands, blocks=blocks, reps=reps)
@@ -121,6 +123,7 @@ def bench_ops(*, blocks=5, reps=3, torch_mod=None) -> list[dict]:
             ratios["manual/torch channels-last"] = ratio(res, "manual", "torch channels-last")
         if "manual (oneDNN)" in res:
             ratios["manual (oneDNN)/manual"] = ratio(res, "manual (oneDNN)", "manual")
+            ratios["manual (oneDNN)/manual (oneDNN direct)"] = ratio(res, "manual (oneDNN)", "manual (oneDNN direct)")
             for t in ("torch NCHW", "torch channels-last"):
                 if t in res:
                     ratios[f"manual (oneDNN)/{t}"] = ratio(res, "manual (oneDNN)", t)
@@ -259,6 +262,10 @@ def bench_train_step(*, blocks=5, reps=3, torch_mod=None, batchnorm=False) -> di
              Candidate("flax.linen", _flax_step(bn), items=BATCH)]
     if onednn.available():               # the same step with the oneDNN kernels (the cpu-fast extra)
         cands.insert(1, Candidate("jaxnet manual (oneDNN)", _jaxnet_step("manual", bn)[0], items=BATCH))
+        with onednn.use_algorithm("direct"):    # and with its direct convolutions only (no Winograd)
+            direct = _jaxnet_step("manual", bn)[0]
+            jax.block_until_ready(direct())
+        cands.insert(2, Candidate("jaxnet manual (oneDNN direct)", direct, items=BATCH))
     if torch_mod is not None:
         cands += [Candidate("torch NCHW", _torch_step(torch_mod, False, bn), items=BATCH, sync=lambda o: o),
                   Candidate("torch channels-last", _torch_step(torch_mod, True, bn), items=BATCH, sync=lambda o: o)]
@@ -270,7 +277,7 @@ def bench_train_step(*, blocks=5, reps=3, torch_mod=None, batchnorm=False) -> di
         ratios["jaxnet manual / torch NCHW (images/s)"] = ips("jaxnet manual") / ips("torch NCHW")
         ratios["jaxnet manual / torch channels-last (images/s)"] = ips("jaxnet manual") / ips("torch channels-last")
     if "jaxnet manual (oneDNN)" in res:
-        for other in ("jaxnet manual", "torch NCHW", "torch channels-last"):
+        for other in ("jaxnet manual (oneDNN direct)", "jaxnet manual", "torch NCHW", "torch channels-last"):
             if other in res:
                 ratios[f"jaxnet manual (oneDNN) / {other} (images/s)"] = ips("jaxnet manual (oneDNN)") / ips(other)
     name = "train step: convnet 32/64/128" + (" with batch norm" if bn else "") + ", batch 128, Adam"

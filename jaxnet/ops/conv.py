@@ -151,6 +151,10 @@ def _conv2d(x, w, b, geom, groups):
 def _conv2d_fwd(x, w, b, geom, groups):
     if _native(geom, groups):
         if _onednn(geom, x, w, b):
+            if onednn.winograd_pair(x.shape, w.shape, geom.stride, geom.pads):
+                # the residual is x in oneDNN's blocked layout (flat), which the backward pair takes
+                y, xb = onednn.conv_fwd_winograd(x, w, b, geom.stride, geom.pads)
+                return y, (xb, w, b)
             return onednn.conv_fwd(x, w, b, geom.stride, geom.pads), (x, w, b)
         return _conv2d_xla(x, w, b, geom, groups), (x, w, b)
     return _conv2d_im2col(x, w, b, geom, groups), (x, w, b)
@@ -186,6 +190,9 @@ def _conv2d_bwd(geom, groups, res, dy):
     """
     x, w, b = res
     n, ho, wo, o = dy.shape
+    if x.ndim == 1:       # a Winograd pair's forward kept x in oneDNN's blocked layout (flat): its backward
+        return onednn.conv_bwd_winograd(x, dy, w, (n,) + tuple(geom.in_hw) + (w.shape[2],), geom.stride, geom.pads,
+                                        bias=b is not None)
     if _native(geom, groups) and _onednn(geom, x, w, b, dy):     # the same two convolutions, by oneDNN
         dx = onednn.conv_bwd_data(dy, w, x.shape, geom.stride, geom.pads)
         dw, db = onednn.conv_bwd_weights(x, dy, w.shape, geom.stride, geom.pads, bias=b is not None)

@@ -7,9 +7,17 @@ oneDNN's batch normalization with the ReLU fused in (forward, and the backward f
 ReLU mask), when the kernel is loaded, the arrays are float32 and the computation is on the CPU;
 otherwise they use XLA, with the same results up to float32 rounding.
 
+Convolutions that are 3x3, stride 1, padding 1, with channel counts that are multiples of 16 and at
+least 32 input channels run oneDNN's Winograd F(4x4, 3x3) kernels (forward, backward data and
+backward weights; oneDNN 3.0 has them for AVX-512 CPUs, later releases dropped them), every other
+one its direct kernels; where oneDNN has no Winograd kernel the direct one runs.  The algorithm is
+fixed when a function is traced: :func:`conv_algorithm` (``JAXNET_ONEDNN_WINOGRAD=0`` makes it
+"direct"), :func:`use_algorithm` for a block, :func:`conv_implementation` names the kernel a
+shape gets.
+
 Install with ``pip install 'jaxnet[cpu-fast]'`` (oneDNN's library and headers from PyPI: the
-CPU-only ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels; the SYCL ``onednn`` /
-``onednn-devel`` wheels work too) or ``make cpu-fast``; the small library is compiled on first
+CPU-only ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` 2023.0.0 wheels, oneDNN 3.0; any oneDNN 3.x
+works, without Winograd after 3.0, and the SYCL ``onednn`` / ``onednn-devel`` wheels too) or ``make cpu-fast``; the small library is compiled on first
 use (about 15 s, once: see :mod:`jaxnet.ops.onednn.build`) and cached.  ``JAXNET_ONEDNN``:
 
 - unset: use the kernel when oneDNN is installed (building it if needed); when it is not, fall
@@ -47,6 +55,8 @@ import numpy as np
 TARGETS = {"jaxnet_onednn_conv_fwd": "JaxnetOnednnConvFwd",
            "jaxnet_onednn_conv_bwd_data": "JaxnetOnednnConvBwdData",
            "jaxnet_onednn_conv_bwd_weights": "JaxnetOnednnConvBwdWeights",
+           "jaxnet_onednn_conv_fwd_winograd": "JaxnetOnednnConvFwdWino",
+           "jaxnet_onednn_conv_bwd_winograd": "JaxnetOnednnConvBwdWino",
            "jaxnet_onednn_bn_fwd": "JaxnetOnednnBnFwd",
            "jaxnet_onednn_bn_bwd": "JaxnetOnednnBnBwd"}
 
@@ -154,6 +164,8 @@ def load() -> bool:
             lib.jaxnet_onednn_version.restype = ctypes.c_char_p
             lib.jaxnet_onednn_bn_workspace_bytes.restype = ctypes.c_int64
             lib.jaxnet_onednn_bn_workspace_bytes.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_float, ctypes.c_int64]
+            lib.jaxnet_onednn_wino_pair.restype = ctypes.c_int64
+            lib.jaxnet_onednn_wino_pair.argtypes = [ctypes.POINTER(ctypes.c_int64)]
             lib.jaxnet_onednn_conv_impl.restype = None
             lib.jaxnet_onednn_conv_impl.argtypes = [ctypes.c_int64, ctypes.POINTER(ctypes.c_int64), ctypes.c_int64,
                                                     ctypes.c_char_p, ctypes.c_int64]
@@ -185,6 +197,28 @@ def info() -> dict:
 CONV_KINDS = ("forward", "backward_data", "backward_weights")
 
 
+def _geom(x_shape, w_shape, stride, pads):
+    (pt, pb), (pl, pr) = pads
+    ho, wo = _out_hw(x_shape[1:3], w_shape[:2], stride, pads)
+    return (ctypes.c_int64 * 15)(x_shape[0], x_shape[1], x_shape[2], x_shape[3], w_shape[0], w_shape[1], w_shape[3],
+                                 ho, wo, stride[0], stride[1], pt, pb, pl, pr)
+
+
+_pairs: dict = {}
+
+
+def winograd_pair(x_shape, w_shape, stride, pads) -> bool:
+    """True when a layer of these shapes runs as a Winograd pair under the current
+    :func:`conv_algorithm`: its three convolutions all have Winograd kernels with matching layouts,
+    so :func:`conv_fwd_winograd` / :func:`conv_bwd_winograd` apply (asked of oneDNN once per shape)."""
+    if conv_algorithm() != "winograd" or not load():
+        return False
+    key = (tuple(x_shape), tuple(w_shape), tuple(stride), tuple(map(tuple, pads)))
+    if key not in _pairs:
+        _pairs[key] = bool(_state["lib"].jaxnet_onednn_wino_pair(_geom(x_shape, w_shape, stride, pads)))
+    return _pairs[key]
+
+
 def conv_implementation(x_shape, w_shape, stride=(1, 1), pads=((1, 1), (1, 1)), kind="forward",
                         algorithm=None) -> str:
     """oneDNN's name for the kernel that runs convolution ``kind`` ("forward", "backward_data" or
@@ -200,10 +234,7 @@ def conv_implementation(x_shape, w_shape, stride=(1, 1), pads=((1, 1), (1, 1)), 
                          f"got {algorithm!r}")
     if not load():
         raise RuntimeError(f"jaxnet onednn: the kernels are not loaded ({_state['reason']})")
-    (pt, pb), (pl, pr) = pads
-    ho, wo = _out_hw(x_shape[1:3], w_shape[:2], stride, pads)
-    geom = (ctypes.c_int64 * 15)(x_shape[0], x_shape[1], x_shape[2], x_shape[3], w_shape[0], w_shape[1], w_shape[3],
-                                 ho, wo, stride[0], stride[1], pt, pb, pl, pr)
+    geom = _geom(x_shape, w_shape, stride, pads)
     out = ctypes.create_string_buffer(256)
     _state["lib"].jaxnet_onednn_conv_impl(CONV_KINDS.index(kind), geom, int(algorithm == "winograd"), out, 256)
     return out.value.decode()
@@ -316,6 +347,32 @@ def conv_bwd_weights(x, dy, w_shape, stride, pads, bias=True):
     return dw, (db if bias else None)
 
 
+def conv_fwd_winograd(x, w, b, stride, pads, relu=False):
+    """:func:`conv_fwd` by a Winograd pair (:func:`winograd_pair` must be True for the shapes), also
+    returning ``xb``: x in oneDNN's blocked layout, flat float32 (N*H*W*C,), the residual that
+    :func:`conv_bwd_winograd` takes instead of x.  Returns (y (N, Ho, Wo, O), xb)."""
+    n, o = x.shape[0], w.shape[3]
+    ho, wo = _out_hw(x.shape[1:3], w.shape[:2], stride, pads)
+    bias = jax.numpy.zeros((0,), np.float32) if b is None else b
+    attrs = {k: v for k, v in _attrs(stride, pads).items() if k != "wino"}
+    return _call("jaxnet_onednn_conv_fwd_winograd",
+                 (jax.ShapeDtypeStruct((n, ho, wo, o), np.float32), jax.ShapeDtypeStruct((x.size,), np.float32)),
+                 x, w, bias, **attrs, relu=np.int64(bool(relu)), has_bias=np.int64(b is not None))
+
+
+def conv_bwd_winograd(xb, dy, w, x_shape, stride, pads, bias=True):
+    """dx, dw (and db when ``bias``) of a Winograd pair's layer from :func:`conv_fwd_winograd`'s xb,
+    dy (N, Ho, Wo, O) and w; dy is reordered into oneDNN's layout once for both convolutions.
+    Returns (dx like x_shape, dw like w, db (O,) or None), float32."""
+    o = w.shape[3]
+    attrs = {k: v for k, v in _attrs(stride, pads).items() if k != "wino"}
+    dx, dw, db = _call("jaxnet_onednn_conv_bwd_winograd",
+                       (jax.ShapeDtypeStruct(tuple(x_shape), np.float32), jax.ShapeDtypeStruct(w.shape, np.float32),
+                        jax.ShapeDtypeStruct((o if bias else 0,), np.float32)),
+                       xb, dy, w, **attrs, has_bias=np.int64(bool(bias)))
+    return dx, dw, (db if bias else None)
+
+
 def _nhwc(x):
     """x (N, H, W, C), or (N, C) seen as (N, 1, 1, C)."""
     return x if x.ndim == 4 else x.reshape(x.shape[0], 1, 1, x.shape[-1])
@@ -356,5 +413,5 @@ def bn_bwd(x, mean, var, gamma, dy, ws, eps, relu=True):
 
 
 __all__ = ["available", "load", "info", "usable", "disabled", "conv_algorithm", "use_algorithm", "ALGORITHMS",
-           "conv_implementation", "conv_fwd", "conv_bwd_data", "conv_bwd_weights",
+           "conv_implementation", "winograd_pair", "conv_fwd_winograd", "conv_bwd_winograd", "conv_fwd", "conv_bwd_data", "conv_bwd_weights",
            "bn_workspace_bytes", "bn_fwd", "bn_bwd", "keep_large_blocks", "keep_large_blocks_at_start"]

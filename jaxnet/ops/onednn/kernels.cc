@@ -68,7 +68,7 @@ struct Scratch {
 };
 
 void* ScratchBuf(int slot, size_t bytes) {
-  thread_local Scratch s[6];
+  thread_local Scratch s[6];  // 0 weights, 1 reorder scratch, 2 primitive scratch, 3-4 activations, 5 dW
   return s[slot].get(bytes);
 }
 
@@ -400,6 +400,88 @@ ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
   });
 }
 
+// --- a Winograd layer's forward and backward as one pair -------------------------------------------
+//
+// For a layer whose three convolutions all run Winograd with matching layouts (WinoPair), the forward
+// also returns x in the primitives' blocked layout (xb, flat float32, N*H*W*C values), kept as the
+// layer's residual instead of x; the backward takes it, reorders dy into the blocked layout once for
+// both of its convolutions, and returns dx, dw [and db]: two fewer reorders per layer than three
+// separate calls.
+
+bool WinoPair(const Geom& g) {
+  if (!g.WinogradShape()) return false;
+  auto f = FwdEntry(g, 0, 0, 1);
+  auto d = BwdDataEntry(g, 1);
+  auto w = BwdWeightsEntry(g, 0, 1);
+  auto wino = [](const Entry& e) { return e.impl.find("wino") != std::string::npos; };
+  return wino(*f) && wino(*d) && wino(*w) && f->in1.reorder && f->in1.prim == w->in1.prim &&
+         d->in1.prim == w->in2.prim && f->in1.prim.get_size() == (size_t)(g.n * g.h * g.w * g.c) * sizeof(float);
+}
+
+// y = conv(x, w) [+ b] [ReLU], and xb = x in the Winograd primitives' layout
+ffi::Error ConvFwdWinoImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                           ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> xb, int64_t sh, int64_t sw,
+                           int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t relu, int64_t has_bias) {
+  if (x.dimensions().size() != 4 || w.dimensions().size() != 4 || y->dimensions().size() != 4)
+    return ffi::Error::InvalidArgument("jaxnet onednn conv_fwd_winograd: x, w and y must be rank 4");
+  Geom g = MakeGeom(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr);
+  return Guard([&] {
+    if (!WinoPair(g)) throw std::runtime_error("conv_fwd_winograd: no Winograd pair for this shape");
+    if ((size_t)xb->size_bytes() != g.Src().get_size()) throw std::runtime_error("conv_fwd_winograd: xb size");
+    auto e = FwdEntry(g, relu, has_bias, 1);
+    if (!(e->in1.prim == FwdEntry(g, 0, 0, 1)->in1.prim)) throw std::runtime_error("conv_fwd_winograd: layout");
+    std::lock_guard<std::mutex> exec(exec_mu);
+    dnnl::stream& s = Stream();
+    memory wm = BlockedWeights(*e, s, Mem(g.UserWeights(), w.typed_data()));
+    memory xm = Mem(e->in1.prim, xb->typed_data());
+    e->in1.r.execute(s, {{DNNL_ARG_FROM, Mem(g.Src(), x.typed_data())}, {DNNL_ARG_TO, xm},
+                         {DNNL_ARG_SCRATCHPAD, ScratchMem(1, e->in1.scratch)}});
+    memory ym = ActOutBuf(e->out, y->typed_data(), 4);
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, ym}, {DNNL_ARG_SCRATCHPAD, ScratchMem(2, e->scratch)}};
+    if (has_bias) args.emplace(DNNL_ARG_BIAS, Mem(g.Bias(true), b.typed_data()));
+    e->prim.execute(s, args);
+    ActOutFinish(e->out, s, ym, y->typed_data());
+    s.wait();
+  });
+}
+
+// dx, dw [, db] of the layer from xb (conv_fwd_winograd's), dy and w
+ffi::Error ConvBwdWinoImpl(ffi::Buffer<ffi::F32> xb, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                           ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dw,
+                           ffi::ResultBuffer<ffi::F32> db, int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl,
+                           int64_t pr, int64_t has_bias) {
+  if (dx->dimensions().size() != 4 || w.dimensions().size() != 4 || dy.dimensions().size() != 4)
+    return ffi::Error::InvalidArgument("jaxnet onednn conv_bwd_winograd: dx, w and dy must be rank 4");
+  Geom g = MakeGeom(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
+  return Guard([&] {
+    if (!WinoPair(g)) throw std::runtime_error("conv_bwd_winograd: no Winograd pair for this shape");
+    if ((size_t)xb.size_bytes() != g.Src().get_size()) throw std::runtime_error("conv_bwd_winograd: xb size");
+    auto ed = BwdDataEntry(g, 1);
+    auto ew = BwdWeightsEntry(g, has_bias, 1);
+    if (!(ew->in1.prim == BwdWeightsEntry(g, 0, 1)->in1.prim && ew->in2.prim == ed->in1.prim))
+      throw std::runtime_error("conv_bwd_winograd: layout");
+    std::lock_guard<std::mutex> exec(exec_mu);
+    dnnl::stream& s = Stream();
+    memory dym = ActIn(ed->in1, s, dy.typed_data(), 3);   // once, for both convolutions
+    memory wm = BlockedWeights(*ed, s, Mem(g.UserWeights(), w.typed_data()));
+    memory dxm = ActOutBuf(ed->out, dx->typed_data(), 4);
+    ed->prim.execute(s, {{DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DIFF_SRC, dxm},
+                         {DNNL_ARG_SCRATCHPAD, ScratchMem(2, ed->scratch)}});
+    ActOutFinish(ed->out, s, dxm, dx->typed_data());
+    memory user = Mem(g.UserWeights(), dw->typed_data());
+    memory dwm = ew->reorder ? Mem(ew->wdesc, ScratchBuf(5, ew->wdesc.get_size())) : user;
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, Mem(ew->in1.prim, xb.typed_data())}, {DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_DIFF_WEIGHTS, dwm},
+        {DNNL_ARG_SCRATCHPAD, ScratchMem(2, ew->scratch)}};
+    if (has_bias) args.emplace(DNNL_ARG_DIFF_BIAS, Mem(g.Bias(true), db->typed_data()));
+    ew->prim.execute(s, args);
+    if (ew->reorder)
+      ew->wreorder.execute(s, {{DNNL_ARG_FROM, dwm}, {DNNL_ARG_TO, user}, {DNNL_ARG_SCRATCHPAD, ScratchMem(1, ew->rscratch)}});
+    s.wait();
+  });
+}
+
 // --- spatial batch norm (train mode) [+ ReLU] --------------------------------------------------
 
 struct BnEntry {
@@ -514,6 +596,26 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetOnednnConvBwdWeights, ConvBwdWeightsImpl,
                                   .Attr<int64_t>("has_bias")
                                   .Attr<int64_t>("wino"));
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetOnednnConvFwdWino, ConvFwdWinoImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAXNET_STRIDES_PADS()
+                                  .Attr<int64_t>("relu")
+                                  .Attr<int64_t>("has_bias"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetOnednnConvBwdWino, ConvBwdWinoImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAXNET_STRIDES_PADS()
+                                  .Attr<int64_t>("has_bias"));
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnetOnednnBnFwd, BnFwdImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -567,6 +669,17 @@ extern "C" void jaxnet_onednn_conv_impl(int64_t kind, const int64_t* geom, int64
   }
   if (size > 0) {
     std::snprintf(out, (size_t)size, "%s", name.c_str());
+  }
+}
+
+// 1 when a layer of these shapes (geom as for jaxnet_onednn_conv_impl) runs as a Winograd pair
+// (jaxnet_onednn_conv_fwd_winograd / _bwd_winograd), else 0.
+extern "C" int64_t jaxnet_onednn_wino_pair(const int64_t* v) {
+  try {
+    Geom g{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13], v[14]};
+    return WinoPair(g) ? 1 : 0;
+  } catch (const std::exception&) {
+    return 0;
   }
 }
 
