@@ -16,9 +16,9 @@ fixed when a function is traced: :func:`conv_algorithm` (``JAXNET_ONEDNN_WINOGRA
 shape gets.
 
 Install with ``pip install 'jaxnet[cpu-fast]'`` (oneDNN's library and headers from PyPI: the
-CPU-only ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` 2023.0.0 wheels, oneDNN 3.0; any oneDNN 3.x
-works, without Winograd after 3.0, and the SYCL ``onednn`` / ``onednn-devel`` wheels too) or ``make cpu-fast``; the small library is compiled on first
-use (about 15 s, once: see :mod:`jaxnet.ops.onednn.build`) and cached.  ``JAXNET_ONEDNN``:
+CPU-only ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` 2023.0.0 wheels, oneDNN 3.0; any oneDNN
+3.x works, without Winograd after 3.0, and the SYCL ``onednn`` / ``onednn-devel`` wheels too) or
+``make cpu-fast``; the small library is compiled on first use (about 15 s, once: see :mod:`jaxnet.ops.onednn.build`) and cached.  ``JAXNET_ONEDNN``:
 
 - unset: use the kernel when oneDNN is installed (building it if needed); when it is not, fall
   back to XLA, saying so once at INFO level on the ``jaxnet`` logger;
@@ -299,7 +299,12 @@ def disabled():
 def _attrs(stride, pads):
     (pt, pb), (pl, pr) = pads
     return dict(sh=np.int64(stride[0]), sw=np.int64(stride[1]), pt=np.int64(pt), pb=np.int64(pb),
-                pl=np.int64(pl), pr=np.int64(pr), wino=np.int64(conv_algorithm() == "winograd"))
+                pl=np.int64(pl), pr=np.int64(pr))
+
+
+def _wino():
+    """The ``wino`` attribute of the separate convolution calls: 1 when traced under "winograd"."""
+    return np.int64(conv_algorithm() == "winograd")
 
 
 def _out_hw(in_hw, kernel, stride, pads):
@@ -321,7 +326,7 @@ def conv_fwd(x, w, b, stride, pads, relu=False):
     ho, wo = _out_hw(x.shape[1:3], w.shape[:2], stride, pads)
     bias = jax.numpy.zeros((0,), np.float32) if b is None else b
     return _call("jaxnet_onednn_conv_fwd", jax.ShapeDtypeStruct((n, ho, wo, o), np.float32), x, w, bias,
-                 **_attrs(stride, pads), relu=np.int64(bool(relu)), has_bias=np.int64(b is not None))
+                 **_attrs(stride, pads), relu=np.int64(bool(relu)), has_bias=np.int64(b is not None), wino=_wino())
 
 
 def conv_bwd_data(dy, w, x_shape, stride, pads):
@@ -331,7 +336,7 @@ def conv_bwd_data(dy, w, x_shape, stride, pads):
     Returns (N, H, W, C) float32.
     """
     return _call("jaxnet_onednn_conv_bwd_data", jax.ShapeDtypeStruct(tuple(x_shape), np.float32), dy, w,
-                 **_attrs(stride, pads))
+                 **_attrs(stride, pads), wino=_wino())
 
 
 def conv_bwd_weights(x, dy, w_shape, stride, pads, bias=True):
@@ -343,7 +348,7 @@ def conv_bwd_weights(x, dy, w_shape, stride, pads, bias=True):
     o = w_shape[3]
     dw, db = _call("jaxnet_onednn_conv_bwd_weights",
                    (jax.ShapeDtypeStruct(tuple(w_shape), np.float32), jax.ShapeDtypeStruct((o if bias else 0,), np.float32)),
-                   x, dy, **_attrs(stride, pads), has_bias=np.int64(bool(bias)))
+                   x, dy, **_attrs(stride, pads), has_bias=np.int64(bool(bias)), wino=_wino())
     return dw, (db if bias else None)
 
 
@@ -354,10 +359,9 @@ def conv_fwd_winograd(x, w, b, stride, pads, relu=False):
     n, o = x.shape[0], w.shape[3]
     ho, wo = _out_hw(x.shape[1:3], w.shape[:2], stride, pads)
     bias = jax.numpy.zeros((0,), np.float32) if b is None else b
-    attrs = {k: v for k, v in _attrs(stride, pads).items() if k != "wino"}
     return _call("jaxnet_onednn_conv_fwd_winograd",
                  (jax.ShapeDtypeStruct((n, ho, wo, o), np.float32), jax.ShapeDtypeStruct((x.size,), np.float32)),
-                 x, w, bias, **attrs, relu=np.int64(bool(relu)), has_bias=np.int64(b is not None))
+                 x, w, bias, **_attrs(stride, pads), relu=np.int64(bool(relu)), has_bias=np.int64(b is not None))
 
 
 def conv_bwd_winograd(xb, dy, w, x_shape, stride, pads, bias=True):
@@ -365,11 +369,10 @@ def conv_bwd_winograd(xb, dy, w, x_shape, stride, pads, bias=True):
     dy (N, Ho, Wo, O) and w; dy is reordered into oneDNN's layout once for both convolutions.
     Returns (dx like x_shape, dw like w, db (O,) or None), float32."""
     o = w.shape[3]
-    attrs = {k: v for k, v in _attrs(stride, pads).items() if k != "wino"}
     dx, dw, db = _call("jaxnet_onednn_conv_bwd_winograd",
                        (jax.ShapeDtypeStruct(tuple(x_shape), np.float32), jax.ShapeDtypeStruct(w.shape, np.float32),
                         jax.ShapeDtypeStruct((o if bias else 0,), np.float32)),
-                       xb, dy, w, **attrs, has_bias=np.int64(bool(bias)))
+                       xb, dy, w, **_attrs(stride, pads), has_bias=np.int64(bool(bias)))
     return dx, dw, (db if bias else None)
 
 

@@ -4,6 +4,9 @@
 //   jaxnet_onednn_conv_fwd          y  = conv(x, w) [+ b] [then ReLU]      (post-ops fused by oneDNN)
 //   jaxnet_onednn_conv_bwd_data     dx = the "full" convolution of dy with the flipped filters
 //   jaxnet_onednn_conv_bwd_weights  dw = the correlation of x with dy      [+ db = sum of dy]
+// or, for a layer whose three convolutions all run Winograd (a "Winograd pair", below), two calls:
+//   jaxnet_onednn_conv_fwd_winograd y and x in oneDNN's blocked layout (the backward's residual)
+//   jaxnet_onednn_conv_bwd_winograd dx, dw [, db] from that x, dy and w
 // and spatial batch norm in train mode, optionally with the ReLU after it fused in:
 //   jaxnet_onednn_bn_fwd            y = [ReLU](gamma * (x - mean) / sqrt(var + eps) + beta), mean, var
 //                                   (biased, over N, H, W) and, with ReLU, oneDNN's workspace (its mask)
@@ -408,7 +411,7 @@ ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 // both of its convolutions, and returns dx, dw [and db]: two fewer reorders per layer than three
 // separate calls.
 
-bool WinoPair(const Geom& g) {
+bool CheckWinoPair(const Geom& g) {
   if (!g.WinogradShape()) return false;
   auto f = FwdEntry(g, 0, 0, 1);
   auto d = BwdDataEntry(g, 1);
@@ -416,6 +419,14 @@ bool WinoPair(const Geom& g) {
   auto wino = [](const Entry& e) { return e.impl.find("wino") != std::string::npos; };
   return wino(*f) && wino(*d) && wino(*w) && f->in1.reorder && f->in1.prim == w->in1.prim &&
          d->in1.prim == w->in2.prim && f->in1.prim.get_size() == (size_t)(g.n * g.h * g.w * g.c) * sizeof(float);
+}
+
+// CheckWinoPair, asked once per shape (the custom calls check it at every call).
+struct PairOk {
+  bool ok;
+};
+bool WinoPair(const Geom& g) {
+  return Lookup(g.Key("pair", 0), [&] { return PairOk{CheckWinoPair(g)}; })->ok;
 }
 
 // y = conv(x, w) [+ b] [ReLU], and xb = x in the Winograd primitives' layout
